@@ -1,0 +1,279 @@
+"""Building blocks of the Patcher encoder (Ou et al., MICCAI 2022).
+
+One module per block, SegFormer style:
+
+- :class:`EfficientSelfAttention`: multi-head attention whose keys/values come from a token grid reduced
+  by an ``R x R`` strided convolution (``R = 1``: no reduction).
+- :class:`MixFFN`: ``Linear(d, r*d) -> 3x3 depthwise conv -> GELU -> Linear(r*d, d)``.
+- :class:`TransformerBlock`: pre-norm residual block ``x + DropPath(Attn(LN(x)))``, ``x + DropPath(FFN(LN(x)))``.
+- :class:`PatcherBlock`: one encoder stage: overlapping large patches with a context ring, small-patch tokens,
+  a stack of transformer blocks run on every large patch independently, and the patches put back in place.
+
+Tokens are kept channels-last (``B x N x D``) through the transformer; the two convolutions (spatial
+reduction and depthwise) view that buffer as ``B x D x h x w`` in channels-last memory format, so no
+layout copies are made around them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import DropPath
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["EfficientSelfAttention", "MixFFN", "TransformerBlock", "PatcherBlock"]
+
+
+def _tokens_to_grid(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``B x (h*w) x D`` tokens -> ``B x D x h x w`` image, as a channels-last view (no copy)."""
+    return x.view(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def _grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``B x D x h x w`` image -> ``B x (h*w) x D`` tokens (a view when ``x`` is channels-last)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
+class EfficientSelfAttention(nn.Module):
+    """SegFormer's efficient multi-head self-attention.
+
+    Queries come from every token; keys and values from the token grid reduced by a ``sr_ratio x sr_ratio``
+    convolution with the same stride followed by LayerNorm, which cuts the attention cost by ``sr_ratio**2``.
+
+    Args:
+        hidden_size: token dimension ``d``.
+        num_heads: number of attention heads; must divide ``hidden_size``.
+        sr_ratio: spatial reduction ``R`` of the key/value grid (1: none).
+        qkv_bias: add a bias to the query, key and value projections.
+        dropout_rate: dropout on the output projection.
+
+    Example::
+
+        >>> attn = EfficientSelfAttention(64, num_heads=2, sr_ratio=2)
+        >>> attn(torch.randn(3, 24 * 24, 64), 24, 24).shape
+        torch.Size([3, 576, 64])
+    """
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, dropout_rate: float = 0.0
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads != 0:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
+        if sr_ratio < 1:
+            raise ValueError(f"sr_ratio must be >= 1, got {sr_ratio}.")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.kv = nn.Linear(hidden_size, 2 * hidden_size, bias=qkv_bias)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.proj_drop = nn.Dropout(dropout_rate)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(hidden_size)
+        else:
+            self.sr = nn.Identity()
+            self.norm = nn.Identity()
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Attend over a ``B x (h*w) x d`` token grid; returns the same shape."""
+        b, n, d = x.shape
+        q = self.q(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # B x heads x N x hd
+        kv_in = x
+        if self.sr_ratio > 1:
+            kv_in = self.norm(_grid_to_tokens(self.sr(_tokens_to_grid(x, h, w))))  # B x N/R^2 x d
+        # B x Nk x 2d -> 2 x B x heads x Nk x hd
+        kv = self.kv(kv_in).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1])
+        out = out.transpose(1, 2).reshape(b, n, d)
+        return self.proj_drop(self.proj(out))
+
+
+class MixFFN(nn.Module):
+    """Mix-FFN: ``Linear(d, mlp_ratio*d) -> 3x3 depthwise conv -> GELU -> Linear(mlp_ratio*d, d)``.
+
+    The depthwise convolution gives the tokens positional information, so no positional encoding is used.
+
+    Args:
+        hidden_size: token dimension ``d``.
+        mlp_ratio: expansion ratio of the hidden layer.
+        dropout_rate: dropout after the activation and after the output projection.
+
+    Example::
+
+        >>> ffn = MixFFN(64, mlp_ratio=4)
+        >>> ffn(torch.randn(2, 16 * 16, 64), 16, 16).shape
+        torch.Size([2, 256, 64])
+    """
+
+    def __init__(self, hidden_size: int, mlp_ratio: float = 4.0, dropout_rate: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(hidden_size * mlp_ratio)
+        self.fc1 = nn.Linear(hidden_size, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, hidden_size)
+        self.drop = nn.Dropout(dropout_rate)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Apply to a ``B x (h*w) x d`` token grid; returns the same shape."""
+        x = _grid_to_tokens(self.dwconv(_tokens_to_grid(self.fc1(x), h, w)))
+        x = self.drop(self.act(x))
+        return self.drop(self.fc2(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm SegFormer block: efficient self-attention and Mix-FFN, each with a residual and DropPath.
+
+    Args:
+        hidden_size: token dimension.
+        num_heads: attention heads.
+        sr_ratio: spatial reduction of keys/values.
+        mlp_ratio: Mix-FFN expansion ratio.
+        drop_path_rate: stochastic-depth probability of this block.
+        dropout_rate: dropout inside attention output and Mix-FFN.
+        qkv_bias: bias on the query/key/value projections.
+
+    Example::
+
+        >>> blk = TransformerBlock(64, num_heads=1, sr_ratio=2)
+        >>> blk(torch.randn(2, 24 * 24, 64), 24, 24).shape
+        torch.Size([2, 576, 64])
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        sr_ratio: int = 1,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size)
+        self.attn = EfficientSelfAttention(hidden_size, num_heads, sr_ratio, qkv_bias, dropout_rate)
+        self.norm2 = nn.LayerNorm(hidden_size)
+        self.ffn = MixFFN(hidden_size, mlp_ratio, dropout_rate)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.ffn(self.norm2(x), h, w))
+
+
+class PatcherBlock(nn.Module):
+    """One Patcher encoder stage (the paper's "Patcher block").
+
+    The input is padded by ``context_padding`` pixels on every side (edge pixels replicated) and cut into a
+    grid of ``large_patch x large_patch`` patches, each carrying its context ring. Every ``small_patch x
+    small_patch`` pixel block becomes one token; the transformer blocks run on each large patch on its own
+    (patches are stacked along the batch axis and never see each other); after a LayerNorm the context
+    tokens are dropped and the patches are put back in their grid places.
+
+    Inputs whose size is not a multiple of ``large_patch`` are padded (replicating the edge) and the output
+    cropped, so any ``H x W`` gives a ``ceil(H / small_patch) x ceil(W / small_patch)`` output. An output pixel
+    depends only on the input inside its own large patch plus the context ring.
+
+    Small patches are embedded once on the padded image and the token grid is then cut into overlapping
+    patches; this is exactly the per-patch embedding of the paper (a convolution with kernel = stride =
+    ``small_patch`` on a grid aligned with the patches) without embedding the overlap twice.
+
+    Args:
+        in_channels: channels of the stage input.
+        hidden_size: token dimension ``D`` of this stage (and its output channels).
+        depth: number of transformer blocks ``Nv``.
+        num_heads: attention heads.
+        sr_ratio: spatial reduction of keys/values inside a large patch.
+        mlp_ratio: Mix-FFN expansion ratio.
+        large_patch: ``L``, the large patch size (receptive field of the stage), in input pixels.
+        context_padding: ``P``, the context ring around each large patch, in input pixels.
+        small_patch: ``S``, the token size in input pixels (also the stage's downsampling factor).
+        drop_path_rates: stochastic-depth probability of each block (a float: the same for all).
+        dropout_rate: dropout inside the transformer blocks.
+        use_checkpoint: recompute the transformer blocks in the backward pass to save training memory.
+
+    Example::
+
+        >>> stage = PatcherBlock(2, 64, depth=1, num_heads=1, sr_ratio=2)
+        >>> stage(torch.randn(1, 2, 70, 50)).shape
+        torch.Size([1, 64, 35, 25])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_size: int,
+        depth: int,
+        num_heads: int,
+        sr_ratio: int = 1,
+        mlp_ratio: float = 4.0,
+        large_patch: int = 32,
+        context_padding: int = 8,
+        small_patch: int = 2,
+        drop_path_rates: float | Sequence[float] = 0.0,
+        dropout_rate: float = 0.0,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if small_patch < 1 or large_patch < 1 or context_padding < 0:
+            raise ValueError(
+                f"need small_patch >= 1, large_patch >= 1, context_padding >= 0; got small_patch={small_patch}, "
+                f"large_patch={large_patch}, context_padding={context_padding}."
+            )
+        if large_patch % small_patch != 0:
+            raise ValueError(f"large_patch ({large_patch}) must be divisible by small_patch ({small_patch}).")
+        if context_padding % small_patch != 0:
+            raise ValueError(
+                f"context_padding ({context_padding}) must be divisible by small_patch ({small_patch}), "
+                "so that the context ring is made of whole tokens."
+            )
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}.")
+        if isinstance(drop_path_rates, (int, float)):
+            drop_path_rates = [float(drop_path_rates)] * depth
+        if len(drop_path_rates) != depth:
+            raise ValueError(f"drop_path_rates has {len(drop_path_rates)} values for {depth} blocks.")
+        self.large_patch = large_patch
+        self.context_padding = context_padding
+        self.small_patch = small_patch
+        self.use_checkpoint = use_checkpoint
+        self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=small_patch, stride=small_patch)
+        self.embed_norm = nn.LayerNorm(hidden_size)
+        self.blocks = nn.ModuleList(
+            [
+                TransformerBlock(hidden_size, num_heads, sr_ratio, mlp_ratio, drop_path_rates[i], dropout_rate)
+                for i in range(depth)
+            ]
+        )
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x C x H x W`` -> ``B x D x ceil(H/S) x ceil(W/S)``."""
+        b, _, h, w = x.shape
+        L, P, S = self.large_patch, self.context_padding, self.small_patch
+        nh, nw = -(-h // L), -(-w // L)  # grid of large patches
+        # context ring on every side, plus the ragged bottom/right up to a whole number of large patches
+        x = F.pad(x, (P, P + nw * L - w, P, P + nh * L - h), mode="replicate")
+        tokens = self.embed_norm(self.patch_embed(x).permute(0, 2, 3, 1))  # B x Ht x Wt x D, Ht = (nh*L + 2P)/S
+        k, c = L // S, P // S  # tokens per patch side (without context), context tokens per side
+        kc = k + 2 * c
+        # overlapping windows: B x nh x nw x D x kc x kc -> (B*nh*nw) x (kc*kc) x D
+        patches = tokens.unfold(1, kc, k).unfold(2, kc, k)
+        d = patches.shape[3]
+        patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * nh * nw, kc * kc, d)
+        for blk in self.blocks:
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                patches = checkpoint(blk, patches, kc, kc, use_reentrant=False)
+            else:
+                patches = blk(patches, kc, kc)
+        # drop the context ring, normalise, put the patches back in place
+        centre = patches.view(b, nh, nw, kc, kc, d)[:, :, :, c : c + k, c : c + k, :]
+        centre = self.norm(centre)  # B x nh x nw x k x k x D
+        out = centre.permute(0, 5, 1, 3, 2, 4).reshape(b, d, nh * k, nw * k)
+        return out[:, :, : -(-h // S), : -(-w // S)].contiguous()

@@ -1,0 +1,112 @@
+"""The mixture-of-experts decoder of Patcher (Ou et al., MICCAI 2022)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MoEDecoder"]
+
+
+def _pixel_mlp(in_channels: int, hidden: Sequence[int]) -> nn.Sequential:
+    """Pixel-wise MLP as 1x1 convolutions: ``in -> hidden[0] -> ... -> hidden[-1]``, ReLU after each layer."""
+    layers: list[nn.Module] = []
+    for ch in hidden:
+        layers += [nn.Conv2d(in_channels, ch, kernel_size=1), nn.ReLU(inplace=True)]
+        in_channels = ch
+    return nn.Sequential(*layers)
+
+
+class MoEDecoder(nn.Module):
+    """Mixture-of-experts decoder: one expert per encoder stage, mixed pixel-wise by a gating network.
+
+    1. Each encoder feature map ``i`` goes through its own pixel-wise MLP (hidden ``[decoder_dim, decoder_dim]``,
+       ReLU) and is upsampled (bilinear) to the size of the first (finest) map: expert features ``F_i``.
+    2. The gating network (3x3 convolutions over the concatenated experts, channels ``gate_channels`` then one
+       per expert, ReLU between) followed by a softmax over experts gives weight maps ``W_i`` summing to 1.
+    3. ``O = sum_i W_i * F_i``, then a pixel-wise MLP, a 1x1 conv + BatchNorm + ReLU, dropout and a 1x1 conv
+       to the class logits (at the finest encoder resolution; the caller upsamples to the input size).
+
+    Args:
+        in_channels: channels of each encoder output, finest first (one expert each).
+        out_channels: number of output classes (logit channels).
+        decoder_dim: channels of every expert feature and of the head.
+        gate_channels: hidden channels of the gating network's 3x3 convolutions (the paper: ``(256, 256, 256)``;
+            the reference's best stroke/polyp config: ``(256,)``).
+        gate_norm: add BatchNorm after each hidden gating convolution (as the reference config does).
+        dropout_rate: dropout before the classifier.
+
+    Example::
+
+        >>> dec = MoEDecoder((64, 128, 320, 512), out_channels=1)
+        >>> feats = [torch.randn(1, c, 64 // 2**i, 64 // 2**i) for i, c in enumerate((64, 128, 320, 512))]
+        >>> logits, gating = dec(feats)
+        >>> logits.shape, gating.shape
+        (torch.Size([1, 1, 64, 64]), torch.Size([1, 4, 64, 64]))
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int,
+        decoder_dim: int = 256,
+        gate_channels: Sequence[int] = (256, 256, 256),
+        gate_norm: bool = False,
+        dropout_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if len(in_channels) < 1:
+            raise ValueError("in_channels must list at least one encoder stage.")
+        if out_channels < 1 or decoder_dim < 1:
+            raise ValueError(f"out_channels and decoder_dim must be >= 1, got {out_channels} and {decoder_dim}.")
+        if not 0.0 <= dropout_rate <= 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}.")
+        self.num_experts = len(in_channels)
+        self.experts = nn.ModuleList([_pixel_mlp(c, (decoder_dim, decoder_dim)) for c in in_channels])
+
+        gate: list[nn.Module] = []
+        ch = decoder_dim * self.num_experts
+        for hidden in gate_channels:
+            gate.append(nn.Conv2d(ch, hidden, kernel_size=3, padding=1, bias=not gate_norm))
+            if gate_norm:
+                gate.append(nn.BatchNorm2d(hidden))
+            gate.append(nn.ReLU(inplace=True))
+            ch = hidden
+        gate.append(nn.Conv2d(ch, self.num_experts, kernel_size=3, padding=1))
+        self.gate = nn.Sequential(*gate)
+
+        self.head = nn.Sequential(
+            _pixel_mlp(decoder_dim, (decoder_dim, decoder_dim)),
+            nn.Conv2d(decoder_dim, decoder_dim, kernel_size=1, bias=False),
+            nn.BatchNorm2d(decoder_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout_rate),
+            nn.Conv2d(decoder_dim, out_channels, kernel_size=1),
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix the experts.
+
+        Args:
+            features: encoder outputs, finest first, ``B x in_channels[i] x H_i x W_i``.
+
+        Returns:
+            ``(logits, gating)``: ``B x out_channels x H_0 x W_0`` and ``B x num_experts x H_0 x W_0`` (softmax
+            weights, summing to 1 at every pixel).
+        """
+        if len(features) != self.num_experts:
+            raise ValueError(f"expected {self.num_experts} feature maps, got {len(features)}.")
+        size = features[0].shape[2:]
+        experts = []
+        for i, (feat, mlp) in enumerate(zip(features, self.experts)):
+            e = mlp(feat)  # the MLP runs at the stage's own resolution, before upsampling
+            if i > 0:
+                e = F.interpolate(e, size=size, mode="bilinear", align_corners=False)
+            experts.append(e)
+        stacked = torch.stack(experts, dim=1)  # B x E x decoder_dim x H_0 x W_0
+        gating = torch.softmax(self.gate(stacked.flatten(1, 2)), dim=1)  # B x E x H_0 x W_0
+        mixed = (gating.unsqueeze(2) * stacked).sum(dim=1)  # B x decoder_dim x H_0 x W_0
+        return self.head(mixed), gating

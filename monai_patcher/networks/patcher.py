@@ -1,0 +1,224 @@
+"""Patcher: patch transformers with a mixture-of-experts decoder (Ou et al., MICCAI 2022).
+
+Y. Ou, Y. Yuan, X. Huang, S. T. C. Wong, J. Volpi, J. Z. Wang, K. Wong. "Patcher: Patch Transformers with
+Mixture of Experts for Precise Medical Image Segmentation." MICCAI 2022, LNCS 13431, pp. 475-484.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import PatcherBlock
+from .moe import MoEDecoder
+
+__all__ = ["Patcher", "patcher_preset", "PATCHER_PRESETS"]
+
+
+def _per_stage(name: str, value: int | Sequence[int], num_stages: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * num_stages
+    value = tuple(value)
+    if len(value) != num_stages:
+        raise ValueError(f"{name} has {len(value)} values but the encoder has {num_stages} stages (len(embed_dims)).")
+    return value
+
+
+class Patcher(nn.Module):
+    """Patcher: a 4-stage encoder of Patcher blocks and a mixture-of-experts decoder (2D).
+
+    Each encoder stage cuts its input into large patches (``large_patch``) that carry a context ring
+    (``context_padding``), tokenises them into small patches (``small_patch``, also the stage's downsampling
+    factor) and runs SegFormer-style transformer blocks (efficient attention with spatial reduction ``sr_ratios``,
+    Mix-FFN) on every large patch independently. The decoder turns each stage output into an expert and mixes
+    them pixel-wise with a gating network; the gating maps can be returned (``return_gating=True``) to see which
+    scale the model trusts where (the paper's Fig. 4).
+
+    The defaults are the paper's / reference configuration (about 80 M parameters, about 389 GFLOP per
+    256 x 256 image). Any input size works: the network pads inside and returns logits of exactly ``H x W``.
+
+    Args:
+        in_channels: input channels (2 for eADC + DWI stroke MRI, 3 for RGB polyp images).
+        out_channels: output logit channels (1 for a binary mask with a sigmoid).
+        spatial_dims: spatial dimensions; only 2 is supported (3D volumes are segmented slice by slice).
+        embed_dims: token dimension of each stage.
+        depths: transformer blocks per stage.
+        num_heads: attention heads per stage.
+        sr_ratios: key/value spatial reduction per stage.
+        mlp_ratio: Mix-FFN expansion ratio.
+        large_patch: large patch size ``L`` (an int, or one value per stage as in the paper's Table 4).
+        context_padding: context ring ``P`` (an int, or one value per stage).
+        small_patch: token size ``S`` (an int, or one value per stage); stage ``i`` downsamples by ``S``.
+        decoder_dim: channels of the decoder's experts and head.
+        gate_channels: hidden channels of the gating network's 3x3 convolutions.
+        gate_norm: BatchNorm after each hidden gating convolution (the reference config's variant).
+        drop_path_rate: stochastic depth, rising linearly from 0 to this value over all encoder blocks.
+        dropout_rate: dropout before the decoder's classifier.
+        return_gating: make ``forward`` return ``(logits, gating)`` with the mixture weights
+            ``B x num_stages x ceil(H/S1) x ceil(W/S1)``.
+        use_checkpoint: activation checkpointing in the transformer blocks (less training memory, more compute).
+
+    Example::
+
+        >>> net = patcher_preset("tiny", in_channels=2, out_channels=1)
+        >>> net(torch.randn(1, 2, 250, 190)).shape
+        torch.Size([1, 1, 250, 190])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        spatial_dims: int = 2,
+        embed_dims: Sequence[int] = (64, 128, 320, 512),
+        depths: Sequence[int] = (3, 6, 40, 3),
+        num_heads: Sequence[int] = (1, 2, 5, 8),
+        sr_ratios: Sequence[int] = (2, 2, 2, 1),
+        mlp_ratio: float = 4.0,
+        large_patch: int | Sequence[int] = 32,
+        context_padding: int | Sequence[int] = 8,
+        small_patch: int | Sequence[int] = 2,
+        decoder_dim: int = 256,
+        gate_channels: Sequence[int] = (256, 256, 256),
+        gate_norm: bool = False,
+        drop_path_rate: float = 0.1,
+        dropout_rate: float = 0.1,
+        return_gating: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(
+                f"Patcher is a 2D network (spatial_dims=2), got spatial_dims={spatial_dims}; segment volumes "
+                "slice by slice (e.g. monai.inferers.SliceInferer)."
+            )
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
+        if out_channels < 1:
+            raise ValueError(f"out_channels must be >= 1, got {out_channels}.")
+        num_stages = len(embed_dims)
+        if num_stages < 1:
+            raise ValueError("embed_dims must give at least one stage.")
+        for name, value in (("depths", depths), ("num_heads", num_heads), ("sr_ratios", sr_ratios)):
+            if len(value) != num_stages:
+                raise ValueError(
+                    f"{name} has {len(value)} values but the encoder has {num_stages} stages (len(embed_dims))."
+                )
+        large = _per_stage("large_patch", large_patch, num_stages)
+        context = _per_stage("context_padding", context_padding, num_stages)
+        small = _per_stage("small_patch", small_patch, num_stages)
+        for i, (d, nh) in enumerate(zip(embed_dims, num_heads)):
+            if nh < 1 or d % nh != 0:
+                raise ValueError(f"stage {i + 1}: embed_dims ({d}) must be divisible by num_heads ({nh}).")
+        for i, (l, p, s) in enumerate(zip(large, context, small)):
+            if s < 1 or l < 1 or p < 0:
+                raise ValueError(f"stage {i + 1}: need large_patch >= 1, small_patch >= 1, context_padding >= 0.")
+            if p % s != 0:
+                raise ValueError(
+                    f"stage {i + 1}: context_padding ({p}) must be divisible by small_patch ({s})."
+                )
+            if l % s != 0:
+                raise ValueError(f"stage {i + 1}: large_patch ({l}) must be divisible by small_patch ({s}).")
+        if not 0.0 <= drop_path_rate <= 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1], got {drop_path_rate}.")
+        if not 0.0 <= dropout_rate <= 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}.")
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}.")
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.return_gating = return_gating
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth over all blocks
+        self.stages = nn.ModuleList()
+        ch, start = in_channels, 0
+        for i in range(num_stages):
+            self.stages.append(
+                PatcherBlock(
+                    ch,
+                    embed_dims[i],
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    sr_ratio=sr_ratios[i],
+                    mlp_ratio=mlp_ratio,
+                    large_patch=large[i],
+                    context_padding=context[i],
+                    small_patch=small[i],
+                    drop_path_rates=rates[start : start + depths[i]],
+                    use_checkpoint=use_checkpoint,
+                )
+            )
+            ch, start = embed_dims[i], start + depths[i]
+        self.first_stride = small[0]
+        self.decoder = MoEDecoder(embed_dims, out_channels, decoder_dim, gate_channels, gate_norm, dropout_rate)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder outputs, finest first: stage ``i`` is ``B x embed_dims[i] x H_i x W_i``."""
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``B x in_channels x H x W`` -> logits ``B x out_channels x H x W`` (and the gating maps)."""
+        if x.ndim != 4:
+            raise ValueError(f"Patcher expects a B x C x H x W tensor, got shape {tuple(x.shape)}.")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"Patcher was built for {self.in_channels} input channels, got {x.shape[1]}.")
+        h, w = x.shape[2], x.shape[3]
+        logits, gating = self.decoder(self.forward_features(x))
+        s = self.first_stride
+        if s > 1:  # each first-stage pixel covers an s x s input block: upsample by s, crop the padding
+            logits = F.interpolate(logits, scale_factor=float(s), mode="bilinear", align_corners=False)
+        logits = logits[:, :, :h, :w]
+        if self.return_gating:
+            return logits, gating
+        return logits
+
+
+PATCHER_PRESETS: dict[str, dict[str, Any]] = {
+    # the paper / reference configuration (about 80 M parameters)
+    "paper": {},
+    # a few M parameters, trainable on a CPU
+    "small": {
+        "embed_dims": (32, 64, 160, 256),
+        "depths": (2, 2, 2, 2),
+        "num_heads": (1, 2, 5, 8),
+        "decoder_dim": 128,
+        "gate_channels": (128,),
+    },
+    # for tests and smoke runs
+    "tiny": {
+        "embed_dims": (16, 32, 64, 64),
+        "depths": (1, 1, 1, 1),
+        "num_heads": (1, 1, 2, 2),
+        "sr_ratios": (4, 2, 2, 1),
+        "decoder_dim": 32,
+        "gate_channels": (32,),
+        "mlp_ratio": 2.0,
+    },
+}
+
+
+def patcher_preset(name: str, in_channels: int = 2, out_channels: int = 1, **overrides: Any) -> Patcher:
+    """Build a :class:`Patcher` from a named configuration.
+
+    Args:
+        name: ``"paper"`` (the paper's configuration, the constructor defaults), ``"small"`` (a few M
+            parameters, trainable on CPU) or ``"tiny"`` (for tests).
+        in_channels: input channels.
+        out_channels: output channels.
+        overrides: any other :class:`Patcher` argument, replacing the preset's value.
+
+    Example::
+
+        >>> net = patcher_preset("small", in_channels=3, out_channels=1, return_gating=True)
+    """
+    if name not in PATCHER_PRESETS:
+        raise ValueError(f"unknown Patcher preset {name!r}; choose one of {sorted(PATCHER_PRESETS)}.")
+    kwargs = {**PATCHER_PRESETS[name], **overrides}
+    return Patcher(in_channels=in_channels, out_channels=out_channels, **kwargs)
