@@ -37,6 +37,13 @@ def _grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
+
+@torch.jit.unused
+def _checkpointed(blk: nn.Module, x: torch.Tensor, kc: int) -> torch.Tensor:
+    """Run ``blk`` on a ``kc x kc`` token grid with activation checkpointing (eager only; TorchScript skips it)."""
+    return checkpoint(blk, x, kc, kc, use_reentrant=False)
+
+
 class EfficientSelfAttention(nn.Module):
     """SegFormer's efficient multi-head self-attention.
 
@@ -268,8 +275,8 @@ class PatcherBlock(nn.Module):
         d = patches.shape[3]
         patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * nh * nw, kc * kc, d)
         for blk in self.blocks:
-            if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                patches = checkpoint(blk, patches, kc, kc, use_reentrant=False)
+            if self.use_checkpoint and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                patches = _checkpointed(blk, patches, kc)
             else:
                 patches = blk(patches, kc, kc)
         # drop the context ring, normalise, put the patches back in place

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +87,7 @@ class MoEDecoder(nn.Module):
             nn.Conv2d(decoder_dim, out_channels, kernel_size=1),
         )
 
-    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mix the experts.
 
         Args:
@@ -99,10 +99,10 @@ class MoEDecoder(nn.Module):
         """
         if len(features) != self.num_experts:
             raise ValueError(f"expected {self.num_experts} feature maps, got {len(features)}.")
-        size = features[0].shape[2:]
+        size = [features[0].shape[2], features[0].shape[3]]
         experts = []
-        for i, (feat, mlp) in enumerate(zip(features, self.experts)):
-            e = mlp(feat)  # the MLP runs at the stage's own resolution, before upsampling
+        for i, mlp in enumerate(self.experts):  # indexing, not zip: TorchScript needs a static ModuleList loop
+            e = mlp(features[i])  # the MLP runs at the stage's own resolution, before upsampling
             if i > 0:
                 e = F.interpolate(e, size=size, mode="bilinear", align_corners=False)
             experts.append(e)

@@ -166,7 +166,7 @@ class Patcher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``B x in_channels x H x W`` -> logits ``B x out_channels x H x W`` (and the gating maps)."""
         if x.ndim != 4:
-            raise ValueError(f"Patcher expects a B x C x H x W tensor, got shape {tuple(x.shape)}.")
+            raise ValueError(f"Patcher expects a B x C x H x W tensor, got shape {list(x.shape)}.")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Patcher was built for {self.in_channels} input channels, got {x.shape[1]}.")
         h, w = x.shape[2], x.shape[3]
