@@ -37,7 +37,6 @@ def _grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
-
 @torch.jit.unused
 def _checkpointed(blk: nn.Module, x: torch.Tensor, kc: int) -> torch.Tensor:
     """Run ``blk`` on a ``kc x kc`` token grid with activation checkpointing (eager only; TorchScript skips it)."""
