@@ -1,0 +1,280 @@
+"""Stroke MRI: eADC from ADC, and the ready-made train/validation/inference pipelines (eADC + DWI).
+
+The paper feeds 2-channel slices, (eADC, DWI), where eADC = exp(-b * ADC) is the "exponential ADC"
+with b = 1000 s/mm^2 and ADC in mm^2/s. The pipelines below are plain MONAI ``Compose`` objects of
+MONAI transforms plus ours; docs/data.md shows the same chain as bundle JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    ConcatItemsd,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandSpatialCropd,
+    RandZoomd,
+    Resized,
+    Spacingd,
+    SpatialPadd,
+)
+
+from ..data.errors import DataError
+from ..data.readers import SimpleITKReader
+from .checks import CheckGeometryd, CheckVolumed, source_name
+from .slices import RandSliced
+
+__all__ = [
+    "ADC_UNITS",
+    "ComputeEADCd",
+    "detect_adc_unit",
+    "stroke_volume_transforms",
+    "stroke_train_transforms",
+    "stroke_val_transforms",
+    "stroke_inference_transforms",
+]
+
+#: ADC units understood by :class:`ComputeEADCd` and their factor to mm^2/s.
+ADC_UNITS = {"mm2/s": 1.0, "1e-3mm2/s": 1e-3, "1e-6mm2/s": 1e-6}
+
+
+def detect_adc_unit(adc) -> str:
+    """Guess the unit of an ADC map from the median of its positive voxels.
+
+    Brain tissue ADC is about 0.6-1.0e-3 mm^2/s and CSF about 3e-3 mm^2/s, so the median of the positive
+    (in-brain) voxels is ~1e-3 in mm^2/s, ~1 in 1e-3 mm^2/s (e.g. ISLES'22) and ~1000 in 1e-6 mm^2/s
+    (the usual DICOM scaling). Thresholds sit at the geometric middle: 0.03 and 30.
+
+    Args:
+        adc: the ADC map (any shape).
+
+    Returns:
+        a key of :data:`ADC_UNITS`.
+
+    Raises:
+        DataError: no positive finite voxel.
+    """
+    t = torch.as_tensor(adc).detach().float()
+    t = t[torch.isfinite(t) & (t > 0)]
+    if t.numel() == 0:
+        raise DataError("ADC map has no positive voxels: cannot detect its unit")
+    med = float(t.median())
+    if med < 0.03:
+        return "mm2/s"
+    if med < 30:
+        return "1e-3mm2/s"
+    return "1e-6mm2/s"
+
+
+class ComputeEADCd(MapTransform):
+    """eADC = exp(-b * ADC), with the ADC unit given or detected.
+
+    Background: voxels where the ADC is exactly 0 (outside the skull-stripped brain, or outside the
+    scanner's field of view) are kept at 0, not exp(0) = 1. This keeps the background of the eADC
+    channel at 0 like the DWI channel, so ``NormalizeIntensityd(nonzero=True)`` normalises inside the
+    brain only, and a bright frame around the head (which would look like restricted diffusion) is
+    avoided. Set ``zero_background=False`` for the raw formula. Negative ADC values (interpolation
+    artefacts) are clipped to 0 before the exponential, so the result is always in [0, 1].
+
+    Args:
+        keys: the ADC key(s).
+        output_keys: where to write eADC (same length as ``keys``); None overwrites the ADC.
+        b_value: b in s/mm^2 (default 1000, as in the paper).
+        unit: ``"auto"`` (default: :func:`detect_adc_unit` per volume) or one of :data:`ADC_UNITS`
+            (``"mm2/s"``, ``"1e-3mm2/s"``, ``"1e-6mm2/s"``).
+        zero_background: keep ADC == 0 voxels at 0 (default True, see above).
+        allow_missing_keys: skip missing keys.
+
+    The unit used is recorded in the output's metadata (``meta["adc_unit"]``).
+
+    Example:
+        >>> import torch
+        >>> out = ComputeEADCd("adc", "eadc")({"adc": torch.tensor([[0.0, 0.8, 3.0]])})  # 1e-3 mm^2/s
+        >>> [round(v, 3) for v in out["eadc"][0].tolist()]
+        [0.0, 0.449, 0.05]
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_keys: KeysCollection | None = None,
+        b_value: float = 1000.0,
+        unit: str = "auto",
+        zero_background: bool = True,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        if unit != "auto" and unit not in ADC_UNITS:
+            raise ValueError(f"unit must be 'auto' or one of {list(ADC_UNITS)}, got {unit!r}")
+        if b_value <= 0:
+            raise ValueError(f"b_value must be positive, got {b_value}")
+        out = self.keys if output_keys is None else ((output_keys,) if isinstance(output_keys, str) else tuple(output_keys))
+        if len(out) != len(self.keys):
+            raise ValueError(f"output_keys {out} must match keys {self.keys} in length")
+        self.output_keys = out
+        self.b_value = float(b_value)
+        self.unit = unit
+        self.zero_background = zero_background
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key, out_key in self.key_iterator(d, self.output_keys):
+            adc = d[key]
+            t = torch.as_tensor(adc)
+            if not torch.isfinite(t).all():
+                raise DataError(f"{source_name(d, key)}: ADC map contains NaN/Inf voxels")
+            try:
+                unit = detect_adc_unit(t) if self.unit == "auto" else self.unit
+            except DataError as e:
+                raise DataError(f"{source_name(d, key)}: {e}") from None
+            adc_mm2 = t.float().clamp(min=0) * ADC_UNITS[unit]
+            eadc = torch.exp(-self.b_value * adc_mm2)
+            if self.zero_background:
+                eadc = torch.where(t == 0, torch.zeros_like(eadc), eadc)
+            if isinstance(adc, MetaTensor):
+                eadc = MetaTensor(eadc.as_tensor() if isinstance(eadc, MetaTensor) else eadc, meta=dict(adc.meta),
+                                  applied_operations=list(adc.applied_operations))
+                eadc.meta["adc_unit"] = unit
+            d[out_key] = eadc
+        return d
+
+
+def _reader(reader):
+    return SimpleITKReader() if reader is None else reader
+
+
+def stroke_volume_transforms(
+    dwi_key: str = "dwi",
+    adc_key: str = "adc",
+    label_key: str | None = "label",
+    image_key: str = "image",
+    spatial_size: int = 256,
+    axis: int = 2,
+    pixdim: tuple[float, float, float] | None = None,
+    b_value: float = 1000.0,
+    adc_unit: str = "auto",
+    reader=None,
+) -> Compose:
+    """The deterministic (cacheable) part of the stroke pipeline, volume level.
+
+    ``LoadImaged(reader=SimpleITKReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed`` (DWI, ADC: 3D,
+    finite, not constant; label: 3D, finite) -> ``CheckGeometryd`` (DWI, ADC, label share one grid) ->
+    ``Orientationd("RAS")`` -> [``Spacingd(pixdim)``] -> ``ComputeEADCd`` -> ``ConcatItemsd([eadc, dwi] -> image)``
+    -> ``DeleteItemsd`` (the single channels) -> ``NormalizeIntensityd(nonzero, channel_wise)`` ->
+    ``AsDiscreted(label, threshold=0.5)`` (label > 0.5 -> 1, so multi-class labels become "lesion") ->
+    ``Resized`` in-plane to ``spatial_size`` (the slice axis keeps its size; label: nearest).
+
+    Output: ``image`` (2, S, S, D) float32 (channel 0 = eADC, channel 1 = DWI, each zero-mean unit-variance
+    over the non-zero voxels) and ``label`` (1, S, S, D) in {0, 1} for ``axis=2``.
+
+    Args:
+        dwi_key, adc_key, label_key: datalist keys (label_key None: no label, inference).
+        image_key: key of the stacked 2-channel image.
+        spatial_size: in-plane size after resizing (the paper: 256).
+        axis: slice axis (spatial, after RAS orientation; 2 = axial).
+        pixdim: optional resampling to this voxel size (mm) before anything else is computed.
+        b_value: b for eADC.
+        adc_unit: ADC unit (``"auto"`` to detect).
+        reader: the image reader (default ``SimpleITKReader()``).
+    """
+    img_keys = [dwi_key, adc_key]
+    all_keys = img_keys + ([label_key] if label_key else [])
+    size = [spatial_size] * 3
+    size[axis] = -1
+    xs = [
+        LoadImaged(all_keys, reader=_reader(reader), image_only=True),
+        EnsureChannelFirstd(all_keys),
+        CheckVolumed(img_keys, spatial_dims=3),
+    ]
+    if label_key:
+        xs.append(CheckVolumed(label_key, spatial_dims=3, allow_constant=True))
+    xs += [CheckGeometryd(all_keys), Orientationd(all_keys, axcodes="RAS", labels=None)]
+    if pixdim is not None:
+        xs.append(Spacingd(all_keys, pixdim=pixdim, mode=["bilinear", "bilinear"] + (["nearest"] if label_key else [])))
+    xs += [
+        ComputeEADCd(adc_key, "eadc", b_value=b_value, unit=adc_unit),
+        ConcatItemsd(["eadc", dwi_key], image_key),
+        DeleteItemsd(["eadc", dwi_key, adc_key]),
+        NormalizeIntensityd(image_key, nonzero=True, channel_wise=True),
+    ]
+    if label_key:
+        xs.append(AsDiscreted(label_key, threshold=0.5))
+    keys = [image_key] + ([label_key] if label_key else [])
+    xs.append(Resized(keys, spatial_size=size, mode=["bilinear"] + (["nearest"] if label_key else [])))
+    xs.append(EnsureTyped(keys, dtype=torch.float32, track_meta=True))
+    return Compose(xs)
+
+
+def stroke_train_transforms(
+    dwi_key: str = "dwi",
+    adc_key: str = "adc",
+    label_key: str = "label",
+    image_key: str = "image",
+    spatial_size: int = 256,
+    axis: int = 2,
+    pos_ratio: float = 0.5,
+    num_samples: int = 4,
+    scale_range: tuple[float, float] = (0.7, 2.0),
+    **volume_kwargs,
+) -> Compose:
+    """Stroke training pipeline: :func:`stroke_volume_transforms`, then random 2D slices and the paper's augmentation.
+
+    ... -> ``RandSliced(pos_ratio, num_samples)`` -> ``RandZoomd(0.7-2.0, keep_size=False)`` ->
+    ``SpatialPadd(256)`` -> ``RandSpatialCropd(256)``. Use it with ``CacheDataset``: everything before
+    ``RandSliced`` (reading, orientation, eADC, normalisation, in-plane resize) is cached.
+
+    Args:
+        pos_ratio: probability that a sampled slice contains lesion.
+        num_samples: slices per case per epoch (so the batch holds ``batch_size * num_samples`` slices).
+        scale_range: random rescale factors (the paper: 0.7-2.0).
+        volume_kwargs: passed to :func:`stroke_volume_transforms` (``pixdim``, ``b_value``, ``adc_unit``, ``reader``).
+        (other arguments: as in :func:`stroke_volume_transforms`)
+    """
+    base = stroke_volume_transforms(dwi_key, adc_key, label_key, image_key, spatial_size, axis, **volume_kwargs)
+    keys = [image_key, label_key]
+    return Compose(
+        list(base.transforms)
+        + [
+            RandSliced(keys, label_key=label_key, axis=axis, pos_ratio=pos_ratio, num_samples=num_samples,
+                       image_key=image_key),
+            RandZoomd(keys, prob=1.0, min_zoom=scale_range[0], max_zoom=scale_range[1], keep_size=False,
+                      mode=["bilinear", "nearest"], padding_mode="constant"),
+            SpatialPadd(keys, spatial_size=(spatial_size, spatial_size)),
+            RandSpatialCropd(keys, roi_size=(spatial_size, spatial_size), random_size=False),
+        ]
+    )
+
+
+def stroke_val_transforms(**kwargs) -> Compose:
+    """Validation/evaluation: :func:`stroke_volume_transforms` with a label; slice with ``SliceDataset`` or ``SliceInferer``.
+
+    Args:
+        kwargs: as :func:`stroke_volume_transforms`.
+    """
+    return stroke_volume_transforms(**kwargs)
+
+
+def stroke_inference_transforms(**kwargs) -> Compose:
+    """Inference: :func:`stroke_volume_transforms` without a label.
+
+    Run the 2D network with ``SliceInferer(roi_size=(256, 256), spatial_dim=2)`` on ``image``, then
+    ``Invertd`` (undoes the resize and the orientation) and ``SaveImaged``: the mask comes out in the
+    DWI's own grid.
+
+    Args:
+        kwargs: as :func:`stroke_volume_transforms` (``label_key`` is forced to None).
+    """
+    kwargs["label_key"] = None
+    return stroke_volume_transforms(**kwargs)
