@@ -1,12 +1,35 @@
 """Data: readers, datalist builders and the synthetic demo dataset.
 
 Importing this module registers :class:`SimpleITKReader` under the name ``"SimpleITKReader"`` for
-MONAI's ``LoadImage(d)`` (see :func:`register_reader`).
+MONAI's ``LoadImage(d)`` (see :func:`register_reader`). The datalist and demo modules are imported on
+first use (so ``python -m monai_patcher.data.demo`` runs cleanly).
 """
+
+import importlib
 
 from .errors import DataError
 from .readers import SimpleITKReader, dicom_series_files, register_reader
 
 register_reader()
 
-__all__ = ["DataError", "SimpleITKReader", "dicom_series_files", "register_reader"]
+_LAZY = {
+    "build_isles22_datalist": "datalists",
+    "build_case_folder_datalist": "datalists",
+    "build_kvasir_datalist": "datalists",
+    "split_cases": "datalists",
+    "write_datalist": "datalists",
+    "make_demo_case": "demo",
+    "write_demo_dataset": "demo",
+}
+
+__all__ = ["DataError", "SimpleITKReader", "dicom_series_files", "register_reader"] + list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

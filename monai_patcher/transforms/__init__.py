@@ -1,6 +1,7 @@
 """MONAI dictionary transforms for Patcher: input checks, stroke (eADC), 3D -> 2D slicing, polyp images."""
 
 from .checks import CheckGeometryd, CheckVolumed
+from .polyp import IMAGENET_MEAN, IMAGENET_STD, BinarizeMaskd, polyp_load_transforms, polyp_train_transforms, polyp_val_transforms
 from .slices import RandSliced, SliceDataset, extract_slice, slice_labels, stack_slices
 from .stroke import (
     ADC_UNITS,
@@ -13,6 +14,12 @@ from .stroke import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BinarizeMaskd",
+    "polyp_load_transforms",
+    "polyp_train_transforms",
+    "polyp_val_transforms",
     "CheckVolumed",
     "CheckGeometryd",
     "RandSliced",

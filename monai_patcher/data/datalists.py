@@ -1,0 +1,306 @@
+"""Datalist builders: dataset folders -> MONAI datalist JSON (``load_decathlon_datalist`` format).
+
+A datalist is ``{"training": [...], "validation": [...], "test": [...]}``, each item a dict of file
+paths (relative to the JSON file's folder when ``relative=True``, so the JSON can move with the data)
+plus ``"case"``. Splits are always by case (never by slice), reproducible from ``seed``.
+
+CLI::
+
+    python -m monai_patcher.data.datalists isles22 /data/ISLES-2022 --out datalist.json --val 0.2 --test 0.1
+    python -m monai_patcher.data.datalists kvasir /data/Kvasir-SEG --out kvasir.json
+    python -m monai_patcher.data.datalists folders /data/BraTS --out brats.json \\
+        --pattern dwi=Flair*.nii.gz --pattern adc=T1c*.nii.gz --pattern label=OTMultiClass*.nii.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import random
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .errors import DataError
+
+__all__ = [
+    "split_cases",
+    "write_datalist",
+    "build_isles22_datalist",
+    "build_case_folder_datalist",
+    "build_kvasir_datalist",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def split_cases(cases: Sequence, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, list]:
+    """Shuffle ``cases`` with ``seed`` and split them into training/validation/test.
+
+    Sizes are ``round(n * fraction)`` for validation and test (at least 1 each when the fraction is > 0
+    and there are enough cases), the rest for training. The same cases and seed always give the same split,
+    whatever the input order.
+
+    Args:
+        cases: case items (dicts with a ``"case"`` key, or strings).
+        val_fraction: fraction of cases for validation, in [0, 1).
+        test_fraction: fraction of cases for test, in [0, 1).
+        seed: shuffling seed.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= val, test and val + test < 1, got {val_fraction}, {test_fraction}")
+    key = (lambda c: str(c["case"])) if cases and isinstance(cases[0], Mapping) else str
+    items = sorted(cases, key=key)
+    random.Random(seed).shuffle(items)
+    n = len(items)
+
+    def size(frac: float) -> int:
+        return 0 if frac <= 0 else min(max(1, round(n * frac)), max(n - 1, 0))
+
+    n_test = size(test_fraction)
+    n_val = min(size(val_fraction), max(n - n_test - 1, 0))
+    return {
+        "training": items[n_val + n_test:],
+        "validation": items[:n_val],
+        "test": items[n_val:n_val + n_test],
+    }
+
+
+def _relativize(split: dict, base: Path, relative: bool) -> dict:
+    out = {}
+    for name, items in split.items():
+        out[name] = []
+        for item in items:
+            new = {}
+            for k, v in item.items():
+                if k != "case" and isinstance(v, str):
+                    p = Path(v).resolve()
+                    v = os.path.relpath(p, base) if relative else str(p)
+                new[k] = v
+            out[name].append(new)
+    return out
+
+
+def write_datalist(split: dict, out_json, relative: bool = True, extra: dict | None = None) -> Path:
+    """Write a datalist JSON (paths relative to its folder when ``relative``). Returns the path.
+
+    Args:
+        split: ``{"training": [...], "validation": [...], "test": [...]}`` with absolute or cwd-relative paths.
+        out_json: output file (its folder is created).
+        relative: store paths relative to the JSON's folder (default) or absolute.
+        extra: extra top-level entries (e.g. ``"description"``).
+    """
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    data = dict(extra or {})
+    data.update(_relativize(split, out_json.parent.resolve(), relative))
+    out_json.write_text(json.dumps(data, indent=2) + "\n")
+    return out_json
+
+
+def _one(folder: Path, pattern: str, what: str, required: bool = True) -> str | None:
+    hits = sorted(p for p in folder.rglob("*") if p.is_file() and fnmatch.fnmatch(p.name, pattern))
+    if not hits:
+        if required:
+            raise DataError.for_file(folder, f"no {what} file matching {pattern!r}")
+        return None
+    if len(hits) > 1:
+        raise DataError.for_file(folder, f"{len(hits)} files match {pattern!r} for {what}: {[h.name for h in hits]}")
+    return str(hits[0])
+
+
+def build_isles22_datalist(
+    root,
+    out_json=None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    require_label: bool = True,
+    relative: bool = True,
+) -> dict:
+    """ISLES'22 BIDS folder -> datalist with ``dwi``, ``adc``, ``label`` per case, split by case.
+
+    Layout: ``root/sub-strokecaseNNNN/ses-0001/dwi/*_dwi.nii.gz`` and ``*_adc.nii.gz``; masks in
+    ``root/derivatives/**/sub-strokecaseNNNN/**/*_msk.nii.gz``. Also accepted: all files of a case in one
+    flat folder (as in the single-case sample).
+
+    Args:
+        root: the BIDS root.
+        out_json: write the datalist there (optional).
+        val_fraction, test_fraction, seed: see :func:`split_cases`.
+        require_label: raise if a case has no mask (default). False: cases without mask get no ``label``
+            key (inference-only datalists).
+        relative: store paths relative to the JSON's folder.
+
+    Returns:
+        the datalist dict (with absolute paths).
+
+    Raises:
+        DataError: no case found, a case without DWI/ADC (or mask when required), several candidates.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError.for_file(root, "ISLES'22 root folder does not exist")
+    files = sorted(p for p in root.rglob("*.nii*") if p.is_file())
+    cases: dict[str, dict] = {}
+    for p in files:
+        m = re.match(r"(sub-strokecase\d+)_.*_(dwi|adc|msk)\.nii(\.gz)?$", p.name)
+        if not m:
+            continue
+        case, kind = m.group(1), {"dwi": "dwi", "adc": "adc", "msk": "label"}[m.group(2)]
+        entry = cases.setdefault(case, {"case": case})
+        if kind in entry:
+            raise DataError.for_file(p, f"second {kind} file for {case} (first: {entry[kind]})")
+        entry[kind] = str(p)
+    if not cases:
+        raise DataError.for_file(root, "no ISLES'22 case files (sub-strokecaseNNNN_*_dwi/adc.nii.gz) found")
+    for case, entry in cases.items():
+        for k in ("dwi", "adc") + (("label",) if require_label else ()):
+            if k not in entry:
+                raise DataError.for_file(root, f"case {case} has no {k} file")
+    split = split_cases(list(cases.values()), val_fraction, test_fraction, seed)
+    if out_json is not None:
+        write_datalist(split, out_json, relative, {"description": f"ISLES'22 from {root}, seed {seed}"})
+    return split
+
+
+def build_case_folder_datalist(
+    root,
+    patterns: Mapping[str, str],
+    out_json=None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    optional: Sequence[str] = (),
+    relative: bool = True,
+) -> dict:
+    """"One folder per case" layout -> datalist, split by case.
+
+    Every folder below ``root`` that holds a file matching each (non-optional) pattern is a case; the
+    case name is the folder's path relative to ``root``. E.g. the BraTS examples::
+
+        build_case_folder_datalist("BraTS2015", {"dwi": "Flair*.nii.gz", "adc": "T1c*.nii.gz",
+                                                 "label": "OTMultiClass*.nii.gz"})
+
+    Args:
+        root: folder holding the case folders (at any depth).
+        patterns: ``{key: glob on the file name}``; exactly one file per case must match each.
+        out_json: write the datalist there (optional).
+        val_fraction, test_fraction, seed: see :func:`split_cases`.
+        optional: keys that may be missing in a case.
+        relative: store paths relative to the JSON's folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError.for_file(root, "folder does not exist")
+    first_key = next(k for k in patterns if k not in optional)
+    folders = sorted({p.parent for p in root.rglob("*") if p.is_file() and fnmatch.fnmatch(p.name, patterns[first_key])})
+    if not folders:
+        raise DataError.for_file(root, f"no case folder with a file matching {patterns[first_key]!r}")
+    cases = []
+    for f in folders:
+        item = {"case": str(f.relative_to(root))}
+        for k, pat in patterns.items():
+            hits = sorted(p for p in f.iterdir() if p.is_file() and fnmatch.fnmatch(p.name, pat))
+            if not hits:
+                if k in optional:
+                    continue
+                raise DataError.for_file(f, f"no {k} file matching {pat!r}")
+            if len(hits) > 1:
+                raise DataError.for_file(f, f"{len(hits)} files match {pat!r} for {k}: {[h.name for h in hits]}")
+            item[k] = str(hits[0])
+        cases.append(item)
+    split = split_cases(cases, val_fraction, test_fraction, seed)
+    if out_json is not None:
+        write_datalist(split, out_json, relative, {"description": f"case folders of {root}, seed {seed}"})
+    return split
+
+
+def _pairs(images_dir: Path, masks_dir: Path) -> list[dict]:
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise DataError.for_file(images_dir.parent, "expected an images/ and a masks/ folder")
+    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    items = []
+    for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        if img.stem not in masks:
+            raise DataError.for_file(img, f"no mask with the same name in {masks_dir}")
+        items.append({"case": img.stem, "image": str(img), "label": str(masks.pop(img.stem))})
+    if masks:
+        raise DataError.for_file(masks_dir, f"{len(masks)} masks without an image, e.g. {sorted(masks)[:3]}")
+    if not items:
+        raise DataError.for_file(images_dir, "no images found")
+    return items
+
+
+def build_kvasir_datalist(
+    root,
+    out_json=None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    relative: bool = True,
+) -> dict:
+    """Kvasir-SEG style folders -> datalist with ``image`` and ``label`` (the mask) per item.
+
+    Two layouts: ``root/images/`` + ``root/masks/`` (matching file names): split 8:1:1 (by default) with
+    ``seed``; or already split ``root/{train,val[,test]}/{images,masks}/``: that split is kept
+    (``train`` -> training, ``val``/``validation`` -> validation, ``test`` -> test).
+
+    Args:
+        root: dataset folder.
+        out_json: write the datalist there (optional).
+        val_fraction, test_fraction, seed: for the unsplit layout (see :func:`split_cases`).
+        relative: store paths relative to the JSON's folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError.for_file(root, "folder does not exist")
+    if (root / "images").is_dir():
+        split = split_cases(_pairs(root / "images", root / "masks"), val_fraction, test_fraction, seed)
+    else:
+        names = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
+                 "test": "test"}
+        split = {"training": [], "validation": [], "test": []}
+        found = False
+        for sub, key in names.items():
+            if (root / sub / "images").is_dir():
+                split[key] += _pairs(root / sub / "images", root / sub / "masks")
+                found = True
+        if not found:
+            raise DataError.for_file(root, "neither images/ + masks/ nor train/ val/ sub-folders with them")
+    if out_json is not None:
+        write_datalist(split, out_json, relative, {"description": f"Kvasir-SEG style folders {root}"})
+    return split
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry point (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m monai_patcher.data.datalists", description=__doc__.split("\n")[0])
+    ap.add_argument("kind", choices=["isles22", "kvasir", "folders"])
+    ap.add_argument("root")
+    ap.add_argument("--out", required=True, help="datalist JSON to write")
+    ap.add_argument("--val", type=float, default=None, help="validation fraction")
+    ap.add_argument("--test", type=float, default=None, help="test fraction")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--absolute", action="store_true", help="store absolute paths")
+    ap.add_argument("--pattern", action="append", default=[], help="folders: KEY=GLOB (repeat)")
+    ap.add_argument("--no-label", action="store_true", help="isles22: allow cases without mask")
+    a = ap.parse_args(argv)
+    common = {"out_json": a.out, "seed": a.seed, "relative": not a.absolute}
+    fr = {k: v for k, v in (("val_fraction", a.val), ("test_fraction", a.test)) if v is not None}
+    if a.kind == "isles22":
+        split = build_isles22_datalist(a.root, require_label=not a.no_label, **fr, **common)
+    elif a.kind == "kvasir":
+        split = build_kvasir_datalist(a.root, **fr, **common)
+    else:
+        if not a.pattern:
+            ap.error("folders needs --pattern KEY=GLOB")
+        pats = dict(p.split("=", 1) for p in a.pattern)
+        split = build_case_folder_datalist(a.root, pats, **fr, **common)
+    print(f"{a.out}: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+
+
+if __name__ == "__main__":
+    main()

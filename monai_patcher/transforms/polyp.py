@@ -1,0 +1,154 @@
+"""Polyp (RGB endoscopy) pipelines: Kvasir-SEG style JPEG/PNG image + mask pairs.
+
+MONAI's ``PILReader`` returns 2D images transposed to ``(W, H)`` (``reverse_indexing=True``); image and
+mask are read by the same reader, so they stay aligned, and ``SaveImaged`` (``PILWriter``) transposes
+back, so a saved mask has the image's ``H x W``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    RandFlipd,
+    RandRotate90d,
+    RandSpatialCropd,
+    RandZoomd,
+    Resized,
+    ScaleIntensityRanged,
+    SpatialPadd,
+)
+
+from .checks import CheckGeometryd, CheckVolumed
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BinarizeMaskd",
+    "polyp_load_transforms",
+    "polyp_train_transforms",
+    "polyp_val_transforms",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BinarizeMaskd(MapTransform):
+    """Turn a (JPEG, possibly RGB) mask into one channel of {0, 1}: mean over channels ``> threshold``.
+
+    Kvasir-SEG masks are JPEG, so their edges carry compression noise; thresholding at 127 (of 255)
+    gives the binary mask.
+
+    Args:
+        keys: mask keys (channel-first).
+        threshold: values strictly above it are foreground (default 127).
+        allow_missing_keys: skip missing keys.
+
+    Example:
+        >>> import torch
+        >>> BinarizeMaskd("m")({"m": torch.tensor([[[0., 130.], [255., 127.]]])})["m"].tolist()
+        [[[0.0, 1.0], [1.0, 0.0]]]
+    """
+
+    def __init__(self, keys: KeysCollection, threshold: float = 127.0, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.threshold = threshold
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            m = d[key]
+            mean = torch.as_tensor(m).float().mean(dim=0, keepdim=True)
+            out = (mean > self.threshold).float()
+            if isinstance(m, MetaTensor):
+                out = MetaTensor(out, meta=dict(m.meta), applied_operations=list(m.applied_operations))
+            d[key] = out
+        return d
+
+
+def polyp_load_transforms(image_key: str = "image", label_key: str | None = "label") -> list:
+    """Read + check + binarise + ImageNet-normalise (no resizing).
+
+    ``LoadImaged(PILReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed(spatial_dims=2)`` ->
+    ``CheckGeometryd`` (same size) -> ``BinarizeMaskd(127)`` -> ``ScaleIntensityRanged(0-255 -> 0-1)`` ->
+    ``NormalizeIntensityd(ImageNet mean/std, channel_wise)``.
+    """
+    keys = [image_key] + ([label_key] if label_key else [])
+    xs = [
+        LoadImaged(keys, reader="PILReader", image_only=True),
+        EnsureChannelFirstd(keys),
+        CheckVolumed(image_key, spatial_dims=2),
+    ]
+    if label_key:
+        xs += [
+            CheckVolumed(label_key, spatial_dims=2, allow_constant=True),
+            CheckGeometryd(keys, check_affine=False),
+            BinarizeMaskd(label_key, threshold=127),
+        ]
+    xs += [
+        ScaleIntensityRanged(image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
+        NormalizeIntensityd(image_key, subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True),
+    ]
+    return xs
+
+
+def polyp_train_transforms(
+    image_key: str = "image",
+    label_key: str = "label",
+    spatial_size: int = 256,
+    scale_range: tuple[float, float] = (0.5, 1.5),
+) -> Compose:
+    """Polyp training: load/normalise -> ``Resized(256)`` -> the reference augmentation.
+
+    ``RandZoomd(0.5-1.5, keep_size=False)`` -> ``SpatialPadd(256)`` -> ``RandSpatialCropd(256)`` ->
+    ``RandFlipd`` (both axes, p = 0.5 each) -> ``RandRotate90d`` (p = 0.5, k in 1..3).
+    Output: ``image`` (3, 256, 256) float32, ``label`` (1, 256, 256) in {0, 1}.
+
+    Args:
+        image_key, label_key: datalist keys.
+        spatial_size: network input size.
+        scale_range: random rescale factors.
+    """
+    keys = [image_key, label_key]
+    s = (spatial_size, spatial_size)
+    return Compose(
+        polyp_load_transforms(image_key, label_key)
+        + [
+            Resized(keys, spatial_size=s, mode=["bilinear", "nearest"]),
+            RandZoomd(keys, prob=1.0, min_zoom=scale_range[0], max_zoom=scale_range[1], keep_size=False,
+                      mode=["bilinear", "nearest"], padding_mode="constant"),
+            SpatialPadd(keys, spatial_size=s),
+            RandSpatialCropd(keys, roi_size=s, random_size=False),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandRotate90d(keys, prob=0.5, max_k=3),
+            EnsureTyped(keys, dtype=torch.float32),
+        ]
+    )
+
+
+def polyp_val_transforms(image_key: str = "image", label_key: str | None = "label", spatial_size: int = 256) -> Compose:
+    """Polyp validation/inference: load/normalise -> ``Resized(256)`` (``Invertd`` restores the image size).
+
+    Args:
+        image_key, label_key: datalist keys (label_key None for inference).
+        spatial_size: network input size.
+    """
+    keys = [image_key] + ([label_key] if label_key else [])
+    return Compose(
+        polyp_load_transforms(image_key, label_key)
+        + [
+            Resized(keys, spatial_size=(spatial_size, spatial_size), mode=["bilinear"] + (["nearest"] if label_key else [])),
+            EnsureTyped(keys, dtype=torch.float32),
+        ]
+    )
