@@ -1,0 +1,50 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_patcher.losses import BCEIoULoss
+
+
+def _mask(b=2, h=32, w=32):
+    y = torch.zeros(b, 1, h, w)
+    y[:, :, 8:20, 10:26] = 1
+    return y
+
+
+def test_plain_bce_iou_matches_formula():
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 1, 32, 32), _mask()
+    got = BCEIoULoss(boundary_weight=0.0, smooth=0.0)(x, y)
+    p = torch.sigmoid(x)
+    inter = (p * y).sum((2, 3))
+    iou = 1 - inter / ((p + y).sum((2, 3)) - inter)
+    bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean((2, 3))
+    torch.testing.assert_close(got, (bce + iou).mean())
+
+
+def test_perfect_prediction_beats_wrong_one_and_boundary_weight_matters():
+    y = _mask()
+    good, bad = (y * 2 - 1) * 10, (1 - y * 2) * 10
+    loss = BCEIoULoss()
+    assert loss(good, y) < 0.01 < loss(bad, y)
+    x = torch.randn(2, 1, 32, 32)
+    assert not torch.isclose(BCEIoULoss(boundary_weight=5)(x, y), BCEIoULoss(boundary_weight=0)(x, y))
+
+
+def test_gradients_and_reduction_none():
+    x = torch.randn(3, 1, 16, 16, requires_grad=True)
+    out = BCEIoULoss(reduction="none")(x, torch.randint(0, 2, (3, 1, 16, 16)).float())
+    assert out.shape == (3,)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"boundary_weight": -1}, {"kernel_size": 4}, {"reduction": "avg"}])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        BCEIoULoss(**kwargs)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="same shape"):
+        BCEIoULoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
