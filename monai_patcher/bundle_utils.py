@@ -1,0 +1,363 @@
+"""Helpers used by the MONAI bundles in ``bundles/`` (``patcher_stroke``, ``patcher_polyp``).
+
+They are small, plain functions called from the bundle configs (``"$monai_patcher.bundle_utils.<name>(...)"``):
+
+- :func:`find_bundle_root`: the bundle folder, whatever the current directory is;
+- :func:`latest_checkpoint`: the newest ``checkpoint_epoch=N.pt`` to resume from;
+- :func:`stroke_inference_datalist` / :func:`image_inference_datalist`: turn the ``--input`` of an
+  inference run (a file, a folder of files, a DICOM series folder, a DWI + ADC pair) into a MONAI datalist;
+- :func:`ensure_demo_dataset`: write the synthetic demo dataset once and return its datalist;
+- :class:`PatcherWithGating`: a network wrapper returning ``{"pred": logits, "gating": maps}`` at full
+  resolution, so MONAI inferers and ``Invertd`` treat the mixture-of-experts gating maps like a prediction.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import inspect
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "find_bundle_root",
+    "latest_checkpoint",
+    "stroke_inference_datalist",
+    "image_inference_datalist",
+    "ensure_demo_dataset",
+    "PatcherWithGating",
+]
+
+logger = logging.getLogger(__name__)
+
+_NIFTI = (".nii", ".nii.gz")
+_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _bundle_dir_from_config(config_file: str | os.PathLike) -> Path:
+    """``<bundle>/configs/x.json`` -> ``<bundle>``; a config outside a ``configs`` folder -> its folder."""
+    parent = Path(config_file).resolve().parent
+    return parent.parent if parent.name == "configs" else parent
+
+
+def _config_files_from_argv(argv: Sequence[str]) -> list[str]:
+    """The ``--config_file`` value(s) of a ``python -m monai.bundle ...`` command line."""
+    values: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--config_file" and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith("--config_file="):
+            values.append(arg.split("=", 1)[1])
+    files: list[str] = []
+    for v in values:
+        v = v.strip()
+        if v.startswith(("[", "(")):
+            try:
+                files.extend(str(x) for x in ast.literal_eval(v))
+                continue
+            except (ValueError, SyntaxError):
+                v = v.strip("[]()")
+        files.extend(x.strip().strip("'\"") for x in v.split(",") if x.strip())
+    return files
+
+
+def find_bundle_root(name: str | None = None) -> str:
+    """The folder of the running bundle, independent of the current directory.
+
+    MONAI's ``ConfigWorkflow`` knows the folder of the config file (``config_root_path``) but does not put
+    it in the config, and model-zoo bundles use ``"bundle_root": "."`` (they must be run from inside the
+    bundle). This finds it, in order:
+
+    1. the ``config_root_path`` of the ``monai.bundle.ConfigWorkflow`` being built or run (any entry point:
+       ``python -m monai.bundle run``, ``torchrun -m monai.bundle run``, ``ConfigWorkflow(...)`` in Python);
+    2. the first ``--config_file`` on the command line (``verify_net_in_out``, ``ckpt_export``, ...);
+    3. ``bundles/<name>`` next to the installed ``monai_patcher`` package (an editable/source install);
+    4. the current directory (the model-zoo convention).
+
+    A config file in ``<bundle>/configs/`` gives ``<bundle>``. ``--bundle_root`` on the command line still
+    overrides all of this.
+
+    Args:
+        name: the bundle's folder name (``"patcher_stroke"``); used by step 3 and to prefer a matching folder.
+
+    Returns:
+        the absolute path of the bundle folder, as a string.
+    """
+    try:
+        from monai.bundle import ConfigWorkflow
+    except ImportError:  # pragma: no cover
+        ConfigWorkflow = None  # type: ignore
+    if ConfigWorkflow is not None:
+        frame = inspect.currentframe()
+        while frame is not None:
+            obj = frame.f_locals.get("self")
+            if isinstance(obj, ConfigWorkflow) and getattr(obj, "config_root_path", None) is not None:
+                root = Path(obj.config_root_path).resolve()
+                return str(root.parent if root.name == "configs" else root)
+            frame = frame.f_back
+    files = _config_files_from_argv(sys.argv)
+    if files:
+        return str(_bundle_dir_from_config(files[0]))
+    if name:
+        candidate = Path(__file__).resolve().parent.parent / "bundles" / name
+        if (candidate / "configs").is_dir():
+            return str(candidate)
+    return os.getcwd()
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "checkpoint_epoch=*.pt") -> str:
+    """The checkpoint with the highest epoch number in ``ckpt_dir`` (written by ``CheckpointSaver``).
+
+    Args:
+        ckpt_dir: folder of the checkpoints.
+        pattern: glob of the interval checkpoints; the number in the name orders them.
+
+    Raises:
+        FileNotFoundError: there is no such checkpoint (nothing to resume from).
+    """
+    paths = glob.glob(os.path.join(os.fspath(ckpt_dir), pattern))
+    if not paths:
+        raise FileNotFoundError(
+            f"resume is true but there is no checkpoint matching {pattern!r} in {ckpt_dir}: train once without "
+            "--resume (or point --ckpt_dir to the folder of a previous run)."
+        )
+
+    def _num(p: str) -> int:
+        m = re.findall(r"(\d+)", Path(p).name)
+        return int(m[-1]) if m else -1
+
+    return max(paths, key=lambda p: (_num(p), os.path.getmtime(p)))
+
+
+def _is_nifti(p: Path) -> bool:
+    return p.name.lower().endswith(_NIFTI)
+
+
+def _nifti_stem(p: Path) -> str:
+    n = p.name
+    return n[: -len(".nii.gz")] if n.lower().endswith(".nii.gz") else n[: -len(".nii")]
+
+
+def _has_dicom(folder: Path) -> bool:
+    for p in sorted(folder.iterdir())[:50]:
+        if p.is_file():
+            if p.suffix.lower() in (".dcm", ".dicom", ".ima"):
+                return True
+            try:
+                with open(p, "rb") as f:
+                    f.seek(128)
+                    if f.read(4) == b"DICM":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def _find_label(stem: str, label_dir: Path | None) -> str | None:
+    if label_dir is None:
+        return None
+    for suffix in ("_msk", "_seg", "_label", "_mask", ""):
+        for ext in _NIFTI:
+            for base in {stem, re.sub(r"_(dwi|adc)$", "", stem)}:
+                p = label_dir / f"{base}{suffix}{ext}"
+                if p.is_file():
+                    return str(p)
+    return None
+
+
+def stroke_inference_datalist(
+    input: str | os.PathLike | None,
+    input_adc: str | os.PathLike | None = None,
+    label: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Build the inference datalist of the stroke bundle from what the user points at.
+
+    Every item has ``"image"``: either one 2-channel file (channels ``[ADC, DWI]``) or the pair
+    ``[adc, dwi]``, which :class:`~monai_patcher.data.SimpleITKReader` stacks as two channels, so the
+    bundle's preprocessing always sees ``2 x H x W x D`` in the order (ADC, DWI). Optional ``"label"``.
+
+    Accepted inputs (``--input``, with ``--input_adc`` and ``--label`` optional):
+
+    - a DWI file (NIfTI/MHA) or DICOM series folder **and** ``input_adc``: the ADC file/folder (a pair);
+    - a ``*_dwi.nii(.gz)`` file whose ``*_adc.nii(.gz)`` sibling exists (ISLES'22 BIDS naming);
+    - a 2-channel NIfTI file (4th axis = channels ``[ADC, DWI]``);
+    - a folder of NIfTI files, searched recursively: every ``*_dwi.nii*`` with its ``*_adc.nii*`` sibling
+      is a case (e.g. an ISLES'22 BIDS tree); every other NIfTI that is not an ``_adc``/mask file is taken
+      as a 2-channel file;
+    - a DICOM series folder (needs ``input_adc``: DWI and ADC are separate series).
+
+    Args:
+        input: file or folder, as above.
+        input_adc: ADC file or DICOM folder, for a single DWI + ADC case.
+        label: a label file (single case) or a folder of labels matched by case name
+            (``<case>_msk.nii.gz``, ``<case>_seg``, ``_label``, ``_mask`` or the same name).
+
+    Raises:
+        FileNotFoundError: ``input`` is missing or no case could be found in a folder.
+        ValueError: a DICOM folder without ``input_adc``, or a DWI file without ADC.
+    """
+    if input is None or str(input) == "":
+        raise ValueError("set --input: a NIfTI file, a folder of NIfTI files or a DICOM series folder (see docs).")
+    src = Path(input).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(f"--input {src}: no such file or folder")
+    lab = Path(label).expanduser() if label not in (None, "") else None
+    if lab is not None and not lab.exists():
+        raise FileNotFoundError(f"--label {lab}: no such file or folder")
+    if input_adc not in (None, ""):
+        adc = Path(input_adc).expanduser()
+        if not adc.exists():
+            raise FileNotFoundError(f"--input_adc {adc}: no such file or folder")
+        item: dict[str, Any] = {"image": [str(adc), str(src)]}
+        if lab is not None:
+            item["label"] = str(lab) if lab.is_file() else _find_label(_nifti_stem(src) if _is_nifti(src) else src.name, lab)
+        return [item]
+    if src.is_file():
+        if re.search(r"_dwi\.nii(\.gz)?$", src.name, re.I):
+            adc = src.with_name(re.sub(r"_dwi(\.nii(\.gz)?)$", r"_adc\1", src.name, flags=re.I))
+            if not adc.is_file():
+                raise ValueError(f"{src}: a DWI file needs its ADC: no {adc.name} next to it; pass --input_adc.")
+            item = {"image": [str(adc), str(src)]}
+        else:
+            item = {"image": str(src)}
+        if lab is not None:
+            item["label"] = str(lab) if lab.is_file() else _find_label(_nifti_stem(src), lab)
+        return [item]
+    # a folder
+    niftis = sorted(p for p in src.rglob("*") if p.is_file() and _is_nifti(p))
+    if not niftis:
+        if _has_dicom(src):
+            raise ValueError(
+                f"{src} is a DICOM series folder: the stroke model needs DWI and ADC, which are separate series; "
+                "pass the DWI folder as --input and the ADC folder as --input_adc."
+            )
+        raise FileNotFoundError(f"{src}: no NIfTI files (*.nii, *.nii.gz) and no DICOM series in this folder")
+    items: list[dict[str, Any]] = []
+    used: set[Path] = set()
+    for p in niftis:
+        if re.search(r"_dwi\.nii(\.gz)?$", p.name, re.I):
+            adc = p.with_name(re.sub(r"_dwi(\.nii(\.gz)?)$", r"_adc\1", p.name, flags=re.I))
+            if adc.is_file():
+                items.append({"image": [str(adc), str(p)]})
+                used.update({p, adc})
+            else:
+                logger.warning("%s: no ADC file %s next to it; skipped", p, adc.name)
+                used.add(p)
+    for p in niftis:
+        if p in used or re.search(r"_(adc|msk|mask|seg|label|flair)\.nii(\.gz)?$", p.name, re.I):
+            continue
+        if "derivatives" in p.parts:
+            continue
+        items.append({"image": str(p)})
+    if not items:
+        raise FileNotFoundError(f"{src}: found NIfTI files but no case (no *_dwi + *_adc pair, no 2-channel file)")
+    if lab is not None:
+        for it in items:
+            first = Path(it["image"][-1] if isinstance(it["image"], list) else it["image"])
+            found = str(lab) if lab.is_file() else _find_label(_nifti_stem(first), lab)
+            if found:
+                it["label"] = found
+        if any("label" not in it for it in items):
+            missing = [it["image"] for it in items if "label" not in it]
+            raise FileNotFoundError(f"--label {lab}: no label found for {missing}")
+    return items
+
+
+def image_inference_datalist(
+    input: str | os.PathLike | None, label: str | os.PathLike | None = None
+) -> list[dict[str, Any]]:
+    """Datalist of 2D image files (PNG/JPEG/...) for the polyp bundle.
+
+    Args:
+        input: an image file or a folder of images (not recursive; a Kvasir-style ``images/`` subfolder is used
+            if the folder has one).
+        label: optional mask file, or a folder of masks with the same file names (Kvasir ``masks/``).
+    """
+    if input is None or str(input) == "":
+        raise ValueError("set --input: an image file or a folder of images (see docs).")
+    src = Path(input).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(f"--input {src}: no such file or folder")
+    if src.is_dir() and (src / "images").is_dir():
+        if label in (None, "") and (src / "masks").is_dir():
+            label = src / "masks"
+        src = src / "images"
+    files = [src] if src.is_file() else sorted(p for p in src.iterdir() if p.suffix.lower() in _IMAGE_EXT)
+    if not files:
+        raise FileNotFoundError(f"{src}: no image files ({', '.join(_IMAGE_EXT)})")
+    lab = Path(label).expanduser() if label not in (None, "") else None
+    items = []
+    for f in files:
+        it: dict[str, Any] = {"image": str(f)}
+        if lab is not None:
+            cand = lab if lab.is_file() else lab / f.name
+            if not cand.is_file():
+                matches = sorted(lab.glob(f.stem + ".*")) if lab.is_dir() else []
+                if not matches:
+                    raise FileNotFoundError(f"--label {lab}: no mask for {f.name}")
+                cand = matches[0]
+            it["label"] = str(cand)
+        items.append(it)
+    return items
+
+
+def ensure_demo_dataset(out_dir: str | os.PathLike, num_cases: int = 12, seed: int = 0) -> str:
+    """Write the synthetic demo stroke dataset into ``out_dir`` unless it is there; return its datalist path.
+
+    Args:
+        out_dir: folder for the demo data (created if needed).
+        num_cases: number of synthetic cases.
+        seed: random seed of the generator.
+    """
+    from monai_patcher.data.demo import write_demo_dataset
+
+    out = Path(out_dir)
+    done = out / ".complete"  # written last: a half-written dataset (an interrupted run) is written again
+    if done.is_file():
+        recorded = done.read_text().strip()
+        if recorded and Path(recorded).is_file():
+            return recorded
+    path = write_demo_dataset(str(out), num_cases=num_cases, seed=seed)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(str(path))
+    return str(path)
+
+
+class PatcherWithGating(nn.Module):
+    """Wrap a Patcher so that ``forward`` returns ``{"pred": logits, "gating": maps}`` at the input's size.
+
+    The wrapped network is called with ``return_gating`` switched on; the gating maps
+    (``B x 4 x ceil(H/2) x ceil(W/2)``, summing to 1 at every pixel) are upsampled (bilinear) to ``H x W``
+    so that ``SliceInferer``/``SlidingWindowInferer`` can stitch them and ``Invertd`` can bring them back to the
+    input's grid like the logits. Its ``state_dict`` keys are those of the wrapped network prefixed by
+    ``network.``: load checkpoints into the wrapped network, not into the wrapper.
+
+    Args:
+        network: a :class:`~monai_patcher.networks.Patcher` (or anything with a ``return_gating`` attribute).
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(network, "return_gating"):
+            raise TypeError(f"{type(network).__name__} has no `return_gating` attribute: expected a Patcher.")
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        previous = self.network.return_gating
+        self.network.return_gating = True
+        try:
+            logits, gating = self.network(x)
+        finally:
+            self.network.return_gating = previous
+        h, w = x.shape[-2:]
+        sh, sw = -(-h // gating.shape[-2]), -(-w // gating.shape[-1])
+        gating = F.interpolate(gating, scale_factor=(float(sh), float(sw)), mode="bilinear", align_corners=False)
+        return {"pred": logits, "gating": gating[..., :h, :w]}
