@@ -207,7 +207,9 @@ def _check_complete(path: str) -> None:
             header = nib.load(path).header
         except Exception as e:  # nibabel raises many types for bad headers
             raise DataError.for_file(path, f"invalid NIfTI header: {e}") from None
-        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        # a single-file NIfTI's voxels start at vox_offset, at least after the header (352 bytes NIfTI-1, 544 NIfTI-2)
+        offset = max(int(header["vox_offset"]), int(getattr(header, "single_vox_offset", 0)))
+        expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
         if actual is None:
             actual = os.path.getsize(path)
         if actual < expected:

@@ -1,0 +1,53 @@
+"""Shared test fixtures.
+
+Real data lives outside the repository (its licences forbid committing it): ``<repo>/../shared/data``,
+or the folder named by the environment variable ``MONAI_PATCHER_DATA``. Tests that need it take the
+``shared_data`` fixture (a ``Path``) or call ``shared_path("folder", "file")``; both skip, saying why,
+when the data is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The shared real-data folder (``MONAI_PATCHER_DATA`` or ``<repo>/../shared/data``); may not exist."""
+    env = os.environ.get("MONAI_PATCHER_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path inside the shared data; skips the calling test when it is absent."""
+    root = shared_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"real data not available: {root} does not exist (set MONAI_PATCHER_DATA)")
+    p = root.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not available: {p} does not exist")
+    return p
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the shared real data; the test is skipped (with the reason) when it is absent."""
+    return shared_path()
+
+
+@pytest.fixture
+def shared_path_fn():
+    """``shared_path`` as a fixture: ``shared_path_fn("ISLES-2022-case0001", "data")``."""
+    return shared_path
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """A 3-case synthetic demo dataset (written once per session); returns its datalist.json."""
+    from monai_patcher.data.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("demo"), num_cases=3, seed=0)
