@@ -173,6 +173,31 @@ def _check_multiframe_geometry(path: str, header: sitk.ImageFileReader) -> None:
         )
 
 
+def _restore_nifti_nonfinite(path: str, img: sitk.Image) -> sitk.Image:
+    """Put back the NaN/Inf voxels of a floating-point NIfTI file.
+
+    ITK's NIfTI reader silently replaces NaN and Inf voxels by 0, which would hide broken input from the
+    checks downstream (``CheckVolumed``). For float NIfTI files the voxels are read again with nibabel;
+    if any is not finite, the image's pixels are replaced by nibabel's (same grid, same values otherwise).
+    """
+    if not path.lower().endswith((".nii", ".nii.gz")) or img.GetNumberOfComponentsPerPixel() != 1:
+        return img
+    try:
+        nimg = nib.load(path)
+        if not np.issubdtype(nimg.get_data_dtype(), np.floating):
+            return img
+        arr = np.asarray(nimg.dataobj)
+    except Exception:  # nibabel cannot read it: keep ITK's result
+        return img
+    if np.isfinite(arr).all() or arr.ndim != img.GetDimension():
+        return img
+    fixed = sitk.GetImageFromArray(np.ascontiguousarray(arr.T).astype(sitk.GetArrayViewFromImage(img).dtype, copy=False))
+    fixed.CopyInformation(img)
+    for key in img.GetMetaDataKeys():
+        fixed.SetMetaData(key, img.GetMetaData(key))
+    return fixed
+
+
 class _Pending:
     """A path noted by ``SimpleITKReader.read``, read by ``get_data``."""
 
@@ -342,11 +367,12 @@ class SimpleITKReader(ImageReader):
             _check_multiframe_geometry(name, header)
         _check_complete(name)
         try:
-            return sitk.ReadImage(name)
+            img = sitk.ReadImage(name)
         except RuntimeError as e:
             raise DataError.for_file(
                 name, f"cannot read the image data (truncated or corrupt file?): {_sitk_message(e)}"
             ) from None
+        return _restore_nifti_nonfinite(name, img)
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         """Array and metadata of an image read by :meth:`read`, stacked as channels if several.

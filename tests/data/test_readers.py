@@ -343,3 +343,14 @@ def test_round_trip_orientation_spacing_invert_save(tmp_path, shared_path_fn):
     a, b = np.asarray(out.dataobj, float), np.asarray(ref.dataobj, float)
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
     assert torch.equal(torch.as_tensor(np.asarray(nib.load(p).dataobj)), torch.as_tensor(np.asarray(ref.dataobj)))
+
+
+def test_nan_and_inf_voxels_are_kept(tmp_path):
+    """ITK's NIfTI reader turns NaN/Inf into 0; the reader must not hide them from the checks."""
+    a = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    a[1, 2, 3] = np.nan
+    a[2, 2, 2] = np.inf
+    p = _write_nifti(tmp_path / "nan.nii.gz", a, np.eye(4))
+    out = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    assert int(torch.isnan(out).sum()) == 1 and int(torch.isinf(out).sum()) == 1
+    np.testing.assert_array_equal(np.nan_to_num(out.numpy(), posinf=7), np.nan_to_num(a, posinf=7))

@@ -1,0 +1,220 @@
+"""ComputeEADCd, the input checks and the stroke pipelines (synthetic + ISLES'22 + BraTS)."""
+
+from __future__ import annotations
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import CacheDataset, MetaTensor
+from monai.transforms import Compose, ConcatItemsd, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd
+
+from monai_patcher.data import DataError, SimpleITKReader
+from monai_patcher.transforms import (
+    CheckGeometryd,
+    CheckVolumed,
+    ComputeEADCd,
+    RandSliced,
+    detect_adc_unit,
+    stroke_inference_transforms,
+    stroke_train_transforms,
+    stroke_val_transforms,
+)
+
+
+@pytest.mark.parametrize("unit, scale", [("mm2/s", 1e-3), ("1e-3mm2/s", 1.0), ("1e-6mm2/s", 1e3)])
+def test_eadc_units_detected_and_formula(unit, scale):
+    adc_1e3 = torch.tensor([[0.0, 0.5, 0.8, 1.0, 3.0, -0.1]])  # in 1e-3 mm^2/s
+    adc = adc_1e3 * scale
+    assert detect_adc_unit(adc) == unit
+    out = ComputeEADCd("adc", "eadc")({"adc": adc})["eadc"][0]
+    expected = [0.0] + [math.exp(-1000 * v * 1e-3) for v in (0.5, 0.8, 1.0, 3.0)] + [1.0]  # negative clipped
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5)
+    given = ComputeEADCd("adc", "eadc", unit=unit)({"adc": adc})["eadc"]
+    torch.testing.assert_close(given, out[None])
+
+
+def test_eadc_b_value_background_and_meta():
+    adc = MetaTensor(torch.tensor([[0.0, 1.0]]), meta={"filename_or_obj": "adc.nii"})
+    out = ComputeEADCd("adc", b_value=500, zero_background=False)({"adc": adc})["adc"]
+    np.testing.assert_allclose(out.numpy(), [[1.0, math.exp(-0.5)]], rtol=1e-6)
+    assert out.meta["adc_unit"] == "1e-3mm2/s" and out.meta["filename_or_obj"] == "adc.nii"
+    with pytest.raises(ValueError):
+        ComputeEADCd("adc", unit="furlongs")
+
+
+def test_eadc_rejects_nan_and_empty():
+    with pytest.raises(DataError, match="NaN"):
+        ComputeEADCd("adc")({"adc": torch.tensor([[1.0, float("nan")]])})
+    with pytest.raises(DataError, match="no positive"):
+        ComputeEADCd("adc")({"adc": torch.zeros(1, 3)})
+
+
+def _mt(arr, name, affine=None):
+    return MetaTensor(torch.as_tensor(arr, dtype=torch.float32), affine=affine, meta={"filename_or_obj": name})
+
+
+@pytest.mark.parametrize(
+    "arr, match",
+    [
+        (np.zeros((1, 4, 4, 4)), "empty"),
+        (np.full((1, 4, 4, 4), 3.0), "constant"),
+        (np.ones((1, 4, 4)), "expected a volume"),
+        (np.random.rand(1, 4, 4, 1), "2D image"),
+    ],
+)
+def test_check_volume_rejects(arr, match):
+    with pytest.raises(DataError, match=match) as info:
+        CheckVolumed("x")({"x": _mt(arr, "/data/x.nii.gz")})
+    assert "/data/x.nii.gz" in str(info.value)
+
+
+def test_check_volume_nan_inf_and_pass():
+    a = np.random.rand(1, 4, 4, 4)
+    a[0, 0, 0, 0] = np.nan
+    a[0, 1, 0, 0] = np.inf
+    with pytest.raises(DataError, match="1 NaN and 1 infinite"):
+        CheckVolumed("x")({"x": _mt(a, "f.nii")})
+    good = _mt(np.random.rand(1, 4, 4, 4), "g.nii")
+    d = {"x": good}
+    assert CheckVolumed("x")(d)["x"] is good
+    CheckVolumed("x", allow_constant=True)({"x": _mt(np.zeros((1, 4, 4, 4)), "l.nii")})
+
+
+def test_check_geometry():
+    a = _mt(np.random.rand(1, 4, 4, 4), "dwi.nii")
+    with pytest.raises(DataError, match="label.nii.*spatial shape"):
+        CheckGeometryd(["a", "b"])({"a": a, "b": _mt(np.zeros((1, 4, 4, 3)), "label.nii")})
+    with pytest.raises(DataError, match="adc.nii.*affine"):
+        CheckGeometryd(["a", "b"])({"a": a, "b": _mt(np.random.rand(1, 4, 4, 4), "adc.nii", torch.diag(torch.tensor([2.0, 1, 1, 1])))})
+    CheckGeometryd(["a", "b"])({"a": a, "b": _mt(np.zeros((1, 4, 4, 4)), "l.nii")})
+
+
+def _write(path, arr, affine=np.eye(4)):
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def case(tmp_path):
+    rng = np.random.default_rng(1)
+    brain = np.zeros((20, 24, 6), bool)
+    brain[3:17, 4:20, :] = True
+    adc = np.where(brain, rng.uniform(0.6, 1.0, brain.shape), 0).astype(np.float32)
+    dwi = np.where(brain, rng.uniform(400, 600, brain.shape), 0).astype(np.float32)
+    lab = np.zeros(brain.shape, np.uint8)
+    lab[8:12, 8:12, 4] = 1
+    return {
+        "dwi": _write(tmp_path / "dwi.nii.gz", dwi),
+        "adc": _write(tmp_path / "adc.nii.gz", adc),
+        "label": _write(tmp_path / "label.nii.gz", lab),
+    }
+
+
+def test_stroke_val_pipeline(case):
+    d = stroke_val_transforms(spatial_size=32)(case)
+    img, lab = d["image"], d["label"]
+    assert tuple(img.shape) == (2, 32, 32, 6) and tuple(lab.shape) == (1, 32, 32, 6)
+    assert img.dtype == torch.float32
+    assert set(lab.unique().tolist()) == {0.0, 1.0}
+    for c in range(2):  # normalised inside the brain (the in-plane resize afterwards smooths the noise)
+        nz = img[c] != 0
+        assert abs(float(img[c][nz].mean())) < 0.05 and 0.3 < float(img[c][nz].std()) < 1.05
+    assert sorted(d) == ["image", "label"]
+    assert int(torch.nonzero(lab.sum(dim=(0, 1, 2))).flatten()[0]) == 4  # lesion stays on slice 4
+
+
+def test_stroke_train_pipeline_cached(case):
+    xf = stroke_train_transforms(spatial_size=32, num_samples=3, pos_ratio=1.0)
+    ds = CacheDataset([case], xf, progress=False)
+    s1 = ds[0]
+    assert len(s1) == 3
+    for s in s1:
+        assert tuple(s["image"].shape) == (2, 32, 32) and tuple(s["label"].shape) == (1, 32, 32)
+        assert s["label"].meta["slice_index"] == 4  # pos_ratio 1: always the lesion slice
+    # the cache holds the processed volume, so slicing does not re-read files
+    assert tuple(ds._cache[0]["image"].shape) == (2, 32, 32, 6)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        ("nan", "NaN"),
+        ("shape", "spatial shape"),
+        ("affine", "affine"),
+        ("empty", "empty"),
+        ("2d", "volume"),
+    ],
+)
+def test_stroke_pipeline_bad_input(case, tmp_path, mutate, match):
+    bad = dict(case)
+    target = "label" if mutate == "shape" else "adc"
+    arr = np.asarray(nib.load(case[target]).dataobj).astype(np.float32)
+    aff = np.eye(4)
+    if mutate == "nan":
+        arr[5, 5, 2] = np.nan
+    elif mutate == "shape":
+        arr = arr[:, :, :5]
+    elif mutate == "affine":
+        aff = np.diag([2.0, 1, 1, 1])
+    elif mutate == "empty":
+        arr[:] = 0
+    elif mutate == "2d":
+        arr = arr[:, :, 0]
+    bad[target] = _write(tmp_path / f"bad_{target}.nii.gz", arr, aff)
+    before = {k: open(v, "rb").read() for k, v in bad.items()}
+    with pytest.raises(Exception) as info:
+        stroke_val_transforms(spatial_size=32)(bad)
+    root = info.value
+    while root.__cause__ is not None:
+        root = root.__cause__
+    assert isinstance(root, DataError), repr(root)
+    assert match in str(root) and "bad_" in str(root)
+    assert before == {k: open(v, "rb").read() for k, v in bad.items()}  # user files untouched
+
+
+def test_real_isles_eadc_and_inference_chain(shared_path_fn):
+    base = shared_path_fn("ISLES-2022-case0001", "data")
+    item = {"dwi": str(base / "sub-strokecase0001_ses-0001_dwi.nii.gz"),
+            "adc": str(base / "sub-strokecase0001_ses-0001_adc.nii.gz")}
+    d = Compose([LoadImaged("adc", reader=SimpleITKReader()), EnsureChannelFirstd("adc"), ComputeEADCd("adc", "eadc")])(item)
+    e, adc = d["eadc"], d["adc"]
+    assert e.meta["adc_unit"] == "1e-3mm2/s"
+    assert float(e.min()) >= 0 and float(e.max()) <= 1
+    assert torch.all(e[adc == 0] == 0)
+    inside = adc > 0.5
+    np.testing.assert_allclose(e[inside].numpy(), np.exp(-adc[inside].numpy()), rtol=1e-5)
+    out = stroke_inference_transforms()(item)
+    assert tuple(out["image"].shape) == (2, 256, 256, 73) and out["image"].dtype == torch.float32
+    assert [op["class"] for op in out["image"].applied_operations] == ["Orientation", "Resize"]
+
+
+def test_real_brats_2d_sample(shared_path_fn):
+    case = shared_path_fn("BraTS2015-DeepMedic-examples", "train", "brats_2013_pat0005_1")
+    item = {"flair": str(case / "Flair_subtrMeanDivStd.nii.gz"), "t1c": str(case / "T1c_subtrMeanDivStd.nii.gz"),
+            "label": str(case / "OTMultiClass.nii.gz")}
+    from monai.transforms import AsDiscreted, Resized
+
+    xf = Compose(
+        [
+            LoadImaged(["flair", "t1c", "label"], reader=SimpleITKReader()),
+            EnsureChannelFirstd(["flair", "t1c", "label"]),
+            CheckGeometryd(["flair", "t1c", "label"]),
+            ConcatItemsd(["flair", "t1c"], "image"),
+            AsDiscreted("label", threshold=0.5),
+            RandSliced(["image", "label"], "label", pos_ratio=1.0, num_samples=2, image_key="image"),
+            NormalizeIntensityd("image", nonzero=True, channel_wise=True),  # per slice here: keeps the test fast
+            Resized(["image", "label"], spatial_size=(256, 256), mode=["bilinear", "nearest"]),
+        ]
+    )
+    xf.set_random_state(0)
+    samples = xf(item)
+    for s in samples:
+        img, lab = s["image"], s["label"]
+        assert tuple(img.shape) == (2, 256, 256) and tuple(lab.shape) == (1, 256, 256)
+        assert img.dtype == torch.float32
+        assert set(lab.unique().tolist()) == {0.0, 1.0}  # positive slice, binary
+        assert torch.isfinite(img).all() and -10 < float(img.min()) < 0 < float(img.max()) < 30
+        assert s["label"].meta["filename_or_obj"].endswith("OTMultiClass.nii.gz")
