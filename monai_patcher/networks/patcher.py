@@ -122,6 +122,12 @@ class Patcher(nn.Module):
                 )
             if l % s != 0:
                 raise ValueError(f"stage {i + 1}: large_patch ({l}) must be divisible by small_patch ({s}).")
+            grid, r = (l + 2 * p) // s, sr_ratios[i]
+            if r < 1 or grid % r != 0:  # else the key/value conv fails (r > grid) or silently drops tokens
+                raise ValueError(
+                    f"stage {i + 1}: sr_ratios ({r}) must be >= 1 and divide the token grid of a large patch with "
+                    f"its context, (large_patch + 2 * context_padding) / small_patch = {grid}."
+                )
         if not 0.0 <= drop_path_rate <= 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1], got {drop_path_rate}.")
         if not 0.0 <= dropout_rate <= 1.0:
