@@ -43,6 +43,14 @@ def _checkpointed(blk: nn.Module, x: torch.Tensor, kc: int) -> torch.Tensor:
     return checkpoint(blk, x, kc, kc, use_reentrant=False)
 
 
+def _crop_tokens(x: torch.Tensor, h: int, w: int, crop: int) -> torch.Tensor:
+    """Keep the tokens at least ``crop`` tokens away from the border of an ``h x w`` grid of ``B x (h*w) x D``."""
+    if crop == 0:
+        return x
+    b, _, d = x.shape
+    return x.view(b, h, w, d)[:, crop : h - crop, crop : w - crop, :].reshape(b, -1, d)
+
+
 class EfficientSelfAttention(nn.Module):
     """SegFormer's efficient multi-head self-attention.
 
@@ -85,10 +93,21 @@ class EfficientSelfAttention(nn.Module):
             self.sr = nn.Identity()
             self.norm = nn.Identity()
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Attend over a ``B x (h*w) x d`` token grid; returns the same shape."""
-        b, n, d = x.shape
-        q = self.q(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # B x heads x N x hd
+    def forward(self, x: torch.Tensor, h: int, w: int, query: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend over a ``B x (h*w) x d`` token grid.
+
+        Args:
+            x: the tokens that give keys and values (and queries, unless ``query`` is given).
+            h: grid height.
+            w: grid width.
+            query: optional ``B x Nq x d`` tokens to compute the output for (a subset of ``x``); default ``x``.
+
+        Returns:
+            ``B x Nq x d`` (``Nq = h*w`` without ``query``).
+        """
+        q_in = x if query is None else query
+        b, n, d = q_in.shape
+        q = self.q(q_in).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # B x heads x Nq x hd
         kv_in = x
         if self.sr_ratio > 1:
             kv_in = self.norm(_grid_to_tokens(self.sr(_tokens_to_grid(x, h, w))))  # B x N/R^2 x d
@@ -125,9 +144,20 @@ class MixFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, hidden_size)
         self.drop = nn.Dropout(dropout_rate)
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Apply to a ``B x (h*w) x d`` token grid; returns the same shape."""
-        x = _grid_to_tokens(self.dwconv(_tokens_to_grid(self.fc1(x), h, w)))
+    def forward(self, x: torch.Tensor, h: int, w: int, crop: int = 0) -> torch.Tensor:
+        """Apply to a ``B x (h*w) x d`` token grid.
+
+        With ``crop=1`` the outer ring of tokens only feeds the depthwise convolution of its neighbours and the
+        output is the inner ``(h-2) x (w-2)`` grid; the default returns all ``h*w`` tokens.
+        """
+        grid = _tokens_to_grid(self.fc1(x), h, w)
+        if crop == 0:
+            grid = self.dwconv(grid)
+        elif crop == 1:  # same weights, no zero padding: valid outputs for the inner grid only
+            grid = F.conv2d(grid, self.dwconv.weight, self.dwconv.bias, groups=self.dwconv.groups)
+        else:
+            raise ValueError(f"MixFFN supports crop 0 or 1, got {crop}.")
+        x = _grid_to_tokens(grid)
         x = self.drop(self.act(x))
         return self.drop(self.fc2(x))
 
@@ -168,9 +198,26 @@ class TransformerBlock(nn.Module):
         self.ffn = MixFFN(hidden_size, mlp_ratio, dropout_rate)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.ffn(self.norm2(x), h, w))
+    def forward(self, x: torch.Tensor, h: int, w: int, crop: int = 0) -> torch.Tensor:
+        """Run the block on a ``B x (h*w) x d`` token grid.
+
+        Args:
+            x: tokens.
+            h: grid height.
+            w: grid width.
+            crop: return only the inner ``(h - 2*crop) x (w - 2*crop)`` tokens. They are computed exactly, while
+                the work for the discarded border is skipped: the border still gives keys/values, and its inner
+                ring feeds the depthwise convolution, but it gets no query and no Mix-FFN output of its own.
+        """
+        if crop == 0:
+            x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+            return x + self.drop_path(self.ffn(self.norm2(x), h, w))
+        ring = min(crop, 1)  # tokens around the kept grid that the 3x3 depthwise conv reads
+        gh, gw = h - 2 * (crop - ring), w - 2 * (crop - ring)
+        xn = self.norm1(x)
+        x = _crop_tokens(x, h, w, crop - ring)
+        x = x + self.drop_path(self.attn(xn, h, w, query=_crop_tokens(xn, h, w, crop - ring)))
+        return _crop_tokens(x, gh, gw, ring) + self.drop_path(self.ffn(self.norm2(x), gh, gw, crop=ring))
 
 
 class PatcherBlock(nn.Module):
@@ -185,6 +232,9 @@ class PatcherBlock(nn.Module):
     Inputs whose size is not a multiple of ``large_patch`` are padded (replicating the edge) and the output
     cropped, so any ``H x W`` gives a ``ceil(H / small_patch) x ceil(W / small_patch)`` output. An output pixel
     depends only on the input inside its own large patch plus the context ring.
+
+    The context tokens are dropped at the end of the stage, so the last transformer block computes outputs for
+    the centre tokens only (exactly the same values; see ``TransformerBlock``'s ``crop``).
 
     Small patches are embedded once on the padded image and the token grid is then cut into overlapping
     patches; this is exactly the per-patch embedding of the paper (a convolution with kernel = stride =
