@@ -1,0 +1,339 @@
+"""Tests of monai_patcher/networks/patcher.py: the whole network, its presets, validation and bundle resolution."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import monai_patcher
+from monai_patcher.networks import PATCHER_PRESETS, Patcher, PatcherBlock, patcher_preset
+
+
+def tiny(in_channels: int = 2, out_channels: int = 1, **kw) -> Patcher:
+    return patcher_preset("tiny", in_channels=in_channels, out_channels=out_channels, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shapes and gating
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_channels", [2, 3])
+@pytest.mark.parametrize("out_channels", [1, 4])
+@pytest.mark.parametrize("hw", [(64, 64), (250, 190), (33, 47), (17, 5)])
+def test_output_shape(in_channels, out_channels, hw):
+    net = tiny(in_channels, out_channels).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, in_channels, *hw))
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (2, out_channels, *hw)
+    assert torch.isfinite(out).all()
+
+
+def test_encoder_feature_shapes():
+    """Stage i downsamples by 2**i (ceil for odd sizes) and has embed_dims[i] channels."""
+    net = tiny().eval()
+    with torch.no_grad():
+        feats = net.forward_features(torch.randn(1, 2, 250, 190))
+    h, w = 250, 190
+    for f, d in zip(feats, PATCHER_PRESETS["tiny"]["embed_dims"]):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        assert f.shape == (1, d, h, w)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (250, 190), (31, 9)])
+def test_return_gating(hw):
+    net = tiny(3, 2, return_gating=True).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, *hw))
+    assert isinstance(out, tuple) and len(out) == 2
+    logits, gating = out
+    gh, gw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
+    assert logits.shape == (2, 2, *hw)
+    assert gating.shape == (2, 4, gh, gw)
+    assert (gating >= 0).all()
+    torch.testing.assert_close(gating.sum(dim=1), torch.ones(2, gh, gw), atol=1e-5, rtol=0)
+
+
+def test_return_gating_does_not_change_logits():
+    net = tiny().eval()
+    x = torch.randn(1, 2, 40, 56)
+    with torch.no_grad():
+        plain = net(x)
+        net.return_gating = True
+        logits, _ = net(x)
+    torch.testing.assert_close(logits, plain, atol=0, rtol=0)
+
+
+def test_first_stage_locality():
+    """Changing the input outside a large patch + its context leaves that patch's first-stage output alone;
+    changing it inside the ring changes it (paper defaults for stage 1: L=32, P=8, S=2)."""
+    net = tiny().eval()
+    x = torch.randn(1, 2, 96, 96)
+    with torch.no_grad():
+        base = net.forward_features(x)[0][:, :, 16:32, 16:32]  # output of large patch (1, 1): pixels 32..63
+        far = x.clone()
+        far[:, :, :24] = torch.randn_like(far[:, :, :24])  # rows 0..23, outside rows 24..71 of the ring
+        far[:, :, :, 72:] = torch.randn_like(far[:, :, :, 72:])
+        assert torch.allclose(net.forward_features(far)[0][:, :, 16:32, 16:32], base, atol=1e-5, rtol=0)
+        near = x.clone()
+        near[:, :, 24, 24] += 3.0  # the ring's corner pixel
+        assert not torch.allclose(net.forward_features(near)[0][:, :, 16:32, 16:32], base, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training behaviour
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_gradients_reach_every_parameter():
+    # no stochastic depth / dropout, or a dropped residual branch would legitimately get a zero gradient
+    net = tiny(3, 2, drop_path_rate=0.0, dropout_rate=0.0, return_gating=True).train()
+    logits, gating = net(torch.randn(2, 3, 48, 40))
+    (logits.square().mean() + (gating * torch.randn_like(gating)).sum()).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    zero = [n for n, p in net.named_parameters() if p.grad is not None and p.grad.abs().sum() == 0]
+    assert not missing and not zero, (missing, zero)
+
+
+def test_gradients_reach_every_parameter_from_logits_only():
+    """The gating network is trained through the logits alone (the usual loss)."""
+    net = tiny(drop_path_rate=0.0, dropout_rate=0.0).train()
+    net(torch.randn(2, 2, 32, 32)).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_stochastic_depth_schedule():
+    net = patcher_preset("tiny", depths=(2, 2, 2, 2), drop_path_rate=0.1)
+    rates = [getattr(blk.drop_path, "drop_prob", 0.0) for stage in net.stages for blk in stage.blocks]
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.1, 8))
+
+
+def test_use_checkpoint_same_gradients():
+    kw = {"drop_path_rate": 0.0, "dropout_rate": 0.0}
+    torch.manual_seed(1)
+    ref = tiny(**kw).train()
+    torch.manual_seed(1)
+    ck = tiny(use_checkpoint=True, **kw).train()
+    assert all(s.use_checkpoint for s in ck.stages)
+    x = torch.randn(2, 2, 40, 40)
+
+    def run(net):
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = net(x)
+        out.square().mean().backward()
+        return out, sum(saved)
+
+    out_ref, saved_ref = run(ref)
+    out_ck, saved_ck = run(ck)
+    torch.testing.assert_close(out_ck, out_ref, atol=1e-6, rtol=1e-5)
+    for (name, p), q in zip(ref.named_parameters(), ck.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    # checkpointing really keeps fewer activations for the backward pass
+    assert saved_ck < 0.7 * saved_ref, (saved_ck, saved_ref)
+
+
+def test_eval_determinism_and_batch_independence():
+    net = tiny().eval()
+    x = torch.randn(3, 2, 50, 34)
+    with torch.no_grad():
+        a = net(x)
+        b = net(x)
+        single = net(x[1:2])
+    assert torch.equal(a, b)
+    torch.testing.assert_close(single, a[1:2], atol=1e-5, rtol=1e-4)
+
+
+def test_train_mode_is_stochastic():
+    net = tiny(drop_path_rate=0.5).train()
+    x = torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(net(x), net(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------------------------------
+
+BAD_CONFIGS = [
+    ({"context_padding": 3}, "context_padding .*3.* divisible by small_patch"),
+    ({"context_padding": (8, 8, 5, 8)}, "stage 3: context_padding"),
+    ({"large_patch": 31}, "large_patch .*31.* divisible by small_patch"),
+    ({"small_patch": 0}, "small_patch >= 1"),
+    ({"context_padding": -2}, "context_padding >= 0"),
+    ({"num_heads": (1, 1, 3, 2)}, "stage 3: embed_dims .*64.* divisible by num_heads .*3"),
+    ({"num_heads": (1, 0, 2, 2)}, "num_heads"),
+    ({"depths": (1, 1, 1)}, "depths has 3 values"),
+    ({"num_heads": (1, 1, 2, 2, 2)}, "num_heads has 5 values"),
+    ({"sr_ratios": (4, 2)}, "sr_ratios has 2 values"),
+    ({"large_patch": (32, 32, 32)}, "large_patch has 3 values"),
+    ({"context_padding": (8, 8)}, "context_padding has 2 values"),
+    ({"small_patch": (2, 2, 2, 2, 2)}, "small_patch has 5 values"),
+    ({"sr_ratios": (32, 2, 2, 1)}, "stage 1: sr_ratios .*32"),
+    ({"sr_ratios": (5, 2, 2, 1)}, "sr_ratios .*5.* token grid"),
+    ({"sr_ratios": (4, 0, 2, 1)}, "sr_ratios"),
+    ({"depths": (1, 0, 1, 1)}, "depth"),
+    ({"embed_dims": ()}, "embed_dims"),
+    ({"in_channels": 0}, "in_channels must be >= 1"),
+    ({"out_channels": 0}, "out_channels must be >= 1"),
+    ({"spatial_dims": 3}, "2D network"),
+    ({"drop_path_rate": 1.5}, "drop_path_rate"),
+    ({"dropout_rate": -0.1}, "dropout_rate"),
+    ({"mlp_ratio": 0}, "mlp_ratio"),
+    ({"decoder_dim": 0}, "decoder_dim"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", BAD_CONFIGS, ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(BAD_CONFIGS)])
+def test_bad_config_raises_value_error(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        patcher_preset("tiny", **overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown Patcher preset 'huge'"):
+        patcher_preset("huge")
+
+
+def test_bad_input_raises():
+    net = tiny().eval()
+    with pytest.raises(ValueError, match="3 input channels|built for 2 input channels"):
+        net(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="B x C x H x W"):
+        net(torch.randn(2, 32, 32))
+
+
+def test_paper_preset_matches_the_paper():
+    """Construct only (a forward of the paper model takes seconds): ~78.5 M encoder parameters."""
+    net = patcher_preset("paper", in_channels=2, out_channels=1)
+    encoder = sum(p.numel() for p in net.stages.parameters())
+    assert abs(encoder - 78.5e6) / 78.5e6 < 0.01, encoder
+    assert [len(s.blocks) for s in net.stages] == [3, 6, 40, 3]
+    assert [s.patch_embed.out_channels for s in net.stages] == [64, 128, 320, 512]
+    assert [s.blocks[0].attn.num_heads for s in net.stages] == [1, 2, 5, 8]
+    assert [s.blocks[0].attn.sr_ratio for s in net.stages] == [2, 2, 2, 1]
+    assert all((s.large_patch, s.context_padding, s.small_patch) == (32, 8, 2) for s in net.stages)
+    assert net.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
+    gate_convs = [m for m in net.decoder.gate if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in gate_convs] == [256, 256, 256, 4]
+
+
+@pytest.mark.parametrize("name", ["small", "tiny"])
+def test_small_presets_run(name):
+    net = patcher_preset(name, in_channels=3, out_channels=1).eval()
+    n = sum(p.numel() for p in net.parameters())
+    assert n < 10e6
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 40, 72)).shape == (1, 1, 40, 72)
+
+
+def test_preset_overrides():
+    net = patcher_preset("tiny", in_channels=3, out_channels=2, decoder_dim=24, gate_norm=True)
+    assert net.in_channels == 3 and net.out_channels == 2
+    assert net.decoder.experts[0][0].out_channels == 24
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.decoder.gate)
+
+
+@pytest.mark.parametrize(
+    "large,context",
+    [
+        ((64, 64, 64, 32), 8),  # the paper's Table 4
+        ((64, 64, 32, 32), 8),
+        ((32, 32, 32, 32), 8),
+        ((32, 16, 16, 16), 8),
+        (32, 0),  # context ablation
+        (32, 4),
+        (32, 16),
+        (32, (8, 4, 4, 0)),
+    ],
+)
+def test_per_stage_patch_configs(large, context):
+    net = tiny(large_patch=large, context_padding=context).eval()
+    lp = large if isinstance(large, tuple) else (large,) * 4
+    cp = context if isinstance(context, tuple) else (context,) * 4
+    assert [(s.large_patch, s.context_padding) for s in net.stages] == list(zip(lp, cp))
+    with torch.no_grad():
+        logits = net(torch.randn(1, 2, 80, 48))
+    assert logits.shape == (1, 1, 80, 48) and torch.isfinite(logits).all()
+
+
+def test_stage_blocks_are_patcher_blocks():
+    net = tiny()
+    assert len(net.stages) == 4 and all(isinstance(s, PatcherBlock) for s in net.stages)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bundle configs
+# ---------------------------------------------------------------------------------------------------------------------
+
+TINY_ARGS = {"in_channels": 2, "out_channels": 1, **{k: list(v) if isinstance(v, tuple) else v
+                                                      for k, v in PATCHER_PRESETS["tiny"].items()}}
+
+
+def test_bundle_config_dotted_path():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"network_def": {"_target_": "monai_patcher.networks.Patcher", **TINY_ARGS},
+                           "preset": {"_target_": "monai_patcher.networks.patcher_preset", "name": "tiny"}})
+    net = parser.get_parsed_content("network_def")
+    assert type(net) is Patcher
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in tiny().parameters())
+    assert type(parser.get_parsed_content("preset")) is Patcher
+
+
+def test_component_locator_short_names_are_unambiguous():
+    """MONAI finds short names in loaded modules whose name starts with "monai" (monai_patcher qualifies)."""
+    from monai.bundle.config_item import ComponentLocator
+
+    locator = ComponentLocator()
+    assert locator.get_component_module_name("Patcher") == "monai_patcher.networks.patcher"
+    assert locator.get_component_module_name("patcher_preset") == "monai_patcher.networks.patcher"
+    assert locator.get_component_module_name("MoEDecoder") == "monai_patcher.networks.moe"
+    assert locator.get_component_module_name("PatcherBlock") == "monai_patcher.networks.blocks"
+
+
+def test_bundle_config_short_name_after_import(tmp_path):
+    """In a fresh interpreter, only the config's `"$import monai_patcher"` makes `"Patcher"` resolvable."""
+    config = {
+        "imports": ["$import monai_patcher"],
+        "network_def": {"_target_": "Patcher", **TINY_ARGS},
+        "preset": {"_target_": "patcher_preset", "name": "tiny", "in_channels": 3},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from monai.bundle import ConfigParser
+        assert "monai_patcher" not in sys.modules
+        parser = ConfigParser()
+        parser.read_config({str(tmp_path / "config.json")!r})
+        net = parser.get_parsed_content("network_def")
+        pre = parser.get_parsed_content("preset")
+        from monai_patcher.networks.patcher import Patcher
+        assert type(net) is Patcher and type(pre) is Patcher, (type(net), type(pre))
+        assert pre.in_channels == 3
+        print("OK", type(net).__module__)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "OK monai_patcher.networks.patcher" in res.stdout
+
+
+def test_package_exports_network_names():
+    for name in ("Patcher", "patcher_preset", "PatcherBlock", "MoEDecoder"):
+        assert getattr(monai_patcher, name) is getattr(monai_patcher.networks, name)
+        assert name in monai_patcher.__all__
