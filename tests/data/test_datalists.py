@@ -1,0 +1,109 @@
+"""Datalist builders: ISLES'22 BIDS, case folders, Kvasir-SEG; splits by case, reproducible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from monai.data import load_decathlon_datalist
+
+from monai_patcher.data import DataError, build_case_folder_datalist, build_isles22_datalist, build_kvasir_datalist, split_cases
+from monai_patcher.data.datalists import main
+
+
+def _touch(p):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"x")
+    return p
+
+
+@pytest.fixture
+def bids(tmp_path):
+    root = tmp_path / "ISLES-2022"
+    for i in range(1, 11):
+        c = f"sub-strokecase{i:04d}"
+        _touch(root / c / "ses-0001" / "dwi" / f"{c}_ses-0001_dwi.nii.gz")
+        _touch(root / c / "ses-0001" / "dwi" / f"{c}_ses-0001_adc.nii.gz")
+        _touch(root / c / "ses-0001" / "anat" / f"{c}_ses-0001_FLAIR.nii.gz")
+        _touch(root / "derivatives" / c / "ses-0001" / f"{c}_ses-0001_msk.nii.gz")
+    return root
+
+
+def test_split_cases_reproducible_disjoint():
+    cases = [{"case": f"c{i}"} for i in range(10)]
+    a = split_cases(cases, 0.2, 0.1, seed=1)
+    b = split_cases(list(reversed(cases)), 0.2, 0.1, seed=1)
+    assert a == b
+    assert [len(a[k]) for k in ("training", "validation", "test")] == [7, 2, 1]
+    names = [c["case"] for k in a for c in a[k]]
+    assert sorted(names) == sorted(c["case"] for c in cases)
+    assert split_cases(cases, 0.2, 0.1, seed=2) != a
+    with pytest.raises(ValueError):
+        split_cases(cases, 0.6, 0.5)
+
+
+def test_isles22_datalist(bids, tmp_path):
+    out = tmp_path / "dl" / "isles.json"
+    split = build_isles22_datalist(bids, out, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert [len(split[k]) for k in ("training", "validation", "test")] == [6, 2, 2]
+    for item in split["training"]:
+        c = item["case"]
+        assert item["dwi"].endswith(f"{c}_ses-0001_dwi.nii.gz") and item["adc"].endswith("_adc.nii.gz")
+        assert "derivatives" in item["label"] and c in item["label"]
+    loaded = load_decathlon_datalist(out, data_list_key="validation")
+    assert all(str(bids) in v["dwi"] for v in loaded)  # relative paths resolve back to the files
+    assert not json.loads(out.read_text())["training"][0]["dwi"].startswith("/")
+
+
+def test_isles22_missing_mask_and_empty(bids, tmp_path):
+    (bids / "derivatives" / "sub-strokecase0003" / "ses-0001" / "sub-strokecase0003_ses-0001_msk.nii.gz").unlink()
+    with pytest.raises(DataError, match="sub-strokecase0003 has no label"):
+        build_isles22_datalist(bids)
+    split = build_isles22_datalist(bids, require_label=False, val_fraction=0, test_fraction=0)
+    assert len(split["training"]) == 10
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no ISLES"):
+        build_isles22_datalist(tmp_path / "empty")
+
+
+def test_case_folder_datalist(tmp_path):
+    for i in range(5):
+        d = tmp_path / "cases" / f"p{i}"
+        _touch(d / "Flair.nii.gz")
+        _touch(d / "T1c.nii.gz")
+        _touch(d / "seg.nii.gz")
+    split = build_case_folder_datalist(tmp_path / "cases", {"image": "Flair*", "t1c": "T1c*", "label": "seg*"},
+                                       val_fraction=0.2, test_fraction=0.2)
+    assert sum(len(v) for v in split.values()) == 5
+    _touch(tmp_path / "cases" / "p9" / "Flair.nii.gz")
+    with pytest.raises(DataError, match="p9: no t1c"):
+        build_case_folder_datalist(tmp_path / "cases", {"image": "Flair*", "t1c": "T1c*"})
+
+
+def test_kvasir_layouts_and_cli(tmp_path, capsys):
+    flat = tmp_path / "flat"
+    for i in range(20):
+        _touch(flat / "images" / f"im{i}.jpg")
+        _touch(flat / "masks" / f"im{i}.jpg")
+    split = build_kvasir_datalist(flat, seed=0)
+    assert [len(split[k]) for k in ("training", "validation", "test")] == [16, 2, 2]
+    assert all(i["image"].replace("images", "masks") == i["label"] for v in split.values() for i in v)
+    main(["kvasir", str(flat), "--out", str(tmp_path / "k.json")])
+    assert "training 16" in capsys.readouterr().out
+    _touch(flat / "images" / "orphan.jpg")
+    with pytest.raises(DataError, match="orphan.jpg: no mask"):
+        build_kvasir_datalist(flat)
+
+
+def test_real_kvasir_presplit(shared_path_fn):
+    root = shared_path_fn("Kvasir-SEG")
+    split = build_kvasir_datalist(root)
+    assert len(split["training"]) == 800 and len(split["validation"]) == 100 and split["test"] == []
+
+
+def test_real_brats_case_folders(shared_path_fn):
+    root = shared_path_fn("BraTS2015-DeepMedic-examples")
+    split = build_case_folder_datalist(root, {"flair": "Flair*.nii.gz", "t1c": "T1c*.nii.gz",
+                                              "label": "OTMultiClass*.nii.gz"}, val_fraction=0.25, test_fraction=0.25)
+    cases = sorted(c["case"] for v in split.values() for c in v)
+    assert len(cases) == 4 and all("brats_2013_pat000" in c for c in cases)
