@@ -218,3 +218,24 @@ def test_real_brats_2d_sample(shared_path_fn):
         assert set(lab.unique().tolist()) == {0.0, 1.0}  # positive slice, binary
         assert torch.isfinite(img).all() and -10 < float(img.min()) < 0 < float(img.max()) < 30
         assert s["label"].meta["filename_or_obj"].endswith("OTMultiClass.nii.gz")
+
+
+def test_bundle_json_chain_from_docs(case):
+    """The training chain printed in docs/data.md parses with MONAI's ConfigParser and runs."""
+    import json
+    import re
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
+    block = re.search(r"<!-- stroke-train-json -->\s*```json\n(.*?)```", text, re.S).group(1)
+    cfg = json.loads(block)
+    cfg["imports"] = ["$import monai_patcher.data", "$import monai_patcher.transforms"]
+    parser = ConfigParser(cfg)
+    xf = Compose(parser.get_parsed_content("train_transforms"))
+    xf.set_random_state(0)
+    out = xf(case)
+    assert len(out) == 4
+    for s in out:
+        assert tuple(s["image"].shape) == (2, 256, 256) and tuple(s["label"].shape) == (1, 256, 256)
