@@ -38,9 +38,9 @@ def _grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.jit.unused
-def _checkpointed(blk: nn.Module, x: torch.Tensor, kc: int) -> torch.Tensor:
+def _checkpointed(blk: nn.Module, x: torch.Tensor, kc: int, crop: int) -> torch.Tensor:
     """Run ``blk`` on a ``kc x kc`` token grid with activation checkpointing (eager only; TorchScript skips it)."""
-    return checkpoint(blk, x, kc, kc, use_reentrant=False)
+    return checkpoint(blk, x, kc, kc, crop, use_reentrant=False)
 
 
 def _crop_tokens(x: torch.Tensor, h: int, w: int, crop: int) -> torch.Tensor:
@@ -323,13 +323,15 @@ class PatcherBlock(nn.Module):
         patches = tokens.unfold(1, kc, k).unfold(2, kc, k)
         d = patches.shape[3]
         patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * nh * nw, kc * kc, d)
-        for blk in self.blocks:
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            # the context ring is dropped after the stage: the last block computes the centre tokens only
+            crop = c if i == last else 0
             if self.use_checkpoint and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                patches = _checkpointed(blk, patches, kc)
+                patches = _checkpointed(blk, patches, kc, crop)
             else:
-                patches = blk(patches, kc, kc)
-        # drop the context ring, normalise, put the patches back in place
-        centre = patches.view(b, nh, nw, kc, kc, d)[:, :, :, c : c + k, c : c + k, :]
-        centre = self.norm(centre)  # B x nh x nw x k x k x D
+                patches = blk(patches, kc, kc, crop)
+        # normalise the centre tokens and put the patches back in place
+        centre = self.norm(patches).view(b, nh, nw, k, k, d)
         out = centre.permute(0, 5, 1, 3, 2, 4).reshape(b, d, nh * k, nw * k)
         return out[:, :, : -(-h // S), : -(-w // S)].contiguous()
