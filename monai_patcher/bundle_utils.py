@@ -32,6 +32,7 @@ __all__ = [
     "latest_checkpoint",
     "stroke_inference_datalist",
     "image_inference_datalist",
+    "stroke_output_name",
     "ensure_demo_dataset",
     "PatcherWithGating",
 ]
@@ -173,36 +174,69 @@ def _find_label(stem: str, label_dir: Path | None) -> str | None:
     return None
 
 
+def _split_two_channel(path: Path, work_dir: Path, order: Sequence[str]) -> dict[str, str]:
+    """Write the two channels of a 2-channel NIfTI as two 3D NIfTI files (same header/affine); return their paths."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(path))
+    if len(img.shape) != 4 or img.shape[3] != 2:
+        raise ValueError(
+            f"{path}: shape {img.shape} is neither a DWI (use --input_adc for its ADC) nor a 2-channel volume "
+            "(X x Y x Z x 2)"
+        )
+    order = [str(o).lower() for o in order]
+    if sorted(order) != ["adc", "dwi"]:
+        raise ValueError(f"two_channel_order must name 'dwi' and 'adc' once each, got {list(order)}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data = np.asanyarray(img.dataobj)
+    out = {}
+    for c, key in enumerate(order):
+        header = img.header.copy()
+        header.set_data_shape(img.shape[:3])
+        ch = nib.Nifti1Image(np.ascontiguousarray(data[..., c]), img.affine, header)
+        q, q_code = img.get_qform(coded=True)
+        if q is not None:
+            ch.set_qform(q, int(q_code))
+        sf, s_code = img.get_sform(coded=True)
+        if sf is not None:
+            ch.set_sform(sf, int(s_code))
+        target = work_dir / f"{_nifti_stem(path)}_{key}.nii.gz"
+        nib.save(ch, str(target))
+        out[key] = str(target)
+    return out
+
+
 def stroke_inference_datalist(
     input: str | os.PathLike | None,
     input_adc: str | os.PathLike | None = None,
     label: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+    two_channel_order: Sequence[str] = ("dwi", "adc"),
 ) -> list[dict[str, Any]]:
-    """Build the inference datalist of the stroke bundle from what the user points at.
-
-    Every item has ``"image"``: either one 2-channel file (channels ``[ADC, DWI]``) or the pair
-    ``[adc, dwi]``, which :class:`~monai_patcher.data.SimpleITKReader` stacks as two channels, so the
-    bundle's preprocessing always sees ``2 x H x W x D`` in the order (ADC, DWI). Optional ``"label"``.
+    """Build the inference datalist of the stroke bundle (items ``{"dwi", "adc"[, "label"]}``) from ``--input``.
 
     Accepted inputs (``--input``, with ``--input_adc`` and ``--label`` optional):
 
-    - a DWI file (NIfTI/MHA) or DICOM series folder **and** ``input_adc``: the ADC file/folder (a pair);
+    - a DWI file (NIfTI/MHA/...) or DWI DICOM series folder **and** ``input_adc``, the ADC file or folder;
     - a ``*_dwi.nii(.gz)`` file whose ``*_adc.nii(.gz)`` sibling exists (ISLES'22 BIDS naming);
-    - a 2-channel NIfTI file (4th axis = channels ``[ADC, DWI]``);
-    - a folder of NIfTI files, searched recursively: every ``*_dwi.nii*`` with its ``*_adc.nii*`` sibling
-      is a case (e.g. an ISLES'22 BIDS tree); every other NIfTI that is not an ``_adc``/mask file is taken
-      as a 2-channel file;
-    - a DICOM series folder (needs ``input_adc``: DWI and ADC are separate series).
+    - a 2-channel NIfTI file (``X x Y x Z x 2``, channels in ``two_channel_order``, default DWI then ADC): its
+      channels are written as two 3D files (same header and affine) into ``work_dir``;
+    - a folder, searched recursively: every ``*_dwi.nii*`` with its ``*_adc.nii*`` sibling is a case (an ISLES'22
+      BIDS tree works as is); every other NIfTI that is not an ADC/mask/FLAIR file is read as a 2-channel file;
+    - a DICOM series folder alone is refused with a message (DWI and ADC are separate series: use ``input_adc``).
 
     Args:
         input: file or folder, as above.
-        input_adc: ADC file or DICOM folder, for a single DWI + ADC case.
-        label: a label file (single case) or a folder of labels matched by case name
-            (``<case>_msk.nii.gz``, ``<case>_seg``, ``_label``, ``_mask`` or the same name).
+        input_adc: ADC file or DICOM folder, for one DWI + ADC case.
+        label: a label file (one case) or a folder of labels matched by case name
+            (``<case>_msk.nii.gz``, ``_seg``, ``_label``, ``_mask`` or the same name).
+        work_dir: where to write the channels of 2-channel files (required only for those).
+        two_channel_order: the meaning of the channels of 2-channel files.
 
     Raises:
-        FileNotFoundError: ``input`` is missing or no case could be found in a folder.
-        ValueError: a DICOM folder without ``input_adc``, or a DWI file without ADC.
+        FileNotFoundError: a path does not exist, or no case was found in a folder.
+        ValueError: a DICOM folder without ``input_adc``; a DWI file without its ADC; a NIfTI that is neither.
     """
     if input is None or str(input) == "":
         raise ValueError("set --input: a NIfTI file, a folder of NIfTI files or a DICOM series folder (see docs).")
@@ -212,26 +246,35 @@ def stroke_inference_datalist(
     lab = Path(label).expanduser() if label not in (None, "") else None
     if lab is not None and not lab.exists():
         raise FileNotFoundError(f"--label {lab}: no such file or folder")
+    work = Path(work_dir) if work_dir not in (None, "") else None
+
+    def two_channel(p: Path) -> dict[str, Any]:
+        if work is None:
+            raise ValueError(f"{p}: a 2-channel file needs a work_dir to write its channels to")
+        return _split_two_channel(p, work, two_channel_order)
+
+    def with_label(item: dict[str, Any], stem: str) -> dict[str, Any]:
+        if lab is not None:
+            found = str(lab) if lab.is_file() else _find_label(stem, lab)
+            if not found:
+                raise FileNotFoundError(f"--label {lab}: no label found for case {stem!r}")
+            item["label"] = found
+        return item
+
     if input_adc not in (None, ""):
         adc = Path(input_adc).expanduser()
         if not adc.exists():
             raise FileNotFoundError(f"--input_adc {adc}: no such file or folder")
-        item: dict[str, Any] = {"image": [str(adc), str(src)]}
-        if lab is not None:
-            item["label"] = str(lab) if lab.is_file() else _find_label(_nifti_stem(src) if _is_nifti(src) else src.name, lab)
-        return [item]
+        return [with_label({"dwi": str(src), "adc": str(adc)}, _nifti_stem(src) if _is_nifti(src) else src.name)]
     if src.is_file():
         if re.search(r"_dwi\.nii(\.gz)?$", src.name, re.I):
             adc = src.with_name(re.sub(r"_dwi(\.nii(\.gz)?)$", r"_adc\1", src.name, flags=re.I))
             if not adc.is_file():
                 raise ValueError(f"{src}: a DWI file needs its ADC: no {adc.name} next to it; pass --input_adc.")
-            item = {"image": [str(adc), str(src)]}
-        else:
-            item = {"image": str(src)}
-        if lab is not None:
-            item["label"] = str(lab) if lab.is_file() else _find_label(_nifti_stem(src), lab)
-        return [item]
-    # a folder
+            return [with_label({"dwi": str(src), "adc": str(adc)}, _nifti_stem(src))]
+        if _is_nifti(src):
+            return [with_label(two_channel(src), _nifti_stem(src))]
+        raise ValueError(f"{src}: pass its ADC with --input_adc (DWI and ADC are needed), or a 2-channel NIfTI file")
     niftis = sorted(p for p in src.rglob("*") if p.is_file() and _is_nifti(p))
     if not niftis:
         if _has_dicom(src):
@@ -245,30 +288,41 @@ def stroke_inference_datalist(
     for p in niftis:
         if re.search(r"_dwi\.nii(\.gz)?$", p.name, re.I):
             adc = p.with_name(re.sub(r"_dwi(\.nii(\.gz)?)$", r"_adc\1", p.name, flags=re.I))
+            used.add(p)
             if adc.is_file():
-                items.append({"image": [str(adc), str(p)]})
-                used.update({p, adc})
+                items.append(with_label({"dwi": str(p), "adc": str(adc)}, _nifti_stem(p)))
+                used.add(adc)
             else:
                 logger.warning("%s: no ADC file %s next to it; skipped", p, adc.name)
-                used.add(p)
     for p in niftis:
-        if p in used or re.search(r"_(adc|msk|mask|seg|label|flair)\.nii(\.gz)?$", p.name, re.I):
+        if p in used or "derivatives" in p.parts or (work is not None and work.resolve() in p.resolve().parents):
             continue
-        if "derivatives" in p.parts:
+        if re.search(r"(^|_)(adc|msk|mask|seg|label|flair)\.nii(\.gz)?$", p.name, re.I):
             continue
-        items.append({"image": str(p)})
+        items.append(with_label(two_channel(p), _nifti_stem(p)))
     if not items:
         raise FileNotFoundError(f"{src}: found NIfTI files but no case (no *_dwi + *_adc pair, no 2-channel file)")
-    if lab is not None:
-        for it in items:
-            first = Path(it["image"][-1] if isinstance(it["image"], list) else it["image"])
-            found = str(lab) if lab.is_file() else _find_label(_nifti_stem(first), lab)
-            if found:
-                it["label"] = found
-        if any("label" not in it for it in items):
-            missing = [it["image"] for it in items if "label" not in it]
-            raise FileNotFoundError(f"--label {lab}: no label found for {missing}")
     return items
+
+
+def stroke_output_name(metadict: dict, saver: Any) -> dict[str, Any]:
+    """``SaveImaged(output_name_formatter=...)`` for the stroke bundle: name outputs after the case, not the ADC.
+
+    The prediction's metadata come from the ADC file (eADC is the first channel), so the default name would
+    be ``<..._adc>_seg``; this drops a trailing ``_adc`` (``sub-x_ses-1_adc`` -> ``sub-x_ses-1``) and uses the
+    folder name for generic names (``case003/adc.nii.gz`` -> ``case003``).
+    """
+    from monai.utils import ImageMetaKey
+
+    name = metadict.get(ImageMetaKey.FILENAME_OR_OBJ, "") if metadict else ""
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else ""
+    p = Path(str(name))
+    stem = _nifti_stem(p) if _is_nifti(p) else (p.stem if p.suffix.lower() in (".mha", ".mhd", ".nrrd") else p.name)
+    stem = re.sub(r"(^|_)adc$", "", stem, flags=re.I)
+    if not stem:
+        stem = p.parent.name or "case"
+    return {"subject": stem, "idx": metadict.get(ImageMetaKey.PATCH_INDEX, None) if metadict else None}
 
 
 def image_inference_datalist(

@@ -109,10 +109,12 @@ class SliceMeanDice(IgniteMetricHandler):
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 
-def _case_name(item: Mapping, keys: tuple[Hashable, ...], default: str) -> str:
+def _case_name(item: Mapping, keys: tuple[Hashable, ...], default: str, formatter: Callable | None = None) -> str:
     for k in keys:
         v = item.get(k)
         meta = getattr(v, "meta", None) or item.get(f"{k}_meta_dict") or {}
+        if formatter is not None and meta:
+            return str(formatter(meta, None)["subject"])
         name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
         if isinstance(name, (list, tuple)):
             name = name[-1] if name else None
@@ -151,6 +153,8 @@ class OverlayWriter:
         slice_axis: axis to cut 3D volumes along.
         only_nonempty: 3D: skip slices without foreground.
         alpha: colour opacity.
+        output_name_formatter: as ``SaveImaged``'s: ``(metadict, saver) -> {"subject": name, ...}`` naming the
+            case from the metadata of the first of ``name_keys`` (default: the file name without extension).
     """
 
     def __init__(
@@ -164,8 +168,10 @@ class OverlayWriter:
         slice_axis: int = 2,
         only_nonempty: bool = True,
         alpha: float = 0.6,
+        output_name_formatter: Callable | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.formatter = output_name_formatter
         self.image_key, self.pred_key, self.label_key = image_key, pred_key, label_key
         self.image_channel = image_channel
         self.name_keys = tuple(name_keys) if name_keys else (pred_key, image_key)
@@ -184,7 +190,7 @@ class OverlayWriter:
     def write(self, item: Mapping) -> list[str]:
         """Write the overlays of one post-processed item; returns the PNG paths."""
         self._count += 1
-        name = _case_name(item, self.name_keys, f"case_{self._count:04d}")
+        name = _case_name(item, self.name_keys, f"case_{self._count:04d}", self.formatter)
         img = torch.as_tensor(item[self.image_key]).detach().cpu().float().numpy()
         pred = torch.as_tensor(item[self.pred_key]).detach().cpu().float().numpy()
         lab = item.get(self.label_key) if self.label_key else None
