@@ -1,0 +1,152 @@
+"""The segmentation networks compared in the benchmarks, built the same way everywhere.
+
+Every model maps ``B x C x H x W`` to binary logits ``B x 1 x H x W`` (``build_model``). Nothing is downloaded:
+SegFormer is built from a ``transformers.SegformerConfig`` with random initialisation (the MiT-b0 / MiT-b5
+encoder sizes) and its ``H/4`` logits are upsampled (bilinear) to the input size.
+
+Names: ``patcher_small``, ``patcher_paper``, ``patcher_tiny`` (Patcher presets; ``patcher_small_bn`` etc. add
+overrides, see ``PATCHER_VARIANTS``), ``unet``, ``attention_unet``, ``swin_unetr`` (MONAI, ``spatial_dims=2``),
+``segformer_b0``, ``segformer_b5``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from monai_patcher.networks import patcher_preset  # noqa: E402
+
+__all__ = ["MODEL_NAMES", "PATCHER_VARIANTS", "build_model", "count_parameters", "describe_model"]
+
+MODEL_NAMES = (
+    "patcher_small",
+    "unet",
+    "attention_unet",
+    "swin_unetr",
+    "segformer_b0",
+    "segformer_b5",
+    "patcher_paper",
+)
+
+#: extra Patcher configurations tried on val/ (name -> (preset, overrides))
+PATCHER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "patcher_small": ("small", {}),
+    "patcher_paper": ("paper", {}),
+    "patcher_tiny": ("tiny", {}),
+    # the reference's best polyp/stroke gating network: one hidden 3x3 conv with BatchNorm
+    "patcher_small_bn": ("small", {"gate_norm": True}),
+    # the paper's gating network: three hidden 3x3 convs
+    "patcher_small_gate3": ("small", {"gate_channels": (128, 128, 128)}),
+    # a deeper small preset (stage 3 gets more blocks, as in the paper's 3/6/40/3 shape)
+    "patcher_small_deep": ("small", {"depths": (2, 2, 6, 2)}),
+}
+
+_SEGFORMER = {
+    "segformer_b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256),
+    "segformer_b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], decoder_hidden_size=768),
+}
+
+
+class SegFormerLogits(nn.Module):
+    """Hugging Face ``SegformerForSemanticSegmentation`` (random init) -> logits upsampled to the input size."""
+
+    def __init__(self, in_channels: int, out_channels: int, variant: str) -> None:
+        super().__init__()
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+        cfg = SegformerConfig(
+            num_channels=in_channels,
+            num_labels=out_channels,
+            num_attention_heads=[1, 2, 5, 8],
+            sr_ratios=[8, 4, 2, 1],
+            drop_path_rate=0.1,
+            **_SEGFORMER[variant],
+        )
+        self.net = SegformerForSemanticSegmentation(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(pixel_values=x).logits  # B x C x H/4 x W/4
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class PatcherLogits(nn.Module):
+    """A Patcher that returns logits only in ``forward`` and ``(logits, gating)`` from ``with_gating``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.net.return_gating = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[0]
+
+    def with_gating(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x)
+
+
+def build_model(name: str, in_channels: int = 3, out_channels: int = 1) -> nn.Module:
+    """Build a benchmark network by name (see the module docstring); random initialisation."""
+    if name in PATCHER_VARIANTS:
+        preset, overrides = PATCHER_VARIANTS[name]
+        return PatcherLogits(patcher_preset(preset, in_channels=in_channels, out_channels=out_channels, **overrides))
+    if name == "unet":
+        from monai.networks.nets import UNet
+
+        return UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=(32, 64, 128, 256, 512),
+            strides=(2, 2, 2, 2),
+            num_res_units=2,
+            norm="batch",
+        )
+    if name == "attention_unet":
+        from monai.networks.nets import AttentionUnet
+
+        return AttentionUnet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=(32, 64, 128, 256, 512),
+            strides=(2, 2, 2, 2),
+        )
+    if name == "swin_unetr":
+        from monai.networks.nets import SwinUNETR
+
+        return SwinUNETR(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            spatial_dims=2,
+            feature_size=24,
+            window_size=8,
+            dropout_path_rate=0.1,
+        )
+    if name in _SEGFORMER:
+        return SegFormerLogits(in_channels, out_channels, name)
+    raise ValueError(f"unknown model {name!r}; choose from {list(MODEL_NAMES) + sorted(PATCHER_VARIANTS)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_model(name: str) -> str:
+    """A one-line description of the configuration used (for the docs)."""
+    if name in PATCHER_VARIANTS:
+        preset, overrides = PATCHER_VARIANTS[name]
+        return f"Patcher preset '{preset}'" + (f" with {overrides}" if overrides else "")
+    return {
+        "unet": "MONAI UNet, channels (32,64,128,256,512), strides 2, 2 residual units, BatchNorm",
+        "attention_unet": "MONAI AttentionUnet, channels (32,64,128,256,512), strides 2",
+        "swin_unetr": "MONAI SwinUNETR 2D, feature_size 24, window 8, depths (2,2,2,2)",
+        "segformer_b0": "transformers SegFormer, MiT-b0 config, random init, decoder 256",
+        "segformer_b5": "transformers SegFormer, MiT-b5 config, random init, decoder 768",
+    }.get(name, name)
