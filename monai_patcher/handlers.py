@@ -19,6 +19,7 @@ import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.meandice import compute_dice
+from monai.metrics.meaniou import compute_iou
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, min_version, optional_import
 
@@ -27,7 +28,7 @@ from .visualize import gating_rgb, overlay, save_png, volume_overlays
 Events, _ = optional_import("ignite.engine", "0.4.4", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.4", min_version, "Engine")
 
-__all__ = ["SliceDiceMetric", "SliceMeanDice", "OverlayWriter", "GatingMapWriter"]
+__all__ = ["SliceDiceMetric", "SliceIoUMetric", "SliceMeanDice", "SliceMeanIoU", "OverlayWriter", "GatingMapWriter"]
 
 
 class SliceDiceMetric(CumulativeIterationMetric):
@@ -84,6 +85,18 @@ class SliceDiceMetric(CumulativeIterationMetric):
         return (f, not_nans) if self.get_not_nans else f
 
 
+class SliceIoUMetric(SliceDiceMetric):
+    """IoU (Jaccard) of every 2D slice of ``B x C x X x Y x Z`` predictions; arguments as :class:`SliceDiceMetric`."""
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if y_pred.shape != y.shape:
+            raise ValueError(f"y_pred {tuple(y_pred.shape)} and y {tuple(y.shape)} must have the same shape")
+        return compute_iou(
+            self._to_slices(y_pred), self._to_slices(y), include_background=self.include_background,
+            ignore_empty=self.ignore_empty,
+        )
+
+
 class SliceMeanDice(IgniteMetricHandler):
     """Ignite handler of :class:`SliceDiceMetric`: mean Dice over all 2D slices of the evaluated volumes.
 
@@ -106,6 +119,22 @@ class SliceMeanDice(IgniteMetricHandler):
         save_details: bool = False,
     ) -> None:
         metric_fn = SliceDiceMetric(include_background, reduction, False, ignore_empty, slice_axis)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class SliceMeanIoU(IgniteMetricHandler):
+    """Ignite handler of :class:`SliceIoUMetric`: mean IoU over all 2D slices; arguments as :class:`SliceMeanDice`."""
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        ignore_empty: bool = True,
+        slice_axis: int = 2,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = False,
+    ) -> None:
+        metric_fn = SliceIoUMetric(include_background, reduction, False, ignore_empty, slice_axis)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 
