@@ -46,6 +46,8 @@ PATCHER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "patcher_small_gate3": ("small", {"gate_channels": (128, 128, 128)}),
     # a deeper small preset (stage 3 gets more blocks, as in the paper's 3/6/40/3 shape)
     "patcher_small_deep": ("small", {"depths": (2, 2, 6, 2)}),
+    # 4 x 4 tokens in stage 1 (SegFormer's first-stage stride): about 4x fewer stage-1 tokens, H/4 gating maps
+    "patcher_small_s4": ("small", {"small_patch": (4, 2, 2, 2)}),
 }
 
 _SEGFORMER = {
