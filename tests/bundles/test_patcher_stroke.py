@@ -1,0 +1,216 @@
+"""End-to-end tests of bundles/patcher_stroke through the real ``python -m monai.bundle`` entry point.
+
+Tiny preset, 64 x 64 slices and the 3-case synthetic demo dataset, so the whole file runs in about a
+minute on 2 CPU cores. Real-data tests (ISLES'22 case, DICOM series) skip when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = REPO_ROOT / "bundles" / "patcher_stroke"
+CONFIGS = BUNDLE / "configs"
+TRAIN = str(CONFIGS / "train.json")
+FAST = ["--network_def#name", "tiny", "--spatial_size", "64", "--num_workers", "0"]
+
+
+def run_bundle(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <args>``; fails the test with the output if the command fails."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"monai.bundle {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_dataset):
+    """One training epoch (with validation) from a foreign working directory; returns the run folders."""
+    root = tmp_path_factory.mktemp("stroke_train")
+    out, ckpt = root / "eval", root / "models"
+    proc = run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(Path(demo_dataset).parent),
+        "--max_epochs", "1", "--val_interval", "1", "--output_dir", str(out), "--ckpt_dir", str(ckpt), *FAST,
+        cwd=root,
+    )
+    return {"root": root, "out": out, "ckpt": ckpt, "data": Path(demo_dataset).parent, "log": proc.stdout + proc.stderr}
+
+
+def test_train_one_epoch(trained):
+    assert (trained["ckpt"] / "model.pt").is_file(), "best-by-validation-Dice checkpoint missing"
+    assert (trained["ckpt"] / "checkpoint_epoch=1.pt").is_file(), "last checkpoint (resume) missing"
+    assert list(trained["out"].glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert "val_mean_dice" in trained["log"] and "val_mean_iou" in trained["log"]
+    last = torch.load(trained["ckpt"] / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    assert set(last) >= {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert last["trainer"]["iteration"] // last["trainer"]["epoch_length"] == 1  # ignite stores iterations
+
+
+def test_resume_continues_epoch_count(trained):
+    first = torch.load(trained["ckpt"] / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    iters_per_epoch = first["trainer"]["iteration"]
+    proc = run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(trained["data"]), "--max_epochs", "2",
+        "--val_interval", "1", "--output_dir", str(trained["out"]), "--ckpt_dir", str(trained["ckpt"]),
+        "--resume", "true", *FAST, cwd=trained["root"],
+    )
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
+    second = torch.load(trained["ckpt"] / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert second["trainer"]["iteration"] == 2 * iters_per_epoch  # epoch 2 of 2, not epoch 1 again
+    # the LR schedule continued (stepped once per iteration over both runs), it did not restart
+    assert second["lr_scheduler"]["last_epoch"] == 2 * iters_per_epoch
+
+
+def test_evaluate_writes_csv(trained, tmp_path):
+    out = tmp_path / "eval"
+    run_bundle(
+        "run", "--config_file", f"['{TRAIN}','{CONFIGS / 'evaluate.json'}']", "--dataset_dir", str(trained["data"]),
+        "--ckpt_dir", str(trained["ckpt"]), "--output_dir", str(out), *FAST, cwd=tmp_path,
+    )
+    metrics = dict(line.split(",") for line in (out / "metrics.csv").read_text().split())
+    assert set(metrics) == {"val_mean_dice", "val_mean_iou", "val_slice_dice", "val_slice_iou"}
+    assert all(0.0 <= float(v) <= 1.0 for v in metrics.values())
+    raw = (out / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert raw[0].startswith("filename") and len(raw) == 2  # one test case
+    assert (out / "val_mean_iou_summary.csv").is_file()
+
+
+def _check_same_grid(out_file: Path, shape, affine):
+    import nibabel as nib
+
+    img = nib.load(str(out_file))
+    assert img.shape[:3] == tuple(shape)
+    np.testing.assert_allclose(img.affine, affine, atol=1e-4)
+    return img
+
+
+def test_inference_real_isles_case(trained, tmp_path, shared_path_fn):
+    import nibabel as nib
+
+    dwi = shared_path_fn("ISLES-2022-case0001", "data", "sub-strokecase0001_ses-0001_dwi.nii.gz")
+    out = tmp_path / "pred"
+    run_bundle(
+        "run", "--config_file", str(CONFIGS / "inference.json"), "--input", str(dwi),
+        "--ckpt_path", str(trained["ckpt"] / "model.pt"), "--output_dir", str(out), "--save_prob", "true",
+        "--save_gating", "true", *FAST, cwd=tmp_path,
+    )
+    ref = nib.load(str(dwi))
+    seg = _check_same_grid(out / "sub-strokecase0001_ses-0001_seg.nii.gz", ref.shape, ref.affine)
+    assert set(np.unique(np.asanyarray(seg.dataobj))) <= {0, 1}
+    prob = np.asanyarray(_check_same_grid(out / "sub-strokecase0001_ses-0001_prob.nii.gz", ref.shape, ref.affine).dataobj)
+    assert prob.min() >= 0 and prob.max() <= 1
+    gating = nib.load(str(out / "sub-strokecase0001_ses-0001_gating.nii.gz"))
+    assert gating.shape == (*ref.shape, 4)
+    np.testing.assert_allclose(gating.affine, ref.affine, atol=1e-4)
+    np.testing.assert_allclose(np.asanyarray(gating.dataobj).sum(-1), 1.0, atol=1e-3)
+
+
+def test_inference_real_dicom_series(trained, tmp_path, shared_path_fn):
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    from monai_patcher.data import SimpleITKReader
+
+    series = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    out = tmp_path / "pred"
+    # the only real DICOM series at hand is one T1 series: it stands in for both DWI and ADC (a geometry test)
+    run_bundle(
+        "run", "--config_file", str(CONFIGS / "inference.json"), "--input", str(series), "--input_adc", str(series),
+        "--ckpt_path", str(trained["ckpt"] / "model.pt"), "--output_dir", str(out), *FAST, cwd=tmp_path,
+    )
+    ref = LoadImage(reader=SimpleITKReader(), image_only=True)(str(series))
+    files = list(out.glob("*_seg.nii.gz"))
+    assert len(files) == 1 and files[0].name == "data_seg.nii.gz"
+    seg = nib.load(str(files[0]))
+    assert seg.shape == tuple(ref.shape)
+    np.testing.assert_allclose(seg.affine, np.asarray(ref.affine), atol=1e-3)
+
+
+def test_inference_geometry_round_trip(shared_path_fn):
+    """The configured preprocessing + Invertd bring a network-space volume back onto the input DWI voxels."""
+    from monai.bundle import ConfigParser
+    from monai.data import decollate_batch, list_data_collate
+    from monai.transforms import Invertd
+    import nibabel as nib
+
+    dwi = shared_path_fn("ISLES-2022-case0001", "data", "sub-strokecase0001_ses-0001_dwi.nii.gz")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["input"] = str(dwi)
+    parser["spatial_size"] = 64
+    pre = parser.get_parsed_content("preprocessing")
+    item = parser.get_parsed_content("dataset")[0]
+    batch = list_data_collate([item])
+    batch["pred"] = batch["image"][:, 1:2].clone()  # the normalised DWI channel, in network space
+    inv = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(decollate_batch(batch)[0])
+    back = inv["pred"][0].numpy()
+    orig = np.asanyarray(nib.load(str(dwi)).dataobj)
+    assert back.shape == orig.shape
+    brain_back, brain = np.abs(back) > 1e-3, orig != 0
+    dice = 2 * (brain_back & brain).sum() / (brain_back.sum() + brain.sum())
+    assert dice > 0.9, f"the inverted volume does not overlap the input's brain (Dice {dice:.3f}): geometry is off"
+
+
+def test_inference_overlays_with_label(trained, tmp_path):
+    case = sorted(p for p in Path(trained["data"]).iterdir() if p.is_dir())[0]
+    out = tmp_path / "pred"
+    run_bundle(
+        "run", "--config_file", str(CONFIGS / "inference.json"), "--input", str(case / "dwi.nii.gz"),
+        "--input_adc", str(case / "adc.nii.gz"), "--label", str(case / "label.nii.gz"),
+        "--ckpt_path", str(trained["ckpt"] / "model.pt"), "--output_dir", str(out), *FAST, cwd=tmp_path,
+    )
+    assert (out / f"{case.name}_seg.nii.gz").is_file()
+    pngs = list((out / "overlays" / case.name).glob("slice_*.png"))
+    assert pngs, "no overlay PNGs written although a label was given"
+
+
+def test_bundle_root_is_the_bundle_folder_from_any_cwd(tmp_path):
+    proc = run_bundle(
+        "run", "where", "--config_file", os.path.relpath(TRAIN, tmp_path), "--where", "$print('ROOT=' + @bundle_root)",
+        cwd=tmp_path,
+    )
+    assert f"ROOT={BUNDLE}" in proc.stdout
+    proc = run_bundle(
+        "run", "where", "--config_file", "bundles/patcher_stroke/configs/train.json",
+        "--where", "$print('ROOT=' + @ckpt_dir)", cwd=REPO_ROOT,
+    )
+    assert f"ROOT={BUNDLE / 'models'}" in proc.stdout
+
+
+def test_metadata_validates_against_shipped_schema():
+    import jsonschema
+
+    schema = json.loads((REPO_ROOT / "bundles" / "schema" / "meta_schema_20240725.json").read_text())
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["schema"].endswith("meta_schema_20240725.json")
+    jsonschema.validate(instance=meta, schema=schema)
+
+
+def test_verify_metadata_offline(tmp_path):
+    schema = REPO_ROOT / "bundles" / "schema" / "meta_schema_20240725.json"
+    # MONAI downloads the schema only when `filepath` does not exist: the shipped copy keeps this offline
+    run_bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(schema), cwd=tmp_path)
+
+
+def test_verify_net_in_out_and_ckpt_export(trained, tmp_path):
+    common = ["--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
+              "--network_def#name", "tiny"]
+    run_bundle("verify_net_in_out", "network_def", *common, cwd=tmp_path)
+    ts = tmp_path / "model.ts"
+    run_bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(trained["ckpt"] / "model.pt"),
+               *common, cwd=tmp_path)
+    net = torch.jit.load(str(ts))
+    assert net(torch.zeros(1, 2, 64, 48)).shape == (1, 1, 64, 48)
