@@ -214,3 +214,19 @@ def test_verify_net_in_out_and_ckpt_export(trained, tmp_path):
                *common, cwd=tmp_path)
     net = torch.jit.load(str(ts))
     assert net(torch.zeros(1, 2, 64, 48)).shape == (1, 1, 64, 48)
+
+
+def test_torchrun_two_processes_cpu_gloo(demo_dataset, tmp_path):
+    """``multi_gpu_train.json``: DistributedDataParallel + DistributedSampler, 2 CPU processes (gloo)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "monai.bundle",
+        "run", "training", "--config_file", f"['{TRAIN}','{CONFIGS / 'multi_gpu_train.json'}']",
+        "--dataset_dir", str(Path(demo_dataset).parent), "--max_epochs", "1", "--val_interval", "1",
+        "--output_dir", str(tmp_path / "eval"), "--ckpt_dir", str(tmp_path / "models"), *FAST,
+    ]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "the DDP wrapper leaked into the checkpoint"
+    assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
