@@ -143,8 +143,11 @@ def evaluate(model, cases: list[dict], size: int, batch_size: int = 8) -> dict:
     }
 
 
-def make_figure(model, cases: list[dict], size: int, path: Path, n_per_case: int = 3) -> None:
-    """Overlays (TP green / FP red / FN white) on FLAIR for a few tumour slices of each validation case."""
+def make_figure(preds: dict, cases: list[dict], path: Path, n_per_case: int = 3, title: str = "") -> None:
+    """Overlays (TP green / FP red / FN white) on FLAIR for a few tumour slices of each validation case.
+
+    ``preds``: case name -> binary prediction volume (X x Y x Z).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +157,7 @@ def make_figure(model, cases: list[dict], size: int, path: Path, n_per_case: int
 
     rows = []
     for c in cases:
-        pred = predict_volume(model, c, size)
+        pred = preds[c["case"]]
         area = c["label"].sum(axis=(0, 1))
         zs = np.nonzero(area)[0]
         picks = zs[np.linspace(len(zs) * 0.2, len(zs) * 0.8, n_per_case).astype(int)]
@@ -167,7 +170,7 @@ def make_figure(model, cases: list[dict], size: int, path: Path, n_per_case: int
         ax.imshow(rgb)
         ax.set_title(f"{case.replace('brats_2013_', '')} z={z}\nslice Dice {d:.2f}", fontsize=8)
         ax.axis("off")
-    fig.suptitle("BraTS validation, FLAIR: TP green, FP red, FN white", fontsize=9)
+    fig.suptitle(f"BraTS validation, FLAIR: TP green, FP red, FN white {title}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -224,7 +227,7 @@ def main(argv=None) -> int:
     log = {"model": args.model, "description": describe_model(args.model), "params": count_parameters(model),
            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "history": []}
     cpu = wall = cpu_eval = 0.0
-    step, next_eval, losses, best = 0, eval_every, [], None
+    step, next_eval, losses, best, best_preds = 0, eval_every, [], None, None
     n_pos = int(round(args.batch_size * args.pos_ratio))
     while cpu < budget:
         c0, w0 = time.process_time(), time.perf_counter()
@@ -247,7 +250,7 @@ def main(argv=None) -> int:
             c1 = time.process_time()
             res = evaluate(model, val_cases, args.size)
             cpu_eval += time.process_time() - c1
-            res.pop("_preds")
+            preds = res.pop("_preds")
             rec = {"step": step, "train_cpu_s": round(cpu, 1), "train_wall_s": round(wall, 1),
                    "train_loss": float(np.mean(losses)), **res}
             losses = []
@@ -256,7 +259,7 @@ def main(argv=None) -> int:
                   f"volume Dice {res['volume_dice_mean']:.4f} {json.dumps(res['per_volume'])} "
                   f"slice Dice (lesion slices) {res['slice_dice_lesion_slices']:.4f}", flush=True)
             if best is None or res["volume_dice_mean"] > best["volume_dice_mean"]:
-                best = rec
+                best, best_preds = rec, preds
                 torch.save({"model": args.model, "step": step, "state_dict": model.state_dict(), "size": args.size},
                            args.out / "best.pt")
     log.update(best=best, steps=step, train_cpu_s=cpu, train_wall_s=wall, eval_cpu_s=cpu_eval,
@@ -270,9 +273,8 @@ def main(argv=None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1), flush=True)
     if args.figure:
-        ckpt = torch.load(args.out / "best.pt", weights_only=True)
-        model.load_state_dict(ckpt["state_dict"])
-        make_figure(model, val_cases, args.size, args.figure)
+        make_figure(best_preds, val_cases, args.figure,
+                    title=f"({args.model}, step {best['step']}, volume Dice {best['volume_dice_mean']:.3f})")
         print(f"figure: {args.figure}", flush=True)
     return 0
 

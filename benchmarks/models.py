@@ -48,6 +48,10 @@ PATCHER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "patcher_small_deep": ("small", {"depths": (2, 2, 6, 2)}),
     # 4 x 4 tokens in stage 1 (SegFormer's first-stage stride): about 4x fewer stage-1 tokens, H/4 gating maps
     "patcher_small_s4": ("small", {"small_patch": (4, 2, 2, 2)}),
+    # gating network = one 3x3 conv straight to the 4 weights (no hidden conv): the hidden 3x3 conv over the
+    # concatenated experts at H/2 is most of the small preset's compute
+    "patcher_small_gate0": ("small", {"gate_channels": ()}),
+    "patcher_small_s4_gate0": ("small", {"small_patch": (4, 2, 2, 2), "gate_channels": ()}),
 }
 
 _SEGFORMER = {
