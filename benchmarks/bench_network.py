@@ -1,0 +1,311 @@
+"""Forward-pass speed, FLOPs and memory of the Patcher presets next to MONAI's UNet, AttentionUnet and SwinUNETR.
+
+For every model, in eval mode under ``torch.inference_mode`` on one ``1 x C x S x S`` image, the table gives:
+parameters, the median forward time over ``--repeats`` runs after a warm-up, the FLOPs of one forward counted by
+``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2 FLOPs; attention counted too, see
+:func:`count_flops`), the achieved GFLOP/s, the machine's fp32 matmul GFLOP/s measured by the same process just
+before timing the model, their ratio, and the peak-RSS increase of the process while building and running it.
+
+Each model runs in its own child process, so the peak memory of one does not hide another's and every row starts
+from the same state. Timings are wall-clock on a possibly shared machine: run it when the cores are idle, and
+compare rows of the same run (the matmul column shows how fast the machine was at that moment).
+
+Usage::
+
+    python benchmarks/bench_network.py                                  # paper/small/tiny + the MONAI models
+    python benchmarks/bench_network.py --presets small tiny --models unet --repeats 10
+    python benchmarks/bench_network.py --profile paper                  # top ops of one forward, by self CPU time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+PRESETS = ("paper", "small", "tiny")
+MONAI_MODELS = ("unet", "attention_unet", "swin_unetr")
+
+
+def build_model(name: str, in_channels: int = 2, out_channels: int = 1) -> nn.Module:
+    """Build a benchmarked network by name.
+
+    Args:
+        name: a Patcher preset (``"paper"``, ``"small"``, ``"tiny"``) or ``"unet"``, ``"attention_unet"``,
+            ``"swin_unetr"`` (MONAI, ``spatial_dims=2``).
+        in_channels: input channels.
+        out_channels: output channels.
+
+    Returns:
+        The model in eval mode.
+    """
+    if name in PRESETS:
+        from monai_patcher.networks import patcher_preset
+
+        net = patcher_preset(name, in_channels=in_channels, out_channels=out_channels)
+    elif name == "unet":
+        from monai.networks.nets import UNet
+
+        net = UNet(2, in_channels, out_channels, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2),
+                   num_res_units=2)  # fmt: skip
+    elif name == "attention_unet":
+        from monai.networks.nets import AttentionUnet
+
+        net = AttentionUnet(2, in_channels, out_channels, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2))
+    elif name == "swin_unetr":
+        from monai.networks.nets import SwinUNETR
+
+        net = SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48, spatial_dims=2)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {PRESETS + MONAI_MODELS}.")
+    return net.eval()
+
+
+def _register_cpu_attention_flops() -> None:
+    """Count ``scaled_dot_product_attention`` on CPU (its CPU kernel has no formula in torch's FLOP counter)."""
+    from torch.utils import flop_counter
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward (``FlopCounterMode``: matmuls, convolutions and attention; 2 FLOPs per multiply-add).
+
+    Args:
+        model: the network.
+        x: its input.
+
+    Returns:
+        The total FLOP count.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_attention_flops()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's fp32 matmul rate right now: median over ``repeats`` of one ``n x n @ n x n`` product.
+
+    Args:
+        n: matrix size.
+        repeats: timed products (after one warm-up).
+
+    Returns:
+        GFLOP/s (``2 n^3`` FLOPs per product).
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def time_forward(model: nn.Module, x: torch.Tensor, repeats: int, time_budget: float) -> tuple[list[float], float]:
+    """Forward times after one warm-up, in eval mode under ``torch.inference_mode``.
+
+    Args:
+        model: the network.
+        x: its input.
+        repeats: the number of timed forwards wanted.
+        time_budget: seconds; slow models run fewer repeats (at least 3) to stay near this budget.
+
+    Returns:
+        ``(times, warmup)``: the timed forward durations and the warm-up duration, in seconds.
+    """
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(x)
+        warmup = time.perf_counter() - t0
+        n = max(3, min(repeats, int(time_budget / max(warmup, 1e-6))))
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return times, warmup
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def measure(name: str, size: int, in_channels: int, repeats: int, time_budget: float) -> dict[str, Any]:
+    """All the numbers of one table row (run this in a fresh process, see :func:`run_child`).
+
+    Args:
+        name: model name (see :func:`build_model`).
+        size: image side ``S`` (the input is ``1 x in_channels x S x S``).
+        in_channels: input channels.
+        repeats: timed forwards.
+        time_budget: seconds of timed forwards to aim for.
+
+    Returns:
+        A JSON-serialisable dict.
+    """
+    torch.manual_seed(0)
+    x = torch.randn(1, in_channels, size, size)
+    matmul = matmul_gflops()
+    rss0 = _maxrss_mib()
+    model = build_model(name, in_channels)
+    params = sum(p.numel() for p in model.parameters())
+    times, warmup = time_forward(model, x, repeats, time_budget)
+    rss1 = _maxrss_mib()
+    flops = count_flops(model, x)
+    median = statistics.median(times)
+    return {
+        "model": name,
+        "params_m": params / 1e6,
+        "time_s": median,
+        "time_min_s": min(times),
+        "repeats": len(times),
+        "warmup_s": warmup,
+        "gflop": flops / 1e9,
+        "gflops": flops / 1e9 / median,
+        "matmul_gflops": matmul,
+        "ratio": flops / 1e9 / median / matmul,
+        "peak_mib": rss1 - rss0,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run :func:`measure` for one model in a new Python process and return its row.
+
+    Args:
+        name: model name.
+        args: the parsed command line (size, channels, repeats, threads, time budget).
+
+    Returns:
+        The row, or ``{"model": name, "error": ...}`` when the child failed.
+    """
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--size", str(args.size),
+           "--in-channels", str(args.in_channels), "--repeats", str(args.repeats),
+           "--time-budget", str(args.time_budget)]  # fmt: skip
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        return {"model": name, "error": (res.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
+def format_table(rows: list[dict[str, Any]], size: int, in_channels: int) -> str:
+    """Rows as a markdown table.
+
+    Args:
+        rows: outputs of :func:`measure`.
+        size: image side.
+        in_channels: input channels.
+
+    Returns:
+        The table text.
+    """
+    head = (
+        f"| model (1 x {in_channels} x {size} x {size}) | params (M) | forward (s, median) | repeats | GFLOP "
+        "| achieved GFLOP/s | fp32 matmul GFLOP/s | achieved / matmul | peak RSS increase (MiB) |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | error: {r['error']} |" + " |" * 7)
+            continue
+        lines.append(
+            f"| {r['model']} | {r['params_m']:.2f} | {r['time_s']:.3f} | {r['repeats']} | {r['gflop']:.1f} "
+            f"| {r['gflops']:.1f} | {r['matmul_gflops']:.1f} | {100 * r['ratio']:.0f} % | {r['peak_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def profile(name: str, size: int, in_channels: int, row_limit: int = 25) -> str:
+    """``torch.profiler`` table of one forward (after a warm-up), top ops by self CPU time.
+
+    Args:
+        name: model name.
+        size: image side.
+        in_channels: input channels.
+        row_limit: rows of the table.
+
+    Returns:
+        The profiler table.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = build_model(name, in_channels)
+    x = torch.randn(1, in_channels, size, size)
+    with torch.inference_mode():
+        model(x)
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            model(x)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--presets", nargs="*", default=list(PRESETS), choices=PRESETS, help="Patcher presets")
+    p.add_argument("--models", nargs="*", default=list(MONAI_MODELS), choices=MONAI_MODELS, help="MONAI networks")
+    p.add_argument("--size", type=int, default=256, help="image side (default 256)")
+    p.add_argument("--in-channels", type=int, default=2, help="input channels (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards per model (default 10)")
+    p.add_argument("--time-budget", type=float, default=20.0,
+                   help="seconds of timed forwards per model; slow models run fewer repeats, at least 3")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--profile", metavar="MODEL", help="print torch.profiler top ops of one forward of MODEL")
+    p.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = _parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(measure(args.child, args.size, args.in_channels, args.repeats, args.time_budget)))
+        return
+    if args.profile:
+        print(profile(args.profile, args.size, args.in_channels))
+        return
+    names = list(args.presets) + list(args.models)
+    print(f"torch {torch.__version__}, {torch.get_num_threads() if not args.threads else args.threads} threads, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    rows = []
+    for name in names:
+        row = run_child(name, args)
+        rows.append(row)
+        print(f"  {name}: " + (row.get("error") or f"{row['time_s']:.3f} s"), file=sys.stderr, flush=True)
+    print(format_table(rows, args.size, args.in_channels))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
