@@ -4,7 +4,7 @@ They are small, plain functions called from the bundle configs (``"$monai_patche
 
 - :func:`find_bundle_root`: the bundle folder, whatever the current directory is;
 - :func:`latest_checkpoint`: the newest ``checkpoint_epoch=N.pt`` to resume from;
-- :func:`stroke_inference_datalist` / :func:`image_inference_datalist`: turn the ``--input`` of an
+- :func:`stroke_inference_datalist` / :func:`image_datalist`: turn the ``--input`` of an
   inference run (a file, a folder of files, a DICOM series folder, a DWI + ADC pair) into a MONAI datalist;
 - :func:`ensure_demo_dataset`: write the synthetic demo dataset once and return its datalist;
 - :class:`PatcherWithGating`: a network wrapper returning ``{"pred": logits, "gating": maps}`` at full
@@ -31,7 +31,7 @@ __all__ = [
     "find_bundle_root",
     "latest_checkpoint",
     "stroke_inference_datalist",
-    "image_inference_datalist",
+    "image_datalist",
     "stroke_output_name",
     "ensure_demo_dataset",
     "PatcherWithGating",
@@ -325,7 +325,7 @@ def stroke_output_name(metadict: dict, saver: Any) -> dict[str, Any]:
     return {"subject": stem, "idx": metadict.get(ImageMetaKey.PATCH_INDEX, None) if metadict else None}
 
 
-def image_inference_datalist(
+def image_datalist(
     input: str | os.PathLike | None, label: str | os.PathLike | None = None
 ) -> list[dict[str, Any]]:
     """Datalist of 2D image files (PNG/JPEG/...) for the polyp bundle.
