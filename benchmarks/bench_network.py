@@ -15,6 +15,7 @@ Usage::
     python benchmarks/bench_network.py                                  # paper/small/tiny + the MONAI models
     python benchmarks/bench_network.py --presets small tiny --models unet --repeats 10
     python benchmarks/bench_network.py --profile paper                  # top ops of one forward, by self CPU time
+    python benchmarks/bench_network.py --train-step --batch-size 8      # one training step per model (time, memory)
 """
 
 from __future__ import annotations
@@ -277,6 +278,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--profile", metavar="MODEL", help="print torch.profiler top ops of one forward of MODEL")
     p.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
+    p.add_argument("--train-step", action="store_true",
+                   help="instead: time one optimiser step (forward + backward + Adam) per model, in child processes,\n"
+                        "with peak memory (benchmarks/bench_train_step.py; RGB input, --size, --batch-size)")
+    p.add_argument("--batch-size", type=int, default=8, help="--train-step batch size (default 8)")
+    p.add_argument("--train-models", default=None,
+                   help="--train-step: comma-separated names from benchmarks/models.py (default: all compared models)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -286,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.train_step:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bench_train_step
+
+        ts_args = ["--batch-size", str(args.batch_size), "--size", str(args.size), "--threads", str(args.threads or 1)]
+        bench_train_step.main(ts_args + (["--models", args.train_models] if args.train_models else []))
+        return
     if args.child:
         print(json.dumps(measure(args.child, args.size, args.in_channels, args.repeats, args.time_budget)))
         return

@@ -6,7 +6,9 @@ For every model a child process builds the network (random init), runs ``--warmu
 Adam step allocates the optimiser state) and then ``--steps`` timed steps on random data (``B x 3 x size x
 size``, BCE + IoU loss). Reported per model: parameters, process CPU seconds and wall seconds per step, the
 child's peak resident memory (``ru_maxrss``) and its resident memory after building the model (so the
-difference is what training adds). Results go to ``--out`` as JSON and a Markdown table.
+difference is what training adds). Each child runs under an address-space limit (``--mem-limit-gb``) so
+that a model too large for the machine fails with an allocation error instead of exhausting a shared machine's
+memory. Results go to ``--out`` as JSON and a Markdown table.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def child(args) -> dict:
 
     from monai_patcher.losses import BCEIoULoss
 
+    if args.mem_limit_gb > 0:  # fail with an allocation error instead of pushing a shared machine into swap/OOM
+        lim = int(args.mem_limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.child, in_channels=3, out_channels=1).train()
@@ -87,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     p.add_argument("--steps", type=int, default=1, help="timed steps (the minimum is reported)")
+    p.add_argument("--mem-limit-gb", type=float, default=14.0,
+                   help="address-space limit of each child (RLIMIT_AS); a model that needs more fails (0: none)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "train_step")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -97,7 +104,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         cmd = [sys.executable, __file__, "--child", name, "--batch-size", str(args.batch_size), "--size",
-               str(args.size), "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+               str(args.size), "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps),
+               "--mem-limit-gb", str(args.mem_limit_gb)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -114,7 +122,11 @@ def main(argv=None) -> int:
     md = [f"batch {args.batch_size}, {args.size} x {args.size}, {args.threads} thread(s), {args.warmup} warm-up step(s), "
           f"min of {args.steps} timed step(s)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        md.append("| " + " | ".join(str(r.get(c, r.get("error", ""))) if c != "model" else r["model"] for c in cols) + " |")
+        if "error" in r:
+            err = "out of memory (limit)" if "allocate" in r["error"] else r["error"][:80]
+            md.append(f"| {r['model']} | failed: {err} |" + " |" * (len(cols) - 2))
+        else:
+            md.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
     (args.out / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -411,6 +411,7 @@ def parse_args(argv=None):
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--limit-val", type=int, default=None)
     p.add_argument("--no-cache", action="store_true", help="do not cache the decoded data in OUT/cache")
+    p.add_argument("--summary-only", action="store_true", help="only rebuild OUT/summary.* from the model logs")
     p.add_argument("--smoke", action="store_true", help="tiny run of the whole flow (< 1 min)")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--checkpoint", type=Path)
@@ -438,6 +439,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.summary_only:
+        write_summary(args.out)
+        return 0
     if args.eval_only:
         if not (args.checkpoint and args.images and args.masks):
             raise SystemExit("--eval-only needs --checkpoint, --images and --masks")

@@ -40,6 +40,8 @@ PATCHER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "patcher_small": ("small", {}),
     "patcher_paper": ("paper", {}),
     "patcher_tiny": ("tiny", {}),
+    # the paper preset with activation checkpointing (training memory; more compute)
+    "patcher_paper_ckpt": ("paper", {"use_checkpoint": True}),
     # the reference's best polyp/stroke gating network: one hidden 3x3 conv with BatchNorm
     "patcher_small_bn": ("small", {"gate_norm": True}),
     # the paper's gating network: three hidden 3x3 convs
