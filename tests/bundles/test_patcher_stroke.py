@@ -35,6 +35,16 @@ def run_bundle(*args: str, cwd: Path, timeout: int = 600) -> subprocess.Complete
     return proc
 
 
+FAST_KW = {"network_def#name": "tiny", "spatial_size": 64, "num_workers": 0}
+
+
+def run_inprocess(run_id: str | None, config_file, **override):
+    """``monai.bundle.run`` in this process (the same entry point without a new interpreter: saves start-up time)."""
+    from monai.bundle import run
+
+    run(run_id, config_file=config_file, logging_file=False, **{**FAST_KW, **override})
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_dataset):
     """One training epoch (with validation) from a foreign working directory; returns the run folders."""
@@ -76,10 +86,8 @@ def test_resume_continues_epoch_count(trained):
 
 def test_evaluate_writes_csv(trained, tmp_path):
     out = tmp_path / "eval"
-    run_bundle(
-        "run", "--config_file", f"['{TRAIN}','{CONFIGS / 'evaluate.json'}']", "--dataset_dir", str(trained["data"]),
-        "--ckpt_dir", str(trained["ckpt"]), "--output_dir", str(out), *FAST, cwd=tmp_path,
-    )
+    run_inprocess(None, [TRAIN, str(CONFIGS / "evaluate.json")], dataset_dir=str(trained["data"]),
+                  ckpt_dir=str(trained["ckpt"]), output_dir=str(out))
     metrics = dict(line.split(",") for line in (out / "metrics.csv").read_text().split())
     assert set(metrics) == {"val_mean_dice", "val_mean_iou", "val_slice_dice", "val_slice_iou"}
     assert all(0.0 <= float(v) <= 1.0 for v in metrics.values())
@@ -102,11 +110,8 @@ def test_inference_real_isles_case(trained, tmp_path, shared_path_fn):
 
     dwi = shared_path_fn("ISLES-2022-case0001", "data", "sub-strokecase0001_ses-0001_dwi.nii.gz")
     out = tmp_path / "pred"
-    run_bundle(
-        "run", "--config_file", str(CONFIGS / "inference.json"), "--input", str(dwi),
-        "--ckpt_path", str(trained["ckpt"] / "model.pt"), "--output_dir", str(out), "--save_prob", "true",
-        "--save_gating", "true", *FAST, cwd=tmp_path,
-    )
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(dwi), ckpt_path=str(trained["ckpt"] / "model.pt"),
+                  output_dir=str(out), save_prob=True, save_gating=True)
     ref = nib.load(str(dwi))
     seg = _check_same_grid(out / "sub-strokecase0001_ses-0001_seg.nii.gz", ref.shape, ref.affine)
     assert set(np.unique(np.asanyarray(seg.dataobj))) <= {0, 1}
@@ -127,10 +132,8 @@ def test_inference_real_dicom_series(trained, tmp_path, shared_path_fn):
     series = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
     out = tmp_path / "pred"
     # the only real DICOM series at hand is one T1 series: it stands in for both DWI and ADC (a geometry test)
-    run_bundle(
-        "run", "--config_file", str(CONFIGS / "inference.json"), "--input", str(series), "--input_adc", str(series),
-        "--ckpt_path", str(trained["ckpt"] / "model.pt"), "--output_dir", str(out), *FAST, cwd=tmp_path,
-    )
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(series), input_adc=str(series),
+                  ckpt_path=str(trained["ckpt"] / "model.pt"), output_dir=str(out))
     ref = LoadImage(reader=SimpleITKReader(), image_only=True)(str(series))
     files = list(out.glob("*_seg.nii.gz"))
     assert len(files) == 1 and files[0].name == "data_seg.nii.gz"
@@ -167,27 +170,34 @@ def test_inference_geometry_round_trip(shared_path_fn):
 def test_inference_overlays_with_label(trained, tmp_path):
     case = sorted(p for p in Path(trained["data"]).iterdir() if p.is_dir())[0]
     out = tmp_path / "pred"
-    run_bundle(
-        "run", "--config_file", str(CONFIGS / "inference.json"), "--input", str(case / "dwi.nii.gz"),
-        "--input_adc", str(case / "adc.nii.gz"), "--label", str(case / "label.nii.gz"),
-        "--ckpt_path", str(trained["ckpt"] / "model.pt"), "--output_dir", str(out), *FAST, cwd=tmp_path,
-    )
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(case / "dwi.nii.gz"), input_adc=str(case / "adc.nii.gz"),
+                  label=str(case / "label.nii.gz"), ckpt_path=str(trained["ckpt"] / "model.pt"), output_dir=str(out))
     assert (out / f"{case.name}_seg.nii.gz").is_file()
     pngs = list((out / "overlays" / case.name).glob("slice_*.png"))
     assert pngs, "no overlay PNGs written although a label was given"
 
 
 def test_bundle_root_is_the_bundle_folder_from_any_cwd(tmp_path):
+    """A relative --config_file from a foreign directory: bundle_root (and the paths built on it) is the bundle."""
     proc = run_bundle(
-        "run", "where", "--config_file", os.path.relpath(TRAIN, tmp_path), "--where", "$print('ROOT=' + @bundle_root)",
-        cwd=tmp_path,
+        "run", "where", "--config_file", os.path.relpath(TRAIN, tmp_path),
+        "--where", "$print('ROOT=' + @bundle_root + ' CKPT=' + @ckpt_dir)", cwd=tmp_path,
     )
-    assert f"ROOT={BUNDLE}" in proc.stdout
-    proc = run_bundle(
-        "run", "where", "--config_file", "bundles/patcher_stroke/configs/train.json",
-        "--where", "$print('ROOT=' + @ckpt_dir)", cwd=REPO_ROOT,
-    )
-    assert f"ROOT={BUNDLE / 'models'}" in proc.stdout
+    assert f"ROOT={BUNDLE} CKPT={BUNDLE / 'models'}" in proc.stdout
+
+
+def test_bundle_root_from_the_command_line_and_override(monkeypatch):
+    from monai.bundle import ConfigParser
+
+    from monai_patcher.bundle_utils import find_bundle_root
+
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", ["x", "ckpt_export", "--config_file", "['bundles/patcher_stroke/configs/inference.json']"])
+    assert find_bundle_root("patcher_stroke") == str(BUNDLE)
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser["bundle_root"] = "/somewhere/else"  # what --bundle_root does
+    assert parser.get_parsed_content("ckpt_dir") == "/somewhere/else/models"
 
 
 def test_metadata_validates_against_shipped_schema():
@@ -202,16 +212,19 @@ def test_metadata_validates_against_shipped_schema():
 def test_verify_metadata_offline(tmp_path):
     schema = REPO_ROOT / "bundles" / "schema" / "meta_schema_20240725.json"
     # MONAI downloads the schema only when `filepath` does not exist: the shipped copy keeps this offline
-    run_bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(schema), cwd=tmp_path)
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema))
 
 
 def test_verify_net_in_out_and_ckpt_export(trained, tmp_path):
-    common = ["--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
-              "--network_def#name", "tiny"]
-    run_bundle("verify_net_in_out", "network_def", *common, cwd=tmp_path)
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    common = {"meta_file": str(CONFIGS / "metadata.json"), "config_file": str(CONFIGS / "inference.json"),
+              "network_def#name": "tiny"}
+    verify_net_in_out("network_def", **common)
     ts = tmp_path / "model.ts"
-    run_bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(trained["ckpt"] / "model.pt"),
-               *common, cwd=tmp_path)
+    ckpt_export("network_def", filepath=str(ts), ckpt_file=str(trained["ckpt"] / "model.pt"), **common)
     net = torch.jit.load(str(ts))
     assert net(torch.zeros(1, 2, 64, 48)).shape == (1, 1, 64, 48)
 

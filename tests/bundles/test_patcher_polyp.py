@@ -1,0 +1,133 @@
+"""End-to-end tests of bundles/patcher_polyp through the real ``python -m monai.bundle`` entry point.
+
+Tiny preset, 64 x 64 inputs, a few synthetic Kvasir-style JPEG pairs; inference also on real Kvasir-SEG
+images when ../shared/data is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = REPO_ROOT / "bundles" / "patcher_polyp"
+CONFIGS = BUNDLE / "configs"
+TRAIN = str(CONFIGS / "train.json")
+FAST = ["--network_def#name", "tiny", "--spatial_size", "64", "--num_workers", "0"]
+
+
+def run_bundle(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"monai.bundle {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def write_kvasir_like(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -> Path:
+    """Synthetic Kvasir-SEG layout: ``{train,val}/{images,masks}/*.jpg`` (red discs on noise, JPEG masks)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            h, w = 60 + 4 * i, 80
+            yy, xx = np.mgrid[:h, :w]
+            cy, cx, r = rng.integers(15, h - 15), rng.integers(15, w - 15), rng.integers(6, 12)
+            m = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            img = rng.integers(60, 120, (h, w, 3)).astype(np.uint8)
+            img[m] = [200, 80, 80]
+            Image.fromarray(img).save(root / split / "images" / f"img{i}.jpg")
+            Image.fromarray((m * 255).astype(np.uint8)).save(root / split / "masks" / f"img{i}.jpg")
+    return root
+
+
+FAST_KW = {"network_def#name": "tiny", "spatial_size": 64, "num_workers": 0}
+
+
+def run_inprocess(run_id: str | None, config_file, **override):
+    """``monai.bundle.run`` in this process (the same entry point without a new interpreter: saves start-up time)."""
+    from monai.bundle import run
+
+    run(run_id, config_file=config_file, logging_file=False, **{**FAST_KW, **override})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("polyp_train")
+    data = write_kvasir_like(root / "data")
+    out, ckpt = root / "eval", root / "models"
+    proc = run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(data), "--max_epochs", "1",
+        "--batch_size", "2", "--output_dir", str(out), "--ckpt_dir", str(ckpt), *FAST, cwd=root,
+    )
+    return {"root": root, "data": data, "out": out, "ckpt": ckpt, "log": proc.stdout + proc.stderr}
+
+
+def test_train_one_epoch(trained):
+    assert (trained["ckpt"] / "model.pt").is_file()
+    last = torch.load(trained["ckpt"] / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    assert set(last) >= {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert "val_mean_dice" in trained["log"] and "val_mean_iou" in trained["log"]
+
+
+def test_evaluate_writes_csv(trained, tmp_path):
+    out = tmp_path / "eval"
+    run_inprocess(None, [TRAIN, str(CONFIGS / "evaluate.json")], dataset_dir=str(trained["data"]),
+                  ckpt_dir=str(trained["ckpt"]), output_dir=str(out))
+    metrics = dict(line.split(",") for line in (out / "metrics.csv").read_text().split())
+    assert set(metrics) == {"val_mean_dice", "val_mean_iou"}
+    assert len((out / "val_mean_dice_raw.csv").read_text().splitlines()) == 1 + 2  # header + 2 val images
+
+
+def test_inference_png_masks_in_image_size(trained, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "pred"
+    images = trained["data"] / "val" / "images"
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(images), label=str(trained["data"] / "val" / "masks"),
+                  ckpt_path=str(trained["ckpt"] / "model.pt"), output_dir=str(out))
+    for img in sorted(images.glob("*.jpg")):
+        mask = Image.open(out / f"{img.stem}_mask.png")
+        assert mask.size == Image.open(img).size
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        overlay = Image.open(out / "overlays" / f"{img.stem}_overlay.png")
+        assert overlay.size == Image.open(img).size and overlay.mode == "RGB"
+
+
+def test_inference_real_kvasir_images(trained, tmp_path, shared_path_fn):
+    from PIL import Image
+
+    folder = shared_path_fn("Kvasir-SEG-5-samples-original-encoding", "Kvasir-SEG")  # images/ + masks/
+    out = tmp_path / "pred"
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(folder), ckpt_path=str(trained["ckpt"] / "model.pt"),
+                  output_dir=str(out))
+    for img in sorted((folder / "images").glob("*.jpg")):
+        assert Image.open(out / f"{img.stem}_mask.png").size == Image.open(img).size
+        assert (out / "overlays" / f"{img.stem}_overlay.png").is_file()  # masks/ was found next to images/
+
+
+def test_metadata_validates_against_shipped_schema():
+    import jsonschema
+
+    schema = json.loads((REPO_ROOT / "bundles" / "schema" / "meta_schema_20240725.json").read_text())
+    jsonschema.validate(instance=json.loads((CONFIGS / "metadata.json").read_text()), schema=schema)
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out("network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
+                      **{"network_def#name": "tiny"})
