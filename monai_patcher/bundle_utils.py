@@ -267,8 +267,8 @@ def stroke_inference_datalist(
             raise FileNotFoundError(f"--input_adc {adc}: no such file or folder")
         return [with_label({"dwi": str(src), "adc": str(adc)}, _nifti_stem(src) if _is_nifti(src) else src.name)]
     if src.is_file():
-        if re.search(r"_dwi\.nii(\.gz)?$", src.name, re.I):
-            adc = src.with_name(re.sub(r"_dwi(\.nii(\.gz)?)$", r"_adc\1", src.name, flags=re.I))
+        if re.search(r"(^|_)dwi\.nii(\.gz)?$", src.name, re.I):
+            adc = src.with_name(re.sub(r"dwi(\.nii(\.gz)?)$", r"adc\1", src.name, flags=re.I))
             if not adc.is_file():
                 raise ValueError(f"{src}: a DWI file needs its ADC: no {adc.name} next to it; pass --input_adc.")
             return [with_label({"dwi": str(src), "adc": str(adc)}, _nifti_stem(src))]
@@ -286,8 +286,8 @@ def stroke_inference_datalist(
     items: list[dict[str, Any]] = []
     used: set[Path] = set()
     for p in niftis:
-        if re.search(r"_dwi\.nii(\.gz)?$", p.name, re.I):
-            adc = p.with_name(re.sub(r"_dwi(\.nii(\.gz)?)$", r"_adc\1", p.name, flags=re.I))
+        if re.search(r"(^|_)dwi\.nii(\.gz)?$", p.name, re.I):
+            adc = p.with_name(re.sub(r"dwi(\.nii(\.gz)?)$", r"adc\1", p.name, flags=re.I))
             used.add(p)
             if adc.is_file():
                 items.append(with_label({"dwi": str(p), "adc": str(adc)}, _nifti_stem(p)))
