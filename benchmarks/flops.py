@@ -1,0 +1,29 @@
+"""Forward GFLOP and parameters of the benchmark models (one 1 x 3 x 256 x 256 image).
+
+    python benchmarks/flops.py patcher_small unet segformer_b0   # also writes benchmarks/results/flops/summary.md
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2 FLOPs; on CPU the
+fused attention kernel may not be counted, so attention-heavy models are slightly under-counted).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from models import build_model, count_parameters  # noqa: E402
+
+torch.set_num_threads(1)
+rows = ["| model | params (M) | forward GFLOP at 256 x 256 |", "|---|---|---|"]
+for name in sys.argv[1:]:
+    model = build_model(name).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.randn(1, 3, 256, 256))
+    rows.append(f"| {name} | {count_parameters(model) / 1e6:.2f} | {fc.get_total_flops() / 1e9:.1f} |")
+    print(rows[-1], flush=True)
+out = Path(__file__).resolve().parent / "results" / "flops"
+out.mkdir(parents=True, exist_ok=True)
+(out / "summary.md").write_text("\n".join(rows) + "\n")
