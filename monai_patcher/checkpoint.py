@@ -1,0 +1,396 @@
+"""Crash-safe checkpoints: atomic writes, safe loading, and training that resumes exactly.
+
+What MONAI 1.6.1 / ignite 0.5 already give, and what this module adds:
+
+- ``monai.handlers.CheckpointLoader`` already loads with ``torch.load(..., weights_only=True)``, so a checkpoint
+  carrying pickled code is refused, but with PyTorch's generic message and without the file name.
+  :class:`SafeCheckpointLoader` (a drop-in subclass) and :func:`safe_load_checkpoint` turn that, and a
+  truncated/corrupt file, into :class:`UnsafeCheckpointError` / :class:`CheckpointError` naming the file.
+- ``monai.handlers.CheckpointSaver`` builds on ignite's ``Checkpoint`` + ``DiskSaver`` but passes
+  ``atomic=False`` (so ``torch.save`` writes straight into the final file name), and ignite's ``Checkpoint``
+  deletes the oldest checkpoint *before* writing the new one (``n_saved=1``: the only good checkpoint is gone
+  while the new one is half written). :class:`SafeCheckpointSaver` (a drop-in subclass, same arguments) writes
+  every file to a temporary file in the same folder, ``fsync``\\ s it and renames it over the final name
+  (:func:`atomic_save`), and removes superseded checkpoints only *after* the new one is complete.
+- Exact resume: ignite restores the epoch/iteration counters (``"trainer"`` in the checkpoint), the optimizer and
+  the LR scheduler, but not the random streams, and MONAI's ``DataLoader`` seeds the transforms' random states
+  once, when it is built. :class:`EpochSeedHandler` re-seeds everything at the start of every epoch from
+  ``(seed, epoch)``: Python/NumPy/torch global generators (so the shuffling order, dropout and drop-path)
+  and the random state of every randomizable transform of the dataset. An epoch's randomness is therefore a
+  function of ``(seed, epoch)`` only, and a run killed in epoch ``e`` and resumed from the checkpoint of epoch
+  ``e - 1`` redoes epoch ``e`` exactly. :class:`RNGState` additionally carries the generators' states in the
+  checkpoint (as tensors, loadable with ``weights_only=True``).
+
+Bundle use (``train.json``)::
+
+    "checkpoint_saver": {"_target_": "monai_patcher.checkpoint.SafeCheckpointSaver", "save_dir": "@ckpt_dir",
+                         "save_dict": {...}, "epoch_level": true, "save_interval": 1, "n_saved": 1}
+    "checkpoint_loader": {"_target_": "monai_patcher.checkpoint.SafeCheckpointLoader", ...}
+    handlers: {"_target_": "monai_patcher.checkpoint.EpochSeedHandler", "seed": "@seed"}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
+from monai.data.utils import set_rnd
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "atomic_save",
+    "safe_load_checkpoint",
+    "verify_checkpoint_file",
+    "AtomicDiskSaver",
+    "SafeCheckpointSaver",
+    "SafeCheckpointLoader",
+    "EpochSeedHandler",
+    "RNGState",
+    "epoch_seed",
+    "TMP_SUFFIX",
+]
+
+logger = logging.getLogger(__name__)
+
+#: temporary files of :func:`atomic_save` are ``.<final name>.<random>.tmp`` in the target folder.
+TMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used (missing, truncated, corrupt); the message names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds pickled objects other than tensors/containers (possibly code); it was not loaded."""
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_save(obj: Any, path: str | os.PathLike, save_func: Callable[..., Any] | None = None, **kwargs: Any) -> Path:
+    """Write ``obj`` to ``path`` so that ``path`` is always either the old complete file or the new complete one.
+
+    ``save_func(obj, fileobj, **kwargs)`` writes into a temporary file next to ``path``
+    (``.<name>.<random>.tmp``), which is flushed, ``fsync``\\ ed and renamed over ``path`` (``os.replace`` is
+    atomic on POSIX and Windows); the folder is ``fsync``\\ ed too. If anything fails (an exception, a full disk),
+    the temporary file is removed and ``path`` is untouched. A ``kill -9`` at any moment leaves at most a
+    stray ``*.tmp`` file, never a partial file under ``path``. The file gets the permissions a plain ``open``
+    would give it (``0o666 & ~umask``), not ``tempfile``'s ``0o600``.
+
+    Args:
+        obj: what to save (a state dict, a tensor, ...).
+        path: final file name.
+        save_func: any ``func(obj, binary_file, **kwargs)``; default ``torch.save``.
+        kwargs: passed to ``save_func``.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    save_func = torch.save if save_func is None else save_func
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            save_func(obj, f, **kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite ``DiskSaver`` that writes with :func:`atomic_save` and deletes superseded files only afterwards.
+
+    ignite's ``Checkpoint`` calls ``remove(old)`` *before* ``__call__(new)``; here ``remove`` only marks the
+    file, and marked files are deleted after the next checkpoint has been written completely. So a crash
+    during a save always leaves the previous checkpoint on disk.
+
+    Args:
+        dirname: folder of the checkpoints (created if needed).
+        filename: a fixed file name to use instead of ignite's (MONAI's ``key_metric_filename``/``final_filename``).
+        kwargs: passed to ``torch.save``.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, **kwargs: Any) -> None:
+        super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
+        self.filename = filename
+        self._pending_removal: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        name = self.filename or filename
+        atomic_save(checkpoint, self.dirname / name, **self.kwargs)
+        pending, self._pending_removal = self._pending_removal, []
+        for old in pending:
+            if old != name:
+                try:
+                    (self.dirname / old).unlink()
+                except FileNotFoundError:
+                    pass
+
+    def remove(self, filename: str) -> None:
+        name = self.filename or filename
+        if name not in self._pending_removal:
+            self._pending_removal.append(name)
+
+
+class SafeCheckpointSaver(CheckpointSaver):
+    """MONAI ``CheckpointSaver`` with crash-safe files: same arguments, same file names, same events.
+
+    Every checkpoint it writes (interval, key-metric, final) goes through :class:`AtomicDiskSaver`: temporary
+    file + ``fsync`` + rename, and a superseded checkpoint is deleted only after its successor is complete.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None:
+                fixed = getattr(ckpt.save_handler, "filename", None)
+                ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def verify_checkpoint_file(path: str | os.PathLike) -> None:
+    """Check that ``path`` is a complete checkpoint whose stored CRC-32 checksums match its contents.
+
+    ``torch.save`` writes a zip archive with a CRC-32 per record, but ``torch.load`` does not check them, so a
+    bit flip in the tensor data (a bad disk, a bad copy) would load silently. This reads every record once
+    (about 1 s per GB). Legacy (non-zip) checkpoints cannot be verified and are let through.
+
+    Raises:
+        CheckpointError: missing, empty, truncated file, or a record whose checksum does not match.
+    """
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise CheckpointError(f"{p}: checkpoint file does not exist")
+    if os.path.getsize(p) == 0:
+        raise CheckpointError(f"{p}: checkpoint file is empty (0 bytes); was the save interrupted?")
+    with open(p, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return  # legacy pickle format: torch.load(weights_only=True) still checks what it can
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error) as e:
+        raise _corrupt(p, e) from None
+    if bad is not None:
+        raise CheckpointError(f"{p}: corrupt checkpoint: the checksum of record {bad!r} does not match its data")
+
+
+def safe_load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", verify: bool = True) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and say what is wrong.
+
+    Only tensors, numbers, strings and containers of them are unpickled (``weights_only=True``), so a
+    checkpoint whose pickle would import a module or call a function is refused *before* anything runs.
+
+    Args:
+        path: checkpoint file.
+        map_location: as for ``torch.load`` (default ``"cpu"``).
+        verify: first check the file's checksums (:func:`verify_checkpoint_file`), so corrupted tensor data
+            is not loaded silently.
+
+    Raises:
+        UnsafeCheckpointError: the file holds pickled objects that are not plain data (possibly code).
+        CheckpointError: missing, empty, truncated, corrupt (checksum mismatch) or otherwise unreadable file.
+    """
+    p = os.fspath(path)
+    if verify:
+        verify_checkpoint_file(p)
+    elif not os.path.isfile(p) or os.path.getsize(p) == 0:
+        verify_checkpoint_file(p)  # the clear error
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _unpickling_error(p, e) from None
+    except Exception as e:  # torch/zip/pickle raise many types on damaged files (RuntimeError, EOFError, ...)
+        raise _corrupt(p, e) from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:  # PyTorch's message says which global was refused on one of its lines
+        if "GLOBAL" in ln or "Unsupported" in ln:
+            return ln
+    return lines[0] if lines else type(e).__name__
+
+
+def _unpickling_error(path: str, e: BaseException) -> CheckpointError:
+    """A refused global/callable -> UnsafeCheckpointError; a malformed pickle stream -> CheckpointError."""
+    msg = str(e)
+    if "GLOBAL" in msg or "global" in msg.split("\n", 1)[-1] or "unrecognized function" in msg:
+        return UnsafeCheckpointError(
+            f"{path}: refused to load this checkpoint: it contains pickled objects other than tensors and plain "
+            f"containers, which could run arbitrary code when loaded ({_first_line(e)}). Only load it with "
+            "weights_only=False if you fully trust its origin, and re-save its state_dicts."
+        )
+    return _corrupt(path, e)
+
+
+def _corrupt(path: str, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or not written by torch.save?): "
+        f"{type(e).__name__}: {_first_line(e)}"
+    )
+
+
+class SafeCheckpointLoader(CheckpointLoader):
+    """MONAI ``CheckpointLoader`` (which loads with ``weights_only=True``) with clear errors naming the file.
+
+    Same arguments as ``CheckpointLoader``. The file's checksums are verified first
+    (:func:`verify_checkpoint_file`). An unsafe checkpoint raises :class:`UnsafeCheckpointError`, a
+    missing/truncated/corrupt one :class:`CheckpointError`, instead of PyTorch's generic messages (or silently
+    corrupted weights).
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        p = os.fspath(self.load_path)
+        verify_checkpoint_file(p)
+        try:
+            super().__call__(engine)
+        except pickle.UnpicklingError as e:
+            raise _unpickling_error(p, e) from None
+        except (EOFError, zipfile.BadZipFile) as e:
+            raise _corrupt(p, e) from None
+        except RuntimeError as e:
+            if "PytorchStreamReader" in str(e) or "zip archive" in str(e):
+                raise _corrupt(p, e) from None
+            raise
+
+
+# --------------------------------------------------------------------------------------------------- randomness
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` of a run seeded with ``seed`` (distinct for every pair; < 2**31)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint32)[0] >> 1)
+
+
+class EpochSeedHandler:
+    """Make every epoch's randomness a function of ``(seed, epoch)``, so resuming from an epoch checkpoint is exact.
+
+    At ``EPOCH_STARTED`` it calls ``monai.utils.set_determinism(epoch_seed(seed, epoch))`` (Python, NumPy and
+    torch global generators: the ``DataLoader`` shuffling order and the worker seeds, dropout, drop-path) and
+    ``monai.data.utils.set_rnd`` on the training dataset (the random state of every randomizable transform,
+    which MONAI's ``DataLoader`` otherwise seeds only once, when it is built). ignite creates the epoch's data
+    iterator after ``EPOCH_STARTED``, so the batches are re-seeded too; with ``num_workers > 0`` MONAI's
+    ``worker_init_fn`` seeds the workers' transforms from a seed drawn from the (re-seeded) torch generator.
+
+    Attach it to the trainer (e.g. first in ``train_handlers``). On CPU, with the same thread count, a run
+    killed mid-epoch and resumed from the last epoch checkpoint then ends with the same weights as an
+    uninterrupted one (``tests/test_checkpoint.py``).
+
+    Args:
+        seed: the run's seed.
+        dataset: the dataset whose transforms to re-seed; default: ``engine.data_loader.dataset`` (MONAI
+            workflows) or ``engine.state.dataloader.dataset``.
+    """
+
+    def __init__(self, seed: int = 0, dataset: Any = None) -> None:
+        self.seed = int(seed)
+        self.dataset = dataset
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.EPOCH_STARTED):
+            engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def _dataset(self, engine: Engine) -> Any:
+        if self.dataset is not None:
+            return self.dataset
+        loader = getattr(engine, "data_loader", None) or getattr(engine.state, "dataloader", None)
+        return getattr(loader, "dataset", None)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.utils import set_determinism
+
+        s = epoch_seed(self.seed, engine.state.epoch)
+        set_determinism(seed=s)
+        dataset = self._dataset(engine)
+        if dataset is not None:
+            set_rnd(dataset, s)
+
+
+class RNGState:
+    """The Python, NumPy and torch (CPU and CUDA) generator states as a checkpointable object.
+
+    Put it in ``save_dict``/``load_dict`` (``"rng": RNGState()``): ``state_dict()`` returns tensors and plain
+    numbers only, so the checkpoint stays loadable with ``weights_only=True``; ``load_state_dict`` restores the
+    generators. (With :class:`EpochSeedHandler` the generators are re-seeded at each epoch start anyway; this
+    keeps the state for anything that runs between loading and the first epoch.)
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = random.getstate()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "python": torch.tensor(internal, dtype=torch.int64),
+            "python_version": int(version),
+            "python_gauss": gauss,
+            "numpy_name": str(name),
+            "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "numpy_pos": int(pos),
+            "numpy_has_gauss": int(has_gauss),
+            "numpy_cached_gaussian": float(cached),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():  # pragma: no cover - CPU machine
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        random.setstate((int(state["python_version"]), tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
+        np.random.set_state(
+            (
+                state["numpy_name"],
+                state["numpy_keys"].numpy().astype(np.uint32),
+                int(state["numpy_pos"]),
+                int(state["numpy_has_gauss"]),
+                float(state["numpy_cached_gaussian"]),
+            )
+        )
+        torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and torch.cuda.is_available():  # pragma: no cover
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,420 @@
+"""Crash-safe checkpoints: atomic writes, safe loading, exact resume after ``kill -9`` (monai_patcher.checkpoint).
+
+The resume tests run a small MONAI ``SupervisedTrainer`` (tiny Patcher, 32 x 32 synthetic 2-channel slices,
+random crop/flip/noise transforms, shuffling, dropout and drop-path: every source of randomness a real run
+has) in subprocesses, SIGKILL one of them mid-epoch, resume it and compare with an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import struct
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from monai_patcher.checkpoint import (
+    AtomicDiskSaver,
+    CheckpointError,
+    EpochSeedHandler,
+    RNGState,
+    SafeCheckpointLoader,
+    SafeCheckpointSaver,
+    UnsafeCheckpointError,
+    atomic_save,
+    epoch_seed,
+    safe_load_checkpoint,
+)
+
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+# ------------------------------------------------------------------------------------------ safe loading
+
+
+class _Evil:
+    """Unpickling this calls ``open(marker, "w")``: code execution on load."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("fmt", ["torch_zip", "pickle_protocol_2", "pickle_protocol_5"])
+def test_malicious_checkpoint_is_refused_without_running_code(tmp_path, fmt):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    payload = {"model": {"w": torch.zeros(2)}, "extra": _Evil(str(marker))}
+    if fmt == "torch_zip":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=int(fmt[-1])))
+    with pytest.raises(CheckpointError) as err:
+        safe_load_checkpoint(path)
+    assert str(path) in str(err.value) and isinstance(err.value, ValueError)
+    if fmt != "pickle_protocol_5":  # protocol 5 is refused earlier, as an unsupported pickle opcode (FRAME)
+        assert isinstance(err.value, UnsafeCheckpointError) and "arbitrary code" in str(err.value)
+    assert not marker.exists(), "the pickle's code ran"
+
+
+def test_safe_checkpoint_loader_refuses_malicious_file_in_an_engine(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(str(marker))}, path)
+    net = torch.nn.Linear(2, 1)
+    engine = Engine(lambda e, b: None)
+    SafeCheckpointLoader(str(path), {"model": net}).attach(engine)
+    with pytest.raises(UnsafeCheckpointError, match="evil.pt"):
+        engine.run([0], max_epochs=1)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "missing", "bitflip_in_weights"])
+def test_damaged_checkpoint_gives_clear_error(tmp_path, damage):
+    good = tmp_path / "good.pt"
+    torch.save({"model": torch.nn.Linear(8, 8).state_dict()}, good)
+    bad = tmp_path / "bad.pt"
+    data = bytearray(good.read_bytes())
+    if damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "truncated":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        bad.write_bytes(random.Random(0).randbytes(2000))
+    elif damage == "bitflip_in_weights":
+        # torch.load does not check the zip CRCs: this flip would load silently as a different weight
+        with zipfile.ZipFile(good) as z:
+            info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+        name_len, extra_len = struct.unpack("<HH", bytes(data[info.header_offset + 26: info.header_offset + 30]))
+        start = info.header_offset + 30 + name_len + extra_len  # the record's data, after its local header
+        data[start + 5] ^= 0x10
+        bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        safe_load_checkpoint(bad)
+    engine = Engine(lambda e, b: None)
+    SafeCheckpointLoader(str(bad), {"model": torch.nn.Linear(8, 8)}).attach(engine)
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        engine.run([0], max_epochs=1)
+
+
+def test_fuzzed_checkpoints_error_clearly_or_load_intact(tmp_path):
+    """300 seeded random/truncated/bit-flipped checkpoints: a CheckpointError naming the file, or the exact data."""
+    orig = {"model": torch.nn.Linear(8, 8).state_dict(), "epoch": 3, "names": ["a", "b"]}
+    good = tmp_path / "good.pt"
+    torch.save(orig, good)
+    data = good.read_bytes()
+    rng = random.Random(1234)
+    path = tmp_path / "fuzz.pt"
+    outcomes = {"error": 0, "intact": 0}
+    for i in range(300):
+        if i % 3 == 0:
+            blob = rng.randbytes(rng.randint(1, 3000))
+        elif i % 3 == 1:
+            blob = data[: rng.randint(1, len(data) - 1)]
+        else:
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 20)):
+                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            blob = bytes(b)
+        path.write_bytes(blob)
+        try:
+            out = safe_load_checkpoint(path)
+        except CheckpointError as e:
+            assert str(path) in str(e)
+            outcomes["error"] += 1
+            continue
+        assert out["epoch"] == 3 and out["names"] == ["a", "b"], f"case {i}: silently wrong content"
+        for k, v in orig["model"].items():
+            assert torch.equal(out["model"][k], v), f"case {i}: silently wrong weights"
+        outcomes["intact"] += 1
+    assert outcomes["error"] >= 250, outcomes
+
+
+def test_safe_loader_loads_a_normal_checkpoint(tmp_path):
+    src, dst = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    path = tmp_path / "m.pt"
+    torch.save({"model": src.state_dict()}, path)
+    engine = Engine(lambda e, b: None)
+    SafeCheckpointLoader(str(path), {"model": dst}).attach(engine)
+    engine.run([0], max_epochs=1)
+    assert torch.equal(src.weight, dst.weight)
+
+
+def test_rng_state_round_trip_is_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = RNGState().state_dict()
+    atomic_save(state, tmp_path / "rng.pt")
+    loaded = safe_load_checkpoint(tmp_path / "rng.pt")  # weights_only=True
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.random(), np.random.rand(), torch.rand(3)  # move every generator on
+    RNGState().load_state_dict(loaded)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_epoch_seed_distinct():
+    seeds = {epoch_seed(s, e) for s in range(20) for e in range(50)}
+    assert len(seeds) == 1000 and all(0 <= s < 2**31 for s in seeds)
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+
+
+def test_atomic_save_failure_keeps_previous_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"v": torch.tensor([1.0])}, path)
+
+    def half_then_fail(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_save({"v": torch.tensor([2.0])}, path, save_func=half_then_fail)
+    assert safe_load_checkpoint(path)["v"].item() == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"], "temporary file left behind"
+    mode = os.stat(path).st_mode & 0o777
+    assert mode & 0o400 and mode == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def _save_then_die_half_way(path: str) -> None:
+    def half_then_die(obj, f):
+        f.write(b"PK\x03\x04" + bytes(50000))
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    atomic_save({"v": torch.zeros(1000)}, path, save_func=half_then_die)
+
+
+def test_sigkill_during_save_leaves_previous_checkpoint_intact(tmp_path):
+    """A process SIGKILLed half-way through writing a checkpoint: the old one is intact, no partial file."""
+    import multiprocessing
+
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"v": torch.arange(1000.0)}, path)
+    child = multiprocessing.get_context("fork").Process(target=_save_then_die_half_way, args=(str(path),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert torch.equal(safe_load_checkpoint(path)["v"], torch.arange(1000.0))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ckpt.pt"]
+    assert leftovers and all(n.startswith(".ckpt.pt.") and n.endswith(".tmp") for n in leftovers), leftovers
+
+
+def _run_saver(tmp_path, fail_at_epoch: int | None, n_saved: int = 1):
+    """Three epochs with SafeCheckpointSaver(n_saved); torch.save fails (disk full) at ``fail_at_epoch``."""
+    net = torch.nn.Linear(2, 1)
+    engine = Engine(lambda e, b: net.weight.data.add_(1.0))
+    saver = SafeCheckpointSaver(
+        str(tmp_path), {"model": net, "trainer": engine}, epoch_level=True, save_interval=1, n_saved=n_saved,
+        save_key_metric=False,
+    )
+    saver.attach(engine)
+    real_save = torch.save
+
+    def flaky_save(obj, f, *a, **k):
+        if fail_at_epoch is not None and engine.state.epoch == fail_at_epoch:
+            f.write(b"PK\x03\x04partial")
+            raise OSError("No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "save", flaky_save)
+        engine.run([0], max_epochs=3)
+    return net
+
+
+def test_safe_checkpoint_saver_n_saved_1_failure_keeps_last_good_checkpoint(tmp_path):
+    # plain MONAI CheckpointSaver(n_saved=1) deletes checkpoint_epoch=1.pt *before* writing epoch 2 (non-atomically)
+    with pytest.raises(OSError):
+        _run_saver(tmp_path, fail_at_epoch=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint_epoch=1.pt"], names
+    ck = safe_load_checkpoint(tmp_path / "checkpoint_epoch=1.pt")
+    assert ck["trainer"]["iteration"] == 1 and float(ck["model"]["weight"][0, 0]) > 0
+
+
+def test_safe_checkpoint_saver_rotates_like_monai(tmp_path):
+    net = _run_saver(tmp_path, fail_at_epoch=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt"]
+    ck = safe_load_checkpoint(tmp_path / "checkpoint_epoch=3.pt")
+    assert torch.equal(ck["model"]["weight"], net.weight.data)
+    _run_saver(tmp_path / "two", fail_at_epoch=None, n_saved=2)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]
+
+
+def test_safe_checkpoint_saver_fixed_filename(tmp_path):
+    """The key-metric checkpoint with a fixed name (``model.pt``) is replaced atomically, never deleted."""
+    saver = AtomicDiskSaver(tmp_path, filename="model.pt")
+    saver({"v": torch.tensor(1.0)}, "ignored_1.pt")
+    saver.remove("ignored_1.pt")  # ignite removes the old entry before saving the new one
+    saver({"v": torch.tensor(2.0)}, "ignored_2.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert safe_load_checkpoint(tmp_path / "model.pt")["v"].item() == 2.0
+
+
+# ------------------------------------------------------------------------------------------ exact resume
+
+def _train_main(ckpt_dir, log_path, max_epochs=3, kill_at=-1, resume=False, workers=0, n_saved=1) -> None:
+    """3 epochs x 4 iterations of a tiny Patcher with SafeCheckpointSaver/Loader, EpochSeedHandler and RNGState.
+
+    Logs ``[epoch, iteration, loss]`` per iteration to ``log_path``; SIGKILLs its own process at iteration
+    ``kill_at``; saves the final weights as ``final_weights.pt``. Run in a fresh interpreter by the kill test.
+    """
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedTrainer
+    from monai.handlers import LrScheduleHandler
+    from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandSpatialCropd
+
+    from monai_patcher.bundle_utils import latest_checkpoint
+    from monai_patcher.networks import patcher_preset
+
+    max_epochs, kill_at, workers = int(max_epochs), int(kill_at), int(workers)
+    resume = str(resume) in ("1", "True", "true")
+    g = torch.Generator().manual_seed(1)
+    data = []
+    for _ in range(8):
+        image = torch.randn(2, 40, 40, generator=g)
+        data.append({"image": image, "label": (image[:1] > 0.5).float()})
+    keys = ["image", "label"]
+    transform = Compose([
+        RandSpatialCropd(keys, roi_size=(32, 32), random_size=False),
+        RandFlipd(keys, prob=0.5, spatial_axis=0),
+        RandGaussianNoised("image", prob=0.5, std=0.1),
+    ])
+    loader = DataLoader(Dataset(data, transform), batch_size=2, shuffle=True, num_workers=workers)
+    torch.manual_seed(123)  # same initial weights in every run; resumed runs load them anyway
+    net = patcher_preset("tiny", in_channels=2, out_channels=1, drop_path_rate=0.2, dropout_rate=0.2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=max_epochs, train_data_loader=loader, network=net, optimizer=opt,
+        loss_function=torch.nn.BCEWithLogitsLoss(),
+        train_handlers=[EpochSeedHandler(seed=0), LrScheduleHandler(sched, epoch_level=False, print_lr=False)],
+    )
+    state = {"model": net, "optimizer": opt, "lr_scheduler": sched, "trainer": trainer, "rng": RNGState()}
+    if resume:
+        SafeCheckpointLoader(latest_checkpoint(ckpt_dir), state).attach(trainer)
+    SafeCheckpointSaver(str(ckpt_dir), state, epoch_level=True, save_interval=1, n_saved=n_saved).attach(trainer)
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def log_and_maybe_die(engine):
+        with open(log_path, "a") as f:
+            f.write(json.dumps([engine.state.epoch, engine.state.iteration, float(engine.state.output[0]["loss"])]) + "\n")
+        if engine.state.iteration == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer.run()
+    finally:
+        torch.set_num_threads(threads)
+    torch.save(net.state_dict(), os.path.join(ckpt_dir, "final_weights.pt"))
+
+
+def _train(tmp_path: Path, name: str, kill_at: int = -1, resume: bool = False, workers: int = 0,
+           subprocess_run: bool = True, n_saved: int | None = 1):
+    """Run :func:`_train_main` in a fresh interpreter (or in this one); returns (returncode, folder, log)."""
+    ckpt, log = tmp_path / name, tmp_path / f"{name}.jsonl"
+    ckpt.mkdir(exist_ok=True)
+    args = [str(ckpt), str(log), "3", str(kill_at), "1" if resume else "0", str(workers)]
+    if subprocess_run:
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_checkpoint as t; t._train_main(*sys.argv[1:])"
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=ENV, capture_output=True, text=True, timeout=300)
+        rc, err = proc.returncode, proc.stderr[-3000:]
+    else:
+        _train_main(*args, n_saved=n_saved)
+        rc, err = 0, ""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return rc, err, ckpt, [json.loads(line) for line in lines]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    ref = torch.load(a, weights_only=True)
+    got = torch.load(b, weights_only=True)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"weight {k} differs")
+
+
+def _losses(log):
+    return [loss for *_, loss in log]
+
+
+def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    """A fresh interpreter is SIGKILLed at iteration 6 (in epoch 2 of 3, after checkpoint_epoch=1); another one
+    resumes with the same code; losses and final weights equal those of an uninterrupted run."""
+    rc, err, ref_dir, ref_log = _train(tmp_path, "reference", subprocess_run=False)
+    assert [it for _, it, _ in ref_log] == list(range(1, 13))
+
+    rc, err, run_dir, killed_log = _train(tmp_path, "run", kill_at=6)
+    assert rc == -signal.SIGKILL, err
+    assert [it for _, it, _ in killed_log] == [1, 2, 3, 4, 5, 6]
+    assert (run_dir / "checkpoint_epoch=1.pt").is_file() and not (run_dir / "final_weights.pt").exists()
+
+    rc, err, _, log = _train(tmp_path, "run", resume=True)
+    assert rc == 0, err
+    resumed = log[len(killed_log):]
+    # the resumed process restarts at epoch 2 / iteration 5 (optimizer, LR schedule, counters restored) ...
+    assert [(ep, it) for ep, it, _ in resumed] == [(ep, it) for ep, it, _ in ref_log[4:]]
+    # ... and sees the same batches, augmentations and dropout masks: same losses and final weights
+    assert _losses(resumed) == pytest.approx(_losses(ref_log[4:]), rel=1e-5, abs=1e-6)
+    assert _losses(killed_log) == pytest.approx(_losses(ref_log[:6]), rel=1e-5, abs=1e-6)
+    _assert_same_weights(ref_dir / "final_weights.pt", run_dir / "final_weights.pt")
+    last = safe_load_checkpoint(run_dir / "checkpoint_epoch=3.pt")
+    assert last["trainer"]["iteration"] == 12 and last["lr_scheduler"]["last_epoch"] == 12
+    assert not (run_dir / "checkpoint_epoch=2.pt").exists()  # rotation still works after a resume
+
+
+def test_resume_is_exact_with_dataloader_workers(tmp_path):
+    """Same with ``num_workers=1`` (transform seeds come from MONAI's worker_init_fn), resumed in-process after
+    scrambling every global generator (as a new process would have them)."""
+    import random
+
+    import numpy as np
+
+    _, _, ref_dir, ref_log = _train(tmp_path, "reference", workers=1, subprocess_run=False, n_saved=None)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint_epoch=1.pt").write_bytes((ref_dir / "checkpoint_epoch=1.pt").read_bytes())
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    _, _, _, log = _train(tmp_path, "run", resume=True, workers=1, subprocess_run=False)
+    assert [(ep, it) for ep, it, _ in log] == [(ep, it) for ep, it, _ in ref_log[4:]]
+    assert _losses(log) == pytest.approx(_losses(ref_log[4:]), rel=1e-5, abs=1e-6)
+    _assert_same_weights(ref_dir / "final_weights.pt", run_dir / "final_weights.pt")
+
+
+def test_epoch_seed_handler_reseeds_dataset_transforms():
+    from monai.data import Dataset
+    from monai.transforms import Compose, RandGaussianNoised
+
+    ds = Dataset([{"x": torch.zeros(1, 4)}], Compose([RandGaussianNoised("x", prob=1.0)]))
+    engine = Engine(lambda e, b: ds[0]["x"].clone())
+    EpochSeedHandler(seed=3, dataset=ds).attach(engine)
+    outs = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: outs.append(e.state.output))
+    engine.run([0], max_epochs=2)
+    engine2 = Engine(lambda e, b: ds[0]["x"].clone())
+    EpochSeedHandler(seed=3, dataset=ds).attach(engine2)
+    engine2.load_state_dict({"epoch": 1, "max_epochs": 2, "epoch_length": 1})
+    engine2.run([0])
+    assert engine2.state.epoch == 2 and torch.equal(engine2.state.output, outs[1])
+    assert not torch.equal(outs[0], outs[1])
