@@ -232,6 +232,11 @@ def _check_complete(path: str) -> None:
             header = nib.load(path).header
         except Exception as e:  # nibabel raises many types for bad headers
             raise DataError.for_file(path, f"invalid NIfTI header: {e}") from None
+        # ITK takes the spacing from pixdim and silently uses 1 mm for a NaN/Inf/0 voxel size
+        shape = header.get_data_shape()
+        for i, (size, zoom) in enumerate(zip(shape[:3], np.asarray(header["pixdim"][1:4], dtype=float)), start=1):
+            if not np.isfinite(zoom) or (zoom == 0 and size > 1):
+                raise DataError.for_file(path, f"invalid NIfTI header: voxel size pixdim[{i}] = {zoom} (must be finite, non-zero)")
         # a single-file NIfTI's voxels start at vox_offset, at least after the header (352 bytes NIfTI-1, 544 NIfTI-2)
         offset = max(int(header["vox_offset"]), int(getattr(header, "single_vox_offset", 0)))
         expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
