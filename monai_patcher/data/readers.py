@@ -232,9 +232,12 @@ def _check_complete(path: str) -> None:
             header = nib.load(path).header
         except Exception as e:  # nibabel raises many types for bad headers
             raise DataError.for_file(path, f"invalid NIfTI header: {e}") from None
-        # ITK takes the spacing from pixdim and silently uses 1 mm for a NaN/Inf/0 voxel size
+        # ITK takes the spacing from pixdim and silently uses 1 mm for a NaN/Inf/0 voxel size (nibabel's
+        # load also "fixes" 0 to 1: read the raw header)
         shape = header.get_data_shape()
-        for i, (size, zoom) in enumerate(zip(shape[:3], np.asarray(header["pixdim"][1:4], dtype=float)), start=1):
+        with (gzip.open if lower.endswith(".gz") else open)(path, "rb") as f:
+            raw = type(header).from_fileobj(f, check=False)
+        for i, (size, zoom) in enumerate(zip(shape[:3], np.asarray(raw["pixdim"][1:4], dtype=float)), start=1):
             if not np.isfinite(zoom) or (zoom == 0 and size > 1):
                 raise DataError.for_file(path, f"invalid NIfTI header: voxel size pixdim[{i}] = {zoom} (must be finite, non-zero)")
         # a single-file NIfTI's voxels start at vox_offset, at least after the header (352 bytes NIfTI-1, 544 NIfTI-2)
