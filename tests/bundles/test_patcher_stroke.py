@@ -71,8 +71,8 @@ def test_train_one_epoch(trained):
 def test_resume_continues_epoch_count(trained):
     first = torch.load(trained["ckpt"] / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     iters_per_epoch = first["trainer"]["iteration"]
-    proc = run_bundle(
-        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(trained["data"]), "--max_epochs", "2",
+    proc = run_bundle(  # plain `run` (no run_id): the same workflow as `run training`
+        "run", "--config_file", TRAIN, "--dataset_dir", str(trained["data"]), "--max_epochs", "2",
         "--val_interval", "1", "--output_dir", str(trained["out"]), "--ckpt_dir", str(trained["ckpt"]),
         "--resume", "true", *FAST, cwd=trained["root"],
     )
