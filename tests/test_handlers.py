@@ -54,3 +54,16 @@ def test_overlay_writer_3d_and_2d(tmp_path):
 
     assert out[0].endswith("polyp1_overlay.png") and Image.open(out[0]).size == (6, 5)  # (W, H) of the (W, H) array
     assert np.asarray(Image.open(out[0])).shape == (5, 6, 3)
+
+
+def test_gating_map_writer(tmp_path):
+    from monai.data import MetaTensor
+
+    from monai_patcher.handlers import GatingMapWriter
+
+    g = torch.softmax(torch.rand(4, 5, 6, 3), dim=0)
+    item = {"gating": MetaTensor(g, meta={"filename_or_obj": "/x/c1.nii.gz"}), "image": torch.rand(2, 5, 6, 3)}
+    paths = GatingMapWriter(tmp_path, every=2).write(item)
+    assert [p.split("/")[-1] for p in paths] == ["slice_000.png", "slice_002.png"] and "c1_gating" in paths[0]
+    paths2d = GatingMapWriter(tmp_path).write({"gating": g[..., 0]})
+    assert paths2d[0].endswith("_gating.png")
