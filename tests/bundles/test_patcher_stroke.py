@@ -243,3 +243,17 @@ def test_torchrun_two_processes_cpu_gloo(demo_dataset, tmp_path):
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "the DDP wrapper leaked into the checkpoint"
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
+
+
+def test_inference_two_channel_nifti(trained, tmp_path):
+    """A single 4D NIfTI holding DWI and ADC as two channels: mask in its 3D grid, named after the file."""
+    import nibabel as nib
+
+    case = sorted(p for p in Path(trained["data"]).iterdir() if p.is_dir())[0]
+    dwi, adc = nib.load(str(case / "dwi.nii.gz")), nib.load(str(case / "adc.nii.gz"))
+    both = nib.Nifti1Image(np.stack([dwi.get_fdata(), adc.get_fdata()], axis=-1).astype(np.float32), dwi.affine)
+    nib.save(both, str(tmp_path / "both.nii.gz"))
+    out = tmp_path / "pred"
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(tmp_path / "both.nii.gz"),
+                  ckpt_path=str(trained["ckpt"] / "model.pt"), output_dir=str(out))
+    _check_same_grid(out / "both_seg.nii.gz", dwi.shape, dwi.affine)
