@@ -1,0 +1,478 @@
+"""Batch inference over a folder of stroke MRI scans that survives bad scans.
+
+Every case is processed independently (reading, checks, inference, writing are inside one ``try`` per case):
+every good scan gets its mask, every bad one is reported with its file and the reason, in ``summary.json`` /
+``summary.csv`` and in the exit status. Existing outputs are kept unless ``--overwrite``; outputs and summaries
+are written atomically (temporary file + rename), so an interrupted run never leaves a half-written mask.
+
+Usage::
+
+    python -m monai_patcher.batch_inference --input scans/ --output masks/ --checkpoint model.pt \\
+        [--preset paper|small|tiny] [--overwrite] [--sw_batch_size 8] [--device cpu] [--save_prob]
+
+Input (``--input``, a folder; not recursive beyond one level of case folders). A *case* is one of:
+
+- ``<case>.nii[.gz]``: one 2-channel NIfTI (``X x Y x Z x 2``, channels DWI then ADC; ``--channel_order adc,dwi``
+  for the other order);
+- ``<case>_dwi.<ext>`` + ``<case>_adc.<ext>`` (ISLES'22/BIDS naming; NIfTI, MHA, NRRD);
+- ``<case>/``, a folder with one DWI and one ADC, each a file or a DICOM series folder whose name contains
+  ``dwi`` / ``adc`` (``case1/dwi.nii.gz`` + ``case1/adc.nii.gz``, ``case1/DWI/*.dcm`` + ``case1/ADC/*.dcm``).
+
+Files named like labels (``*_msk``, ``*_mask``, ``*_seg``, ``*_label``) are ignored. Output: ``<output>/<case>_seg.nii.gz``
+(uint8, 1 = lesion, in the DWI's own grid and affine) and, with ``--save_prob``, ``<case>_prob.nii.gz``.
+
+Exit status: 0 if every case succeeded or was skipped (output exists), 1 if any case failed, 2 if the run could
+not start (no input, no case, unreadable or unsafe checkpoint).
+
+The preprocessing is :func:`inference_preprocessing`, the chain of the ``patcher_stroke`` bundle's
+``inference.json`` (eADC + DWI, RAS, per-channel normalisation, in-plane resize),
+the network runs slice by slice with ``SliceInferer`` (``sw_batch_size`` slices at a time), ``Invertd`` brings
+the probabilities back to the input grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["Case", "CaseResult", "find_cases", "inference_preprocessing", "BatchPredictor", "run_batch", "main"]
+
+logger = logging.getLogger(__name__)
+
+_IMAGE_EXT = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+_LABEL_RE = re.compile(r"(^|_)(msk|mask|seg|label|labels|prob)(\.|$)", re.I)
+_MODALITY_RE = {"dwi": re.compile(r"dwi|trace", re.I), "adc": re.compile(r"adc", re.I)}
+
+
+@dataclass
+class Case:
+    """One case: its name (output prefix) and either a 2-channel file or a DWI + ADC pair (files or folders)."""
+
+    name: str
+    two_channel: str | None = None
+    dwi: str | None = None
+    adc: str | None = None
+    problem: str | None = None  # found while discovering (e.g. a DWI without its ADC)
+
+    @property
+    def source(self) -> str:
+        """The file (or folder) that identifies this case in reports."""
+        return self.two_channel or self.dwi or self.adc or self.name
+
+
+@dataclass
+class CaseResult:
+    """The outcome of one case, one row of the summary."""
+
+    case: str
+    file: str
+    status: str  # "ok" | "failed" | "skipped"
+    reason: str = ""
+    output: str = ""
+    seconds: float = 0.0
+    lesion_voxels: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _strip_ext(name: str) -> str:
+    lower = name.lower()
+    for ext in _IMAGE_EXT:
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(_IMAGE_EXT) and not p.name.startswith(".")
+
+
+def _case_from_folder(folder: Path) -> Case:
+    found: dict[str, list[Path]] = {"dwi": [], "adc": []}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or (p.is_file() and (not _is_image_file(p) or _LABEL_RE.search(_strip_ext(p.name)))):
+            continue
+        for key, rx in _MODALITY_RE.items():
+            if rx.search(_strip_ext(p.name)):
+                found[key].append(p)
+    case = Case(folder.name)
+    for key in ("dwi", "adc"):
+        if len(found[key]) == 1:
+            setattr(case, key, str(found[key][0]))
+        elif not found[key]:
+            case.problem = f"{folder}: case folder has no {key.upper()} (a file or DICOM folder whose name contains {key!r})"
+        else:
+            case.problem = f"{folder}: case folder has several {key.upper()} candidates: {[q.name for q in found[key]]}"
+    return case
+
+
+def find_cases(input_dir: str | os.PathLike) -> list[Case]:
+    """The cases in ``input_dir`` (see the module docstring). Never reads image data.
+
+    Raises:
+        FileNotFoundError: ``input_dir`` does not exist or holds no case.
+    """
+    src = Path(input_dir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"--input {src}: no such folder")
+    cases: list[Case] = []
+    files = sorted(p for p in src.iterdir() if _is_image_file(p))
+    by_name = {p.name: p for p in files}
+    used: set[str] = set()
+    for p in files:
+        m = re.match(r"(?P<stem>.+)_(?P<mod>dwi|adc)(?P<ext>\.[a-z.]+)$", p.name, re.I)
+        if not m or p.name in used:
+            continue
+        stem, mod, ext = m.group("stem"), m.group("mod").lower(), m.group("ext")
+        other = "adc" if mod == "dwi" else "dwi"
+        partner = next((by_name[n] for n in by_name if re.fullmatch(re.escape(stem) + "_" + other + r"\.[a-z.]+", n, re.I)), None)
+        used.add(p.name)
+        case = Case(stem, **{mod: str(p)})
+        if partner is None:
+            case.problem = f"{p}: no {other.upper()} file ({stem}_{other}{ext}) next to this {mod.upper()} file"
+        else:
+            used.add(partner.name)
+            setattr(case, other, str(partner))
+        cases.append(case)
+    for p in files:
+        if p.name in used or _LABEL_RE.search(_strip_ext(p.name)):
+            continue
+        cases.append(Case(_strip_ext(p.name), two_channel=str(p)))
+    for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        cases.append(_case_from_folder(d))
+    if not cases:
+        raise FileNotFoundError(f"--input {src}: no case found (NIfTI/MHA/NRRD files or case folders)")
+    names = [c.name for c in cases]
+    for c in cases:  # two inputs that would write the same output
+        if names.count(c.name) > 1 and c.problem is None:
+            c.problem = f"{c.source}: another input has the same case name {c.name!r}; rename one of them"
+    return cases
+
+
+def _root_message(e: BaseException) -> str:
+    """The innermost useful message: MONAI's Compose wraps errors in ``RuntimeError("applying transform ...")``."""
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        nxt = e.__cause__ or (e.__context__ if not e.__suppress_context__ else None)
+        if nxt is None:
+            break
+        e = nxt
+    inner = seen[-1]
+    for err in reversed(seen):  # prefer our own clear errors (ValueError/DataError) over wrappers
+        if isinstance(err, ValueError):
+            inner = err
+            break
+    msg = str(inner).strip() or type(inner).__name__
+    return msg if isinstance(inner, ValueError) else f"{type(inner).__name__}: {msg}"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename to ``path`` (same folder; the temp name keeps the extension)."""
+    name = path.name
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" + "".join(Path(name).suffixes), dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_nifti(path: Path, array: torch.Tensor, meta: dict, dtype) -> None:
+    from monai.data import NibabelWriter
+
+    def write(tmp: str) -> None:
+        writer = NibabelWriter(output_dtype=dtype)
+        writer.set_data_array(array, channel_dim=0, squeeze_end_dims=True)
+        writer.set_metadata(meta, resample=False)
+        writer.write(tmp)
+
+    _atomic_write(path, write)
+
+
+def inference_preprocessing(spatial_size: int = 256, b_value: float = 1000.0, adc_unit: str = "auto"):
+    """The preprocessing of the ``patcher_stroke`` bundle's ``inference.json``, as a ``Compose``.
+
+    ``LoadImaged(dwi, adc; SimpleITKReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed`` -> ``CheckGeometryd``
+    -> ``ComputeEADCd`` -> ``ConcatItemsd([eadc, dwi] -> image)`` -> ``Orientationd(image, RAS)`` ->
+    ``NormalizeIntensityd(nonzero, channel_wise)`` -> in-plane ``Resized`` -> ``EnsureTyped``.
+
+    Unlike :func:`monai_patcher.transforms.stroke_inference_transforms` (which orients DWI and ADC *before*
+    concatenating them, so the orientation is not in the image's transform trace and ``Invertd`` cannot undo
+    it), the concatenated image is oriented, so ``Invertd`` brings predictions back to the input's own grid.
+    """
+    from monai.transforms import (
+        Compose,
+        ConcatItemsd,
+        DeleteItemsd,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        Resized,
+    )
+
+    from .data import SimpleITKReader
+    from .transforms import CheckGeometryd, CheckVolumed, ComputeEADCd
+
+    keys = ["dwi", "adc"]
+    return Compose([
+        LoadImaged(keys, reader=SimpleITKReader(), image_only=True),
+        EnsureChannelFirstd(keys),
+        CheckVolumed(keys, spatial_dims=3),
+        CheckGeometryd(keys),
+        ComputeEADCd("adc", "eadc", b_value=b_value, unit=adc_unit),
+        ConcatItemsd(["eadc", "dwi"], "image"),
+        DeleteItemsd(["eadc", "dwi", "adc"]),
+        Orientationd("image", axcodes="RAS"),
+        NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+        Resized("image", spatial_size=(spatial_size, spatial_size, -1), mode="bilinear"),
+        EnsureTyped("image", dtype=torch.float32),
+    ])
+
+
+class BatchPredictor:
+    """The network, preprocessing, inferer and inversion for one run; :meth:`predict` does one case.
+
+    Args:
+        checkpoint: a weights file (a state dict, or a dict with ``"model"``/``"network"``/``"state_dict"``),
+            loaded with ``weights_only=True`` (:func:`monai_patcher.checkpoint.safe_load_checkpoint`). None:
+            random weights (tests, benchmarks).
+        preset: Patcher preset (``"paper"``, ``"small"``, ``"tiny"``).
+        spatial_size: in-plane size the slices are resized to (the bundle's ``spatial_size``).
+        sw_batch_size: slices per forward pass.
+        threshold: probability threshold of the mask.
+        device: torch device.
+        channel_order: meaning of the two channels of 2-channel files.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None,
+        preset: str = "paper",
+        spatial_size: int = 256,
+        sw_batch_size: int = 8,
+        threshold: float = 0.5,
+        device: str | torch.device = "cpu",
+        channel_order: Sequence[str] = ("dwi", "adc"),
+        network: torch.nn.Module | None = None,
+    ) -> None:
+        from monai.inferers import SliceInferer
+
+        from .networks import patcher_preset
+
+        self.device = torch.device(device)
+        self.threshold = float(threshold)
+        self.channel_order = tuple(str(c).lower() for c in channel_order)
+        if sorted(self.channel_order) != ["adc", "dwi"]:
+            raise ValueError(f"channel_order must name 'dwi' and 'adc' once each, got {list(channel_order)}")
+        net = network if network is not None else patcher_preset(preset, in_channels=2, out_channels=1)
+        if checkpoint is not None:
+            from .checkpoint import CheckpointError, safe_load_checkpoint
+
+            state = safe_load_checkpoint(checkpoint, map_location="cpu")
+            if isinstance(state, dict):
+                for key in ("model", "network", "state_dict"):
+                    if key in state and isinstance(state[key], dict):
+                        state = state[key]
+                        break
+            try:
+                net.load_state_dict(state)
+            except (RuntimeError, TypeError, AttributeError) as e:
+                raise CheckpointError(
+                    f"{checkpoint}: its weights do not fit the {preset!r} Patcher preset ({str(e).splitlines()[0]})"
+                ) from None
+        self.network = net.to(self.device).eval()
+        self.preprocessing = inference_preprocessing(spatial_size=spatial_size)
+        self.inferer = SliceInferer(
+            roi_size=(spatial_size, spatial_size), spatial_dim=2, sw_batch_size=sw_batch_size, overlap=0.25,
+            mode="gaussian", progress=False,
+        )
+
+    def _items(self, case: Case, work: Path) -> dict[str, str]:
+        """The ``{"dwi", "adc"}`` paths of a case; a 2-channel file is checked, then split into two files."""
+        if case.problem:
+            raise ValueError(case.problem)
+        if case.two_channel is None:
+            return {"dwi": str(case.dwi), "adc": str(case.adc)}
+        import nibabel as nib
+
+        from .bundle_utils import _split_two_channel  # the bundle's own split: same channel files as inference.json
+
+        path = Path(case.two_channel)
+        if not path.name.lower().endswith((".nii", ".nii.gz")):
+            raise ValueError(
+                f"{path}: a single file must be a 2-channel NIfTI; name single-modality files <case>_dwi / <case>_adc"
+            )
+        try:
+            shape = nib.load(str(path)).shape  # header only
+            if len(shape) != 4 or shape[3] != 2:
+                raise ValueError(
+                    f"{path}: expected a 2-channel volume (X x Y x Z x 2, channels {'/'.join(self.channel_order).upper()}), "
+                    f"got shape {tuple(shape)}; give single-modality files as <case>_dwi / <case>_adc pairs"
+                )
+            return _split_two_channel(path, work, self.channel_order)
+        except ValueError as e:
+            if str(path) in str(e):
+                raise
+            raise ValueError(f"{path}: cannot read this 2-channel NIfTI file: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # nibabel: ImageFileError, EOFError (truncated gzip), OSError (truncated file), ...
+            raise ValueError(
+                f"{path}: cannot read this 2-channel NIfTI file (empty, truncated or corrupt?): "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from None
+
+    @torch.no_grad()
+    def predict(self, case: Case, work_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Probabilities and mask of one case in its input grid: ``(prob, mask, meta)`` (``1 x X x Y x Z``).
+
+        Raises:
+            ValueError (``DataError``): bad input, with the file in the message.
+        """
+        from monai.transforms import Invertd
+
+        items = self._items(case, Path(work_dir))
+        try:
+            d = self.preprocessing(items)
+        except Exception as e:
+            if case.two_channel is None:
+                raise
+            msg = _root_message(e)  # name the user's file, not the temporary channel files
+            for key, p in items.items():
+                msg = msg.replace(p, f"{case.two_channel} [{key.upper()} channel]")
+            raise ValueError(msg) from None
+        image = d["image"]
+        logits = self.inferer(image.unsqueeze(0).to(self.device), self.network)
+        prob = torch.sigmoid(logits[0].float()).cpu()
+        del logits
+        d["pred"] = prob
+        d = Invertd(keys="pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False)(d)
+        prob = d["pred"]
+        expected = tuple(int(s) for s in image.meta.get("spatial_shape", prob.shape[1:]))
+        if tuple(prob.shape[1:]) != expected:
+            raise RuntimeError(f"the prediction's shape {tuple(prob.shape[1:])} is not the input's {expected}")
+        mask = (prob >= self.threshold).to(torch.uint8)
+        return prob, mask, dict(prob.meta)
+
+
+def run_batch(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    predictor: BatchPredictor,
+    overwrite: bool = False,
+    save_prob: bool = False,
+) -> list[CaseResult]:
+    """Run every case of ``input_dir``; write masks and ``summary.json``/``summary.csv`` to ``output_dir``.
+
+    One case's failure (any ``Exception``, including ``MemoryError``) never stops the others.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[CaseResult] = []
+    for case in find_cases(input_dir):
+        seg = out / f"{case.name}_seg.nii.gz"
+        prob_path = out / f"{case.name}_prob.nii.gz"
+        res = CaseResult(case=case.name, file=case.source, status="ok", output=str(seg))
+        start = time.perf_counter()
+        if not overwrite and (seg.exists() or (save_prob and prob_path.exists())):
+            res.status, res.reason = "skipped", f"{seg if seg.exists() else prob_path} exists (use --overwrite to replace it)"
+            results.append(res)
+            logger.info("%s: skipped (output exists)", case.name)
+            continue
+        try:
+            with tempfile.TemporaryDirectory(prefix="patcher_case_") as work:
+                prob, mask, meta = predictor.predict(case, work)
+            _write_nifti(seg, mask, meta, np.uint8)
+            if save_prob:
+                _write_nifti(prob_path, prob, meta, np.float32)
+            res.lesion_voxels = int(mask.sum())
+            res.extra = {"shape": list(mask.shape[1:])}
+        except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
+            res.status, res.reason, res.output = "failed", _root_message(e), ""
+            if not any(f and f in res.reason for f in (case.two_channel, case.dwi, case.adc)):
+                res.reason = f"{case.source}: {res.reason}"
+            logger.error("%s: FAILED: %s", case.name, res.reason)
+        res.seconds = round(time.perf_counter() - start, 3)
+        if res.status == "ok":
+            logger.info("%s: ok (%d lesion voxels, %.1f s)", case.name, res.lesion_voxels, res.seconds)
+        results.append(res)
+    write_summary(out, results)
+    return results
+
+
+def write_summary(output_dir: Path, results: list[CaseResult]) -> None:
+    """``summary.json`` (counts + one record per case) and ``summary.csv`` (one row per case), atomically."""
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    payload = {"counts": counts, "cases": [asdict(r) for r in results]}
+    _atomic_write(output_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["case", "file", "status", "reason", "output", "seconds", "lesion_voxels"])
+    for r in results:
+        w.writerow([r.case, r.file, r.status, r.reason, r.output, r.seconds, "" if r.lesion_voxels is None else r.lesion_voxels])
+    _atomic_write(output_dir / "summary.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (0 all good, 1 some case failed, 2 could not start)."""
+    ap = argparse.ArgumentParser(prog="python -m monai_patcher.batch_inference", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", required=True, help="folder of cases (see the module docs)")
+    ap.add_argument("--output", required=True, help="folder for <case>_seg.nii.gz and summary.json/.csv")
+    ap.add_argument("--checkpoint", required=True, help="model weights (.pt), loaded with weights_only=True")
+    ap.add_argument("--preset", default="paper", help="Patcher preset of the checkpoint: paper, small, tiny")
+    ap.add_argument("--spatial_size", type=int, default=256)
+    ap.add_argument("--sw_batch_size", type=int, default=8, help="slices per forward pass")
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--channel_order", default="dwi,adc", help="channels of 2-channel files")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    ap.add_argument("--save_prob", action="store_true", help="also write <case>_prob.nii.gz")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        find_cases(args.input)
+        predictor = BatchPredictor(
+            args.checkpoint, preset=args.preset, spatial_size=args.spatial_size, sw_batch_size=args.sw_batch_size,
+            threshold=args.threshold, device=args.device, channel_order=args.channel_order.split(","),
+        )
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = run_batch(args.input, args.output, predictor, overwrite=args.overwrite, save_prob=args.save_prob)
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; summary: "
+          f"{Path(args.output) / 'summary.json'}")
+    for r in results:
+        if r.status == "failed":
+            print(f"FAILED {r.file}: {r.reason}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

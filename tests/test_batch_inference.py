@@ -1,0 +1,207 @@
+"""Batch inference that survives bad scans (monai_patcher.batch_inference).
+
+A folder with good cases in the three accepted layouts (2-channel NIfTI, ``_dwi``/``_adc`` pair, case folder)
+and bad ones (truncated, random bytes, zero bytes, all-zero, one channel, three channels, a DWI without ADC,
+NaN voxels): every good case gets a mask in its own grid, every bad one is reported with its file and reason,
+the exit status is 1, and existing outputs are kept unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_patcher.batch_inference import BatchPredictor, find_cases, main, run_batch
+from monai_patcher.checkpoint import CheckpointError, UnsafeCheckpointError
+from monai_patcher.data.demo import make_demo_case
+
+SHAPE = (40, 36, 6)
+AFFINE = np.array([[-1.5, 0, 0, 30.0], [0, 1.5, 0, -20.0], [0, 0, 4.0, 5.0], [0, 0, 0, 1]])  # LAS, not RAS
+FAST = ["--preset", "tiny", "--spatial_size", "64", "--sw_batch_size", "4"]
+
+GOOD = {"good_2ch": "good_2ch.nii.gz", "good_pair": "good_pair_dwi.nii.gz", "good_folder": "good_folder"}
+BAD = {
+    "truncated": "truncated",
+    "random_bytes": "Cannot work out file type",
+    "zero_bytes": "Empty file",
+    "all_zero": "[DWI channel] (key 'dwi'): channel 0 is empty (every voxel is 0)",
+    "one_channel": "expected a 2-channel volume",
+    "three_channels": "expected a 2-channel volume",
+    "lonely": "no ADC file",
+    "nan_adc": "nan_adc_adc.nii.gz (key 'adc'): contains 1 NaN",
+}
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(array, AFFINE), str(path))
+
+
+def _make_input(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    c = make_demo_case(0, shape=SHAPE, spacing=(1.5, 1.5, 4.0))
+    two = np.stack([c["dwi"], c["adc"]], axis=-1)
+    _save(folder / "good_2ch.nii.gz", two)
+    _save(folder / "good_pair_dwi.nii.gz", c["dwi"])
+    _save(folder / "good_pair_adc.nii.gz", c["adc"])
+    _save(folder / "good_pair_msk.nii.gz", c["label"])  # a label next to the scans: ignored
+    (folder / "good_folder").mkdir()
+    _save(folder / "good_folder" / "dwi.nii.gz", c["dwi"])
+    _save(folder / "good_folder" / "adc.nii.gz", c["adc"])
+    # bad ones
+    data = (folder / "good_2ch.nii.gz").read_bytes()
+    (folder / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
+    (folder / "random_bytes.nii").write_bytes(np.random.default_rng(0).bytes(5000))
+    (folder / "zero_bytes.nii.gz").write_bytes(b"")
+    _save(folder / "all_zero.nii.gz", np.zeros_like(two))
+    _save(folder / "one_channel.nii.gz", c["dwi"])
+    _save(folder / "three_channels.nii.gz", np.stack([c["dwi"], c["adc"], c["dwi"]], axis=-1))
+    _save(folder / "lonely_dwi.nii.gz", c["dwi"])
+    nan_adc = c["adc"].copy()
+    nan_adc[10, 10, 2] = np.nan
+    _save(folder / "nan_adc_dwi.nii.gz", c["dwi"])
+    _save(folder / "nan_adc_adc.nii.gz", nan_adc)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    inp = _make_input(root / "in")
+    torch.manual_seed(0)
+    from monai_patcher.networks import patcher_preset
+
+    ckpt = root / "model.pt"
+    torch.save({"model": patcher_preset("tiny", in_channels=2, out_channels=1).state_dict()}, ckpt)
+    return root, inp, ckpt
+
+
+@pytest.fixture(scope="module")
+def first_run(setup):
+    """The CLI in a fresh interpreter: its exit status is the real one."""
+    root, inp, ckpt = setup
+    out = root / "out"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai_patcher.batch_inference", "--input", str(inp), "--output", str(out),
+         "--checkpoint", str(ckpt), *FAST],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    return proc, out
+
+
+def test_find_cases_layouts(setup):
+    _, inp, _ = setup
+    cases = {c.name: c for c in find_cases(inp)}
+    assert set(cases) == set(GOOD) | set(BAD)
+    assert cases["good_pair"].dwi.endswith("good_pair_dwi.nii.gz") and cases["good_pair"].adc.endswith("_adc.nii.gz")
+    assert cases["good_folder"].dwi.endswith("dwi.nii.gz") and cases["good_folder"].adc.endswith("adc.nii.gz")
+    assert cases["good_2ch"].two_channel and cases["lonely"].problem
+
+
+def test_every_good_scan_gets_its_mask_in_its_own_grid(first_run, setup):
+    proc, out = first_run
+    _, inp, _ = setup
+    for name in GOOD:
+        seg = out / f"{name}_seg.nii.gz"
+        assert seg.is_file(), f"{name}: no mask\n{proc.stderr[-3000:]}"
+        img = nib.load(str(seg))
+        assert img.shape == SHAPE and img.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(img.affine, AFFINE, atol=1e-4)
+        assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1}
+    # the three layouts hold the same scan: the same mask
+    masks = [np.asarray(nib.load(str(out / f"{n}_seg.nii.gz")).dataobj) for n in GOOD]
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+
+
+def test_every_bad_scan_is_reported_with_file_and_reason(first_run):
+    proc, out = first_run
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"ok": len(GOOD), "failed": len(BAD), "skipped": 0}
+    by_case = {r["case"]: r for r in summary["cases"]}
+    for name, reason in BAD.items():
+        r = by_case[name]
+        assert r["status"] == "failed" and not (out / f"{name}_seg.nii.gz").exists()
+        assert reason in r["reason"], (name, r["reason"])
+        assert Path(r["file"]).name.startswith(name) and str(Path(r["file"]).parent) in r["reason"], r
+        assert f"FAILED {r['file']}" in proc.stderr
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {row["case"]: row["status"] for row in rows} == {r["case"]: r["status"] for r in summary["cases"]}
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def _subset(inp: Path, dst: Path, names) -> Path:
+    dst.mkdir()
+    for n in names:
+        (dst / n).write_bytes((inp / n).read_bytes())
+    return dst
+
+
+def test_existing_outputs_are_kept_unless_overwrite(setup, tmp_path):
+    root, inp, ckpt = setup
+    small = _subset(inp, tmp_path / "in", ["good_2ch.nii.gz", "truncated.nii.gz"])
+    out = tmp_path / "out"
+    out.mkdir()
+    seg = out / "good_2ch_seg.nii.gz"
+    seg.write_bytes(b"a result from an earlier run")
+    rc = main(["--input", str(small), "--output", str(out), "--checkpoint", str(ckpt), *FAST])
+    assert rc == 1  # the bad scan still fails
+    statuses = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())["cases"]}
+    assert statuses == {"good_2ch": "skipped", "truncated": "failed"}
+    assert seg.read_bytes() == b"a result from an earlier run"
+    rc = main(["--input", str(small), "--output", str(out), "--checkpoint", str(ckpt), "--overwrite", *FAST])
+    assert rc == 1
+    assert nib.load(str(seg)).shape == SHAPE
+
+
+def test_exit_status_0_when_all_good_and_2_when_it_cannot_start(setup, tmp_path):
+    root, inp, ckpt = setup
+    good = _subset(inp, tmp_path / "good", ["good_pair_dwi.nii.gz", "good_pair_adc.nii.gz"])
+    assert main(["--input", str(good), "--output", str(tmp_path / "o"), "--checkpoint", str(ckpt), *FAST]) == 0
+    assert main(["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o2"), "--checkpoint", str(ckpt)]) == 2
+    bad_ckpt = tmp_path / "bad.pt"
+    bad_ckpt.write_bytes(b"\x00" * 100)
+    assert main(["--input", str(good), "--output", str(tmp_path / "o3"), "--checkpoint", str(bad_ckpt), *FAST]) == 2
+
+
+def test_unsafe_or_mismatched_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "PWNED"), "w"))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UnsafeCheckpointError):
+        BatchPredictor(tmp_path / "evil.pt", preset="tiny")
+    assert not (tmp_path / "PWNED").exists()
+    from monai_patcher.networks import patcher_preset
+
+    torch.save(patcher_preset("tiny").state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(CheckpointError, match="do not fit the 'small'"):
+        BatchPredictor(tmp_path / "tiny.pt", preset="small")
+
+
+def test_a_crash_in_one_case_does_not_stop_the_others(setup, tmp_path, monkeypatch):
+    """Any exception (here a MemoryError in the network on one case) is one failed case, not a dead batch."""
+    root, inp, ckpt = setup
+    predictor = BatchPredictor(ckpt, preset="tiny", spatial_size=64, sw_batch_size=4)
+    real = predictor.predict
+
+    def flaky(case, work):
+        if case.name == "good_pair":
+            raise MemoryError("simulated out-of-memory")
+        return real(case, work)
+
+    monkeypatch.setattr(predictor, "predict", flaky)
+    small = _subset(inp, tmp_path / "in", ["good_pair_dwi.nii.gz", "good_pair_adc.nii.gz", "good_2ch.nii.gz"])
+    results = {r.case: r for r in run_batch(small, tmp_path / "o", predictor)}
+    assert results["good_pair"].status == "failed" and "MemoryError" in results["good_pair"].reason
+    assert results["good_2ch"].status == "ok" and (tmp_path / "o" / "good_2ch_seg.nii.gz").is_file()
