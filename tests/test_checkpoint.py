@@ -360,8 +360,9 @@ def _losses(log):
 
 
 def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    """A fresh interpreter is SIGKILLed at iteration 6 (in epoch 2 of 3, after checkpoint_epoch=1); another one
-    resumes with the same code; losses and final weights equal those of an uninterrupted run."""
+    """A fresh interpreter is SIGKILLed at iteration 6 (in epoch 2 of 3, after checkpoint_epoch=1); the run is
+    resumed (here in the test process, with scrambled global generators; the bundle test below resumes in a
+    fresh interpreter); losses and final weights equal those of an uninterrupted run."""
     rc, err, ref_dir, ref_log = _train(tmp_path, "reference", subprocess_run=False)
     assert [it for _, it, _ in ref_log] == list(range(1, 13))
 
@@ -370,8 +371,12 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert [it for _, it, _ in killed_log] == [1, 2, 3, 4, 5, 6]
     assert (run_dir / "checkpoint_epoch=1.pt").is_file() and not (run_dir / "final_weights.pt").exists()
 
-    rc, err, _, log = _train(tmp_path, "run", resume=True)
-    assert rc == 0, err
+    import random
+
+    import numpy as np
+
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)  # whatever state a new process would have
+    rc, err, _, log = _train(tmp_path, "run", resume=True, subprocess_run=False)
     resumed = log[len(killed_log):]
     # the resumed process restarts at epoch 2 / iteration 5 (optimizer, LR schedule, counters restored) ...
     assert [(ep, it) for ep, it, _ in resumed] == [(ep, it) for ep, it, _ in ref_log[4:]]
@@ -418,3 +423,56 @@ def test_epoch_seed_handler_reseeds_dataset_transforms():
     engine2.run([0])
     assert engine2.state.epoch == 2 and torch.equal(engine2.state.output, outs[1])
     assert not torch.equal(outs[0], outs[1])
+
+
+# ------------------------------------------------------------------------------------------ the stroke bundle
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_JSON = Path(os.environ.get("PATCHER_TRAIN_JSON", REPO / "bundles" / "patcher_stroke" / "configs" / "train.json"))
+
+
+def _bundle_train(dataset_dir: Path, ckpt: Path, out: Path, resume: bool = False) -> subprocess.Popen:
+    args = [
+        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_JSON),
+        "--dataset_dir", str(dataset_dir), "--ckpt_dir", str(ckpt), "--output_dir", str(out),
+        "--max_epochs", "4", "--val_interval", "1000", "--batch_size", "4", "--network_def#name", "tiny",
+        "--spatial_size", "64", "--num_workers", "0",
+    ] + (["--resume", "true"] if resume else [])
+    return subprocess.Popen(args, cwd=str(out.parent), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+@pytest.mark.slow
+def test_bundle_training_kill_9_then_resume_matches_uninterrupted_run(tmp_path, demo_dataset):
+    """``python -m monai.bundle run training`` (bundles/patcher_stroke): SIGKILL it once the first epoch checkpoint
+    exists, run it again with ``--resume true``: the final checkpoint equals that of an uninterrupted run."""
+    import time
+
+    cfg = json.loads(TRAIN_JSON.read_text())
+    if "SafeCheckpointSaver" not in json.dumps(cfg) or "EpochSeedHandler" not in json.dumps(cfg):
+        pytest.skip("train.json does not use SafeCheckpointSaver + EpochSeedHandler")
+    data = Path(demo_dataset).parent
+    ref = _bundle_train(data, tmp_path / "ref_models", tmp_path / "ref_eval")
+    log = ref.communicate(timeout=600)[0]
+    assert ref.returncode == 0, log[-4000:]
+
+    ckpt, out = tmp_path / "models", tmp_path / "eval"
+    run = _bundle_train(data, ckpt, out)
+    deadline = time.time() + 600
+    while not list(ckpt.glob("checkpoint_epoch=*.pt")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    run.kill()  # SIGKILL, in epoch 2 (or while saving its checkpoint)
+    log = run.communicate(timeout=60)[0]
+    assert run.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{log[-3000:]}"
+    assert not (ckpt / "checkpoint_epoch=4.pt").exists()
+
+    resumed = _bundle_train(data, ckpt, out, resume=True)
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log[-4000:]
+    assert "Restored all variables from" in log
+    a = safe_load_checkpoint(tmp_path / "ref_models" / "checkpoint_epoch=4.pt")
+    b = safe_load_checkpoint(ckpt / "checkpoint_epoch=4.pt")
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"]
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-5, atol=1e-6, msg=f"weight {k} differs")
