@@ -205,3 +205,30 @@ def test_a_crash_in_one_case_does_not_stop_the_others(setup, tmp_path, monkeypat
     results = {r.case: r for r in run_batch(small, tmp_path / "o", predictor)}
     assert results["good_pair"].status == "failed" and "MemoryError" in results["good_pair"].reason
     assert results["good_2ch"].status == "ok" and (tmp_path / "o" / "good_2ch_seg.nii.gz").is_file()
+
+
+def test_real_isles_pair_and_dicom_case_folder(setup, tmp_path, shared_path_fn):
+    """Real data (skipped when ../shared/data is absent): the ISLES'22 folder as is (a ``_dwi``/``_adc`` pair) and
+    a case folder whose DWI and ADC are DICOM series folders (the same real series twice, for the plumbing)."""
+    _, _, ckpt = setup
+    isles = shared_path_fn("ISLES-2022-case0001", "data")
+    dicom = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    predictor = BatchPredictor(ckpt, preset="tiny", spatial_size=64, sw_batch_size=8)
+    out = tmp_path / "out"
+    results = run_batch(isles, out, predictor)
+    assert [(r.case, r.status) for r in results] == [("sub-strokecase0001_ses-0001", "ok")], results
+    dwi = nib.load(str(next(isles.glob("*_dwi.nii.gz"))))
+    seg = nib.load(str(out / "sub-strokecase0001_ses-0001_seg.nii.gz"))
+    assert seg.shape == dwi.shape[:3]
+    np.testing.assert_allclose(seg.affine, dwi.affine, atol=1e-3)
+
+    case = tmp_path / "in" / "case_dicom"
+    case.mkdir(parents=True)
+    (case / "DWI").symlink_to(dicom, target_is_directory=True)
+    (case / "ADC").symlink_to(dicom, target_is_directory=True)
+    results = run_batch(tmp_path / "in", out, predictor)
+    assert results[0].status == "ok", results[0].reason
+    from monai_patcher.data import SimpleITKReader
+
+    ref = SimpleITKReader().read_image(dicom)
+    assert nib.load(str(out / "case_dicom_seg.nii.gz")).shape == tuple(ref.GetSize())
