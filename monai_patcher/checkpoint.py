@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
@@ -160,6 +161,8 @@ class AtomicDiskSaver(DiskSaver):
         self._pending_removal: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:  # distributed training: one rank writes (as DiskSaver)
+            return
         name = self.filename or filename
         atomic_save(checkpoint, self.dirname / name, **self.kwargs)
         pending, self._pending_removal = self._pending_removal, []
@@ -289,6 +292,8 @@ class SafeCheckpointLoader(CheckpointLoader):
     def __call__(self, engine: Engine) -> None:
         p = os.fspath(self.load_path)
         verify_checkpoint_file(p)
+        if not zipfile.is_zipfile(p):  # legacy format, no checksums: a damaged one raises anything; check it first
+            safe_load_checkpoint(p, verify=False)
         try:
             super().__call__(engine)
         except pickle.UnpicklingError as e:
