@@ -309,9 +309,14 @@ class SafeCheckpointLoader(CheckpointLoader):
 # --------------------------------------------------------------------------------------------------- randomness
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of epoch ``epoch`` of a run seeded with ``seed`` (distinct for every pair; < 2**31)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint32)[0] >> 1)
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of epoch ``epoch`` of a run seeded with ``seed`` on process ``rank`` (distinct for every triple; < 2**31).
+
+    Ranks of a distributed run get different seeds (different augmentations); a ``DistributedSampler`` shuffles
+    with its own seed and ``set_epoch``, consistently across ranks.
+    """
+    entropy = [int(seed), int(epoch)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0] >> 1)
 
 
 class EpochSeedHandler:
@@ -351,7 +356,7 @@ class EpochSeedHandler:
     def __call__(self, engine: Engine) -> None:
         from monai.utils import set_determinism
 
-        s = epoch_seed(self.seed, engine.state.epoch)
+        s = epoch_seed(self.seed, engine.state.epoch, idist.get_rank())
         set_determinism(seed=s)
         dataset = self._dataset(engine)
         if dataset is not None:
