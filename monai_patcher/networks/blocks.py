@@ -87,7 +87,11 @@ class EfficientSelfAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.proj_drop = nn.Dropout(dropout_rate)
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
+            # channels-last weights, like its input: oneDNN skips a reorder, and the weight gradient has the
+            # parameter's own layout (DistributedDataParallel's gradient layout contract)
+            self.sr = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio).to(
+                memory_format=torch.channels_last
+            )
             self.norm = nn.LayerNorm(hidden_size)
         else:
             self.sr = nn.Identity()
@@ -139,7 +143,9 @@ class MixFFN(nn.Module):
         super().__init__()
         hidden = int(hidden_size * mlp_ratio)
         self.fc1 = nn.Linear(hidden_size, hidden)
-        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden).to(
+            memory_format=torch.channels_last  # like its input (see EfficientSelfAttention.sr)
+        )
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, hidden_size)
         self.drop = nn.Dropout(dropout_rate)
