@@ -171,8 +171,8 @@ def stroke_volume_transforms(
 
     ``LoadImaged(reader=SimpleITKReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed`` (DWI, ADC: 3D,
     finite, not constant; label: 3D, finite) -> ``CheckGeometryd`` (DWI, ADC, label share one grid) ->
-    ``Orientationd("RAS")`` -> [``Spacingd(pixdim)``] -> ``ComputeEADCd`` -> ``ConcatItemsd([eadc, dwi] -> image)``
-    -> ``DeleteItemsd`` (the single channels) -> ``NormalizeIntensityd(nonzero, channel_wise)`` ->
+    ``ComputeEADCd`` -> ``ConcatItemsd([eadc, dwi] -> image)`` -> ``DeleteItemsd`` (the single channels) ->
+    ``Orientationd("RAS")`` -> [``Spacingd(pixdim)``] -> ``NormalizeIntensityd(nonzero, channel_wise)`` ->
     ``AsDiscreted(label, threshold=0.5)`` (label > 0.5 -> 1, so multi-class labels become "lesion") ->
     ``Resized`` in-plane to ``spatial_size`` (the slice axis keeps its size; label: nearest).
 
@@ -200,18 +200,20 @@ def stroke_volume_transforms(
     ]
     if label_key:
         xs.append(CheckVolumed(label_key, spatial_dims=3, allow_constant=True))
-    xs += [CheckGeometryd(all_keys), Orientationd(all_keys, axcodes="RAS", labels=None)]
-    if pixdim is not None:
-        xs.append(Spacingd(all_keys, pixdim=pixdim, mode=["bilinear", "bilinear"] + (["nearest"] if label_key else [])))
+    keys = [image_key] + ([label_key] if label_key else [])
     xs += [
+        CheckGeometryd(all_keys),
         ComputeEADCd(adc_key, "eadc", b_value=b_value, unit=adc_unit),
         ConcatItemsd(["eadc", dwi_key], image_key),
         DeleteItemsd(["eadc", dwi_key, adc_key]),
-        NormalizeIntensityd(image_key, nonzero=True, channel_wise=True),
+        # spatial transforms after stacking, so that Invertd on the image undoes them
+        Orientationd(keys, axcodes="RAS", labels=None),
     ]
+    if pixdim is not None:
+        xs.append(Spacingd(keys, pixdim=pixdim, mode=["bilinear"] + (["nearest"] if label_key else [])))
+    xs.append(NormalizeIntensityd(image_key, nonzero=True, channel_wise=True))
     if label_key:
         xs.append(AsDiscreted(label_key, threshold=0.5))
-    keys = [image_key] + ([label_key] if label_key else [])
     xs.append(Resized(keys, spatial_size=size, mode=["bilinear"] + (["nearest"] if label_key else [])))
     xs.append(EnsureTyped(keys, dtype=torch.float32, track_meta=True))
     return Compose(xs)

@@ -239,3 +239,23 @@ def test_bundle_json_chain_from_docs(case):
     assert len(out) == 4
     for s in out:
         assert tuple(s["image"].shape) == (2, 256, 256) and tuple(s["label"].shape) == (1, 256, 256)
+
+
+def test_invertd_on_stacked_image_restores_non_ras_geometry(tmp_path):
+    """Reorientation/resize happen after stacking, so Invertd on ``image`` goes back to the scan's own grid."""
+    from monai.transforms import Invertd
+
+    from monai_patcher.transforms import stroke_volume_transforms
+
+    las = np.diag([-2.0, 2.0, 3.0, 1.0])
+    las[:3, 3] = [40.0, -20.0, 5.0]
+    rng = np.random.default_rng(0)
+    adc = rng.uniform(0.5, 1.0, (20, 24, 6)).astype(np.float32)
+    dwi = rng.uniform(100, 200, (20, 24, 6)).astype(np.float32)
+    data = {"dwi": _write(tmp_path / "dwi.nii.gz", dwi, las), "adc": _write(tmp_path / "adc.nii.gz", adc, las)}
+    xf = stroke_volume_transforms(label_key=None, spatial_size=32)
+    out = xf(data)
+    assert tuple(out["image"].shape) == (2, 32, 32, 6)
+    back = Invertd("image", transform=xf, orig_keys="image", nearest_interp=False)(out)["image"]
+    assert tuple(back.shape) == (2, 20, 24, 6)
+    np.testing.assert_allclose(np.asarray(back.affine), las, atol=1e-5)
