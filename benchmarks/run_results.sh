@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# The runs behind docs/results.md, as they were launched: two single-thread workers side by side on the
-# 2-core machine (each process uses 1 torch thread, so its CPU time is its compute time).
-# Usage: bash benchmarks/run_results.sh   (logs in benchmarks/results/*.log)
+# The runs behind docs/results.md, in the order they ran: two single-thread workers side by side on the 2-core
+# machine (each process uses 1 torch thread, so its CPU time is its compute time).
+# Usage: bash benchmarks/run_results.sh   (logs in benchmarks/results/worker_*.log; about 45 min per worker on an
+# idle 2-core machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results
 mkdir -p "$R" docs/figures
 BUDGET=${BUDGET:-10}
 (
-  python benchmarks/kvasir.py --models patcher_small,patcher_small_s4_gate0,segformer_b0 --budget-minutes "$BUDGET" --threads 1
+  python benchmarks/kvasir.py --models patcher_small,segformer_b0 --budget-minutes "$BUDGET" --threads 1
   python benchmarks/brats_bundle.py --preset small --iterations 34 --threads 1 --figure docs/figures/brats_overlays.png
 ) > "$R/worker_a.log" 2>&1 &
 (
   python benchmarks/kvasir.py --models unet,attention_unet,swin_unetr --budget-minutes "$BUDGET" --threads 1
   python benchmarks/bench_train_step.py --threads 1 --batch-size 8 \
-      --models patcher_small,patcher_small_s4_gate0,unet,attention_unet,swin_unetr,segformer_b0,segformer_b5,patcher_paper_ckpt
+      --models patcher_small,patcher_small_s4_gate0,unet,attention_unet,swin_unetr,segformer_b0,segformer_b5
   python benchmarks/bench_train_step.py --threads 1 --batch-size 1 --models patcher_paper --out "$R/train_step_b1"
+  python benchmarks/kvasir.py --models patcher_small_s4_gate0 --budget-minutes "$BUDGET" --threads 1  # tuning
 ) > "$R/worker_b.log" 2>&1 &
 wait
 python benchmarks/kvasir.py --summary-only
-python benchmarks/figures.py --overlay-models patcher_small,patcher_small_s4_gate0,unet --gating-model patcher_small_s4_gate0
+python benchmarks/figures.py --overlay-models patcher_small,patcher_small_s4_gate0,unet --gating-model patcher_small
+python benchmarks/tables.py
