@@ -100,11 +100,27 @@ def dicom_series_files(folder, series_uid: str | None = None) -> tuple[list[str]
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints "No Series were found" to stderr
     try:
         uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
+        listed = {u: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, u)) for u in uids}
+    except RuntimeError as e:  # GDCM throws on some corrupt files while scanning the folder
+        raise DataError.for_file(folder, f"cannot scan the DICOM files of this folder (corrupt file?): {_sitk_message(e)}") from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not uids:
         raise DataError.for_file(folder, "no DICOM images found in this folder (is it the right folder?)")
-    counts = {u: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, u)) for u in uids}
+    # GDCM silently leaves out files it cannot parse (a truncated or corrupt slice): the series would be read
+    # without them. Refuse DICOM-looking files (.dcm/.dicom/.ima or the DICM preamble) that are in no series.
+    in_series = {os.path.basename(f) for fs in listed.values() for f in fs}
+    unlisted = [
+        p.name for p in sorted(Path(folder).iterdir())
+        if p.is_file() and p.name not in in_series and p.name.upper() != "DICOMDIR"
+        and (p.suffix.lower() in (".dcm", ".dicom", ".ima") or _is_dicom_file(p))
+    ]
+    if unlisted:
+        raise DataError.for_file(
+            folder, f"{len(unlisted)} DICOM file(s) belong to no readable series (empty, truncated or corrupt?): "
+            f"{unlisted[:5]}{' ...' if len(unlisted) > 5 else ''}"
+        )
+    counts = {u: len(listed[u]) for u in uids}
     if series_uid:
         if series_uid not in counts:
             raise DataError.for_file(

@@ -211,3 +211,40 @@ def test_invalid_nifti_voxel_size_is_refused_not_replaced_by_1mm(tmp_path, value
     path.write_bytes(bytes(b))
     with pytest.raises(DataError, match=r"bad_pixdim.nii: invalid NIfTI header: voxel size pixdim\[1\]"):
         SimpleITKReader().read_image(path)
+
+
+def _write_series(folder: Path, n: int = 5) -> list[Path]:
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(n):
+        img = sitk.GetImageFromArray((rng.random((16, 16)) * 1000).astype(np.int16))
+        for tag, value in {"0008|0060": "MR", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0020|0013": str(k + 1),
+                           "0020|0032": f"0\\0\\{2.5 * k}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.8\\0.8"}.items():
+            img.SetMetaData(tag, value)
+        paths.append(folder / f"slice{k}.dcm")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()  # keep the series UID above (else every file gets a new one)
+        writer.SetFileName(str(paths[-1]))
+        writer.Execute(img)
+    return paths
+
+
+@pytest.mark.parametrize("damage", ["truncated_by_10_bytes", "random_bytes", "empty"])
+def test_damaged_slice_in_a_dicom_series_is_refused_not_dropped(tmp_path, damage):
+    """Regression (found by fuzzing series folders): GDCM leaves out a slice file it cannot parse, so the series
+    was read silently with one slice less (and the others re-spaced evenly)."""
+    from monai_patcher.data import DataError, SimpleITKReader
+
+    series = tmp_path / "series"
+    paths = _write_series(series)
+    assert SimpleITKReader().read_image(series).GetSize()[2] == 5  # the intact series reads
+    victim = paths[2]
+    data = victim.read_bytes()
+    victim.write_bytes({"truncated_by_10_bytes": data[:-10], "random_bytes": random.Random(0).randbytes(3000),
+                        "empty": b""}[damage])
+    with pytest.raises(DataError, match=r"series: 1 DICOM file\(s\) belong to no readable series .*slice2.dcm"):
+        SimpleITKReader().read_image(series)
