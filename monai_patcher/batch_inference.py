@@ -24,8 +24,8 @@ Files named like labels (``*_msk``, ``*_mask``, ``*_seg``, ``*_label``) are igno
 Exit status: 0 if every case succeeded or was skipped (output exists), 1 if any case failed, 2 if the run could
 not start (no input, no case, unreadable or unsafe checkpoint).
 
-The preprocessing is :func:`inference_preprocessing`, the chain of the ``patcher_stroke`` bundle's
-``inference.json`` (eADC + DWI, RAS, per-channel normalisation, in-plane resize),
+The preprocessing is :func:`monai_patcher.transforms.stroke_inference_transforms` (the chain of the
+``patcher_stroke`` bundle's ``inference.json``: checks, eADC + DWI, RAS, per-channel normalisation, in-plane resize),
 the network runs slice by slice with ``SliceInferer`` (``sw_batch_size`` slices at a time), ``Invertd`` brings
 the probabilities back to the input grid.
 """
@@ -49,7 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Case", "CaseResult", "find_cases", "inference_preprocessing", "BatchPredictor", "run_batch", "main"]
+__all__ = ["Case", "CaseResult", "find_cases", "BatchPredictor", "run_batch", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,48 +215,6 @@ def _write_nifti(path: Path, array: torch.Tensor, meta: dict, dtype) -> None:
     _atomic_write(path, write)
 
 
-def inference_preprocessing(spatial_size: int = 256, b_value: float = 1000.0, adc_unit: str = "auto"):
-    """The preprocessing of the ``patcher_stroke`` bundle's ``inference.json``, as a ``Compose``.
-
-    ``LoadImaged(dwi, adc; SimpleITKReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed`` -> ``CheckGeometryd``
-    -> ``ComputeEADCd`` -> ``ConcatItemsd([eadc, dwi] -> image)`` -> ``Orientationd(image, RAS)`` ->
-    ``NormalizeIntensityd(nonzero, channel_wise)`` -> in-plane ``Resized`` -> ``EnsureTyped``.
-
-    Unlike :func:`monai_patcher.transforms.stroke_inference_transforms` (which orients DWI and ADC *before*
-    concatenating them, so the orientation is not in the image's transform trace and ``Invertd`` cannot undo
-    it), the concatenated image is oriented, so ``Invertd`` brings predictions back to the input's own grid.
-    """
-    from monai.transforms import (
-        Compose,
-        ConcatItemsd,
-        DeleteItemsd,
-        EnsureChannelFirstd,
-        EnsureTyped,
-        LoadImaged,
-        NormalizeIntensityd,
-        Orientationd,
-        Resized,
-    )
-
-    from .data import SimpleITKReader
-    from .transforms import CheckGeometryd, CheckVolumed, ComputeEADCd
-
-    keys = ["dwi", "adc"]
-    return Compose([
-        LoadImaged(keys, reader=SimpleITKReader(), image_only=True),
-        EnsureChannelFirstd(keys),
-        CheckVolumed(keys, spatial_dims=3),
-        CheckGeometryd(keys),
-        ComputeEADCd("adc", "eadc", b_value=b_value, unit=adc_unit),
-        ConcatItemsd(["eadc", "dwi"], "image"),
-        DeleteItemsd(["eadc", "dwi", "adc"]),
-        Orientationd("image", axcodes="RAS"),
-        NormalizeIntensityd("image", nonzero=True, channel_wise=True),
-        Resized("image", spatial_size=(spatial_size, spatial_size, -1), mode="bilinear"),
-        EnsureTyped("image", dtype=torch.float32),
-    ])
-
-
 class BatchPredictor:
     """The network, preprocessing, inferer and inversion for one run; :meth:`predict` does one case.
 
@@ -286,6 +244,7 @@ class BatchPredictor:
         from monai.inferers import SliceInferer
 
         from .networks import patcher_preset
+        from .transforms import stroke_inference_transforms
 
         self.device = torch.device(device)
         self.threshold = float(threshold)
@@ -309,7 +268,7 @@ class BatchPredictor:
                     f"{checkpoint}: its weights do not fit the {preset!r} Patcher preset ({str(e).splitlines()[0]})"
                 ) from None
         self.network = net.to(self.device).eval()
-        self.preprocessing = inference_preprocessing(spatial_size=spatial_size)
+        self.preprocessing = stroke_inference_transforms(spatial_size=spatial_size)
         self.inferer = SliceInferer(
             roi_size=(spatial_size, spatial_size), spatial_dim=2, sw_batch_size=sw_batch_size, overlap=0.25,
             mode="gaussian", progress=False,
