@@ -109,21 +109,22 @@ def gating_figure(results: Path, data: Path, model_name: str, names: list[str], 
     model, size, step = load_best(results, model_name)
     cols = ["image + prediction"] + [f"W{k} (stage {k} expert)" for k in range(1, 5)]
     fig, axes = plt.subplots(len(names), 5, figsize=(14, 2.9 * len(names)), squeeze=False)
-    for r, stem in enumerate(names):
+    outs = []
+    for stem in names:
         img, mask = read_pair(*pairs[stem])
         up, g = predict(model, img, size, gating=True)
-        pred = (up > 0).numpy()
-        small = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(size, size),
-                              mode="bilinear", antialias=True)[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+        outs.append((img, mask, (up > 0).numpy(), g[0].numpy()))
+    lo = min(float(o[3].min()) for o in outs)  # one colour scale for all maps, stretched to their range
+    hi = max(float(o[3].max()) for o in outs)
+    for r, (img, mask, pred, g) in enumerate(outs):
         axes[r, 0].imshow(overlay(img, pred, mask, alpha=0.5))
         for k in range(4):
-            im = axes[r, k + 1].imshow(g[0, k].numpy(), vmin=0, vmax=1, cmap="viridis")
+            im = axes[r, k + 1].imshow(g[k], vmin=lo, vmax=hi, cmap="viridis")
         for c in range(5):
             axes[r, c].axis("off")
             if r == 0:
                 axes[r, c].set_title(cols[c], fontsize=9)
-        del small
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="mixture weight")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label=f"mixture weight (scale {lo:.2f} to {hi:.2f})")
     fig.suptitle(f"MoE gating maps of {model_name} (step {step}) on Kvasir-SEG val/ (W1+W2+W3+W4 = 1 per pixel)",
                  fontsize=9)
     fig.savefig(path, dpi=90, bbox_inches="tight")

@@ -10,7 +10,7 @@ mkdir -p "$R" docs/figures
 BUDGET=${BUDGET:-10}
 (
   python benchmarks/kvasir.py --models patcher_small,segformer_b0 --budget-minutes "$BUDGET" --threads 1
-  python benchmarks/brats_bundle.py --preset small --iterations 34 --threads 1 --figure docs/figures/brats_overlays.png
+  python benchmarks/brats_bundle.py --preset small --iterations 20 --threads 1 --figure docs/figures/brats_overlays.png
 ) > "$R/worker_a.log" 2>&1 &
 (
   python benchmarks/kvasir.py --models unet,attention_unet,swin_unetr --budget-minutes "$BUDGET" --threads 1
