@@ -106,7 +106,7 @@ def main() -> None:
     def run(extra: list[str]) -> dict:
         cmd = [sys.executable, __file__, "--child", "--preset", args.preset, "--input", str(work / "in"),
                "--output", str(work / "out"), *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=dict(os.environ, PYTHONWARNINGS="ignore"))
         if proc.returncode != 0:
             raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])

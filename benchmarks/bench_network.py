@@ -208,7 +208,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
            "--time-budget", str(args.time_budget)]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
         return {"model": name, "error": (res.stderr.strip().splitlines() or ["no output"])[-1]}

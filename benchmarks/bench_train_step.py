@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, __file__, "--child", name, "--batch-size", str(args.batch_size), "--size",
                str(args.size), "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps),
                "--mem-limit-gb", str(args.mem_limit_gb)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             row = {"model": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}

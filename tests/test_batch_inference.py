@@ -102,7 +102,7 @@ def first_run(setup):
     proc = subprocess.run(
         [sys.executable, "-m", "monai_patcher.batch_inference", "--input", str(inp), "--output", str(out),
          "--checkpoint", str(ckpt), *FAST],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600,
     )
     return proc, out
 

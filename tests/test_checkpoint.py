@@ -338,7 +338,7 @@ def _train(tmp_path: Path, name: str, kill_at: int = -1, resume: bool = False, w
     args = [str(ckpt), str(log), "3", str(kill_at), "1" if resume else "0", str(workers)]
     if subprocess_run:
         code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_checkpoint as t; t._train_main(*sys.argv[1:])"
-        proc = subprocess.run([sys.executable, "-c", code, *args], env=ENV, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=ENV, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
         rc, err = proc.returncode, proc.stderr[-3000:]
     else:
         _train_main(*args, n_saved=n_saved)
@@ -439,7 +439,7 @@ def _bundle_train(dataset_dir: Path, ckpt: Path, out: Path, resume: bool = False
         "--spatial_size", "64", "--num_workers", "0",
     ] + (["--resume", "true"] if resume else [])
     return subprocess.Popen(args, cwd=str(out.parent), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            encoding="utf-8", errors="replace")
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ FAST = ["--network_def#name", "tiny", "--spatial_size", "64", "--num_workers", "
 def run_bundle(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=env, capture_output=True, encoding="utf-8", errors="replace",
         timeout=timeout,
     )
     if proc.returncode != 0:

@@ -27,7 +27,7 @@ def run_bundle(*args: str, cwd: Path, timeout: int = 600) -> subprocess.Complete
     """``python -m monai.bundle <args>``; fails the test with the output if the command fails."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=env, capture_output=True, encoding="utf-8", errors="replace",
         timeout=timeout,
     )
     if proc.returncode != 0:
@@ -238,7 +238,7 @@ def test_torchrun_two_processes_cpu_gloo(demo_dataset, tmp_path):
         "--dataset_dir", str(Path(demo_dataset).parent), "--max_epochs", "1", "--val_interval", "1",
         "--output_dir", str(tmp_path / "eval"), "--ckpt_dir", str(tmp_path / "models"), *FAST,
     ]
-    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "the DDP wrapper leaked into the checkpoint"

@@ -178,7 +178,7 @@ def test_hostile_nifti_and_dicom_bytes_give_clear_errors(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path), str(mr_small) if mr_small.is_file() else ""],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600,
     )
     progress = (tmp_path / "progress.txt").read_text() if (tmp_path / "progress.txt").exists() else "(no progress)"
     if proc.returncode != 0:

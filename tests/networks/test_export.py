@@ -173,7 +173,7 @@ def test_monai_bundle_ckpt_export_cli(tmp_path):
         "--input_shape", "[1,2,64,64]",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny model; avoid OpenMP waits on the shared cores
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    res = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", cwd=tmp_path, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     _check_exported(out, net, network_def)
 

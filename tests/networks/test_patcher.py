@@ -330,7 +330,7 @@ def test_bundle_config_short_name_after_import(tmp_path):
         """
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "OK monai_patcher.networks.patcher" in res.stdout
 
