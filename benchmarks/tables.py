@@ -13,11 +13,12 @@ HERE = Path(__file__).resolve().parent
 R = HERE / "results"
 
 
-def kvasir(results: Path = R / "kvasir") -> str:
+def kvasir(results: Path = R / "kvasir", models=None) -> str:
     rows = []
     for p in sorted(results.glob("*/log.json")):
         log = json.loads(p.read_text())
-        rows.append((log["model"], log))
+        if models is None or log["model"] in models:
+            rows.append((log["model"], log))
     order = ["patcher_small", "patcher_small_s4_gate0", "patcher_small_s4", "patcher_small_gate0", "unet",
              "attention_unet", "swin_unetr", "segformer_b0", "segformer_b5", "patcher_paper"]
     rows.sort(key=lambda r: order.index(r[0]) if r[0] in order else 99)
@@ -34,9 +35,14 @@ def kvasir(results: Path = R / "kvasir") -> str:
             f"{100 * b['dice_256']:.2f} / {100 * b['iou_256']:.2f} | {b['step']} | {log['steps']} "
             f"({log['epochs']:.2f}) | "
             f"{log['sec_per_step_cpu']:.2f} | {log['train_cpu_s'] / 60:.1f} | {log['train_wall_s'] / 60:.1f} |"
-            if done else f"| {name} | {log['params'] / 1e6:.2f} | (unfinished: best so far {100 * b.get('dice_full', 0):.2f}) |"
+            if done else
+            f"| {name} (cut short at {log['history'][-1]['train_cpu_s'] / 60:.1f} of {log['config']['budget_minutes']} CPU min) "
+            f"| {log['params'] / 1e6:.2f} | {100 * b['dice_full']:.2f} | {100 * b['iou_full']:.2f} | "
+            f"{100 * b['dice_256']:.2f} / {100 * b['iou_256']:.2f} | {b['step']} | {log['history'][-1]['step']} | "
+            f"{log['history'][-1]['train_cpu_s'] / log['history'][-1]['step']:.2f} | "
+            f"{log['history'][-1]['train_cpu_s'] / 60:.1f} | {log['history'][-1]['train_wall_s'] / 60:.1f} |"
         )
-    budgets = sorted({json.loads(p.read_text())["config"]["budget_minutes"] for p in results.glob("*/log.json")})
+    budgets = sorted({log["config"]["budget_minutes"] for _, log in rows})
     return "\n".join(out) + f"\n\nBudget per model: {budgets} CPU minutes.\n"
 
 
