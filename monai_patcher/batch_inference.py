@@ -181,26 +181,10 @@ def _root_message(e: BaseException) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename to ``path`` (same folder; the temp name keeps the extension)."""
-    name = path.name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" + "".join(Path(name).suffixes), dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    """:func:`~monai_patcher.checkpoint.atomic_write`, the temporary name keeping the extension (for the writers)."""
+    from .checkpoint import atomic_write
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write(path, write, suffix=".tmp" + "".join(Path(path.name).suffixes))
 
 
 def _write_nifti(path: Path, array: torch.Tensor, meta: dict, dtype) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
     "atomic_save",
+    "atomic_write",
     "safe_load_checkpoint",
     "verify_checkpoint_file",
     "AtomicDiskSaver",
@@ -121,15 +122,34 @@ def atomic_save(obj: Any, path: str | os.PathLike, save_func: Callable[..., Any]
         ``path`` as a ``Path``.
     """
     save_func = torch.save if save_func is None else save_func
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             save_func(obj, f, **kwargs)
             f.flush()
             os.fsync(f.fileno())
+
+    return atomic_write(path, write)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: str = TMP_SUFFIX) -> Path:
+    """``write(tmp_path)`` into a temporary file next to ``path``, then rename it over ``path`` (see :func:`atomic_save`).
+
+    Args:
+        path: final file name.
+        write: writes the whole file to the path it is given.
+        suffix: ending of the temporary name (e.g. keep ``.nii.gz`` for writers that choose a format by extension).
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
