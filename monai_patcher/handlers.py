@@ -164,7 +164,21 @@ def _items(output: Any) -> list[Mapping]:
     return []
 
 
-class OverlayWriter:
+class _ItemWriter:
+    """Ignite handler base: after every iteration, ``self.write`` each post-processed item of the output."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for item in _items(engine.state.output):
+            self.write(item)
+
+    def write(self, item: Mapping) -> list[str]:
+        raise NotImplementedError
+
+
+class OverlayWriter(_ItemWriter):
     """Write PNG overlays of predictions (TP green, FP red, FN white, see :mod:`monai_patcher.visualize`).
 
     Attach to an evaluator whose post-processing leaves, per item, an image, a binary prediction and
@@ -209,13 +223,6 @@ class OverlayWriter:
         self.alpha = alpha
         self._count = 0
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        for item in _items(engine.state.output):
-            self.write(item)
-
     def write(self, item: Mapping) -> list[str]:
         """Write the overlays of one post-processed item; returns the PNG paths."""
         self._count += 1
@@ -238,7 +245,7 @@ class OverlayWriter:
         return paths
 
 
-class GatingMapWriter:
+class GatingMapWriter(_ItemWriter):
     """Write the mixture-of-experts gating maps as colour PNGs (expert 1 red, 2 green, 3 blue, 4 yellow).
 
     Args:
@@ -266,13 +273,6 @@ class GatingMapWriter:
         self.name_keys = tuple(name_keys) if name_keys else (gating_key, image_key or gating_key)
         self.slice_axis, self.every = slice_axis, max(1, int(every))
         self._count = 0
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        for item in _items(engine.state.output):
-            self.write(item)
 
     def write(self, item: Mapping) -> list[str]:
         self._count += 1
