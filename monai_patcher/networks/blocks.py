@@ -314,6 +314,37 @@ class PatcherBlock(nn.Module):
             ]
         )
         self.norm = nn.LayerNorm(hidden_size)
+        # without autograd the large patches go through the blocks in groups whose Mix-FFN hidden activations
+        # fit in about this many bytes (see forward); 0 turns the grouping off
+        self.inference_chunk_bytes = 12 * 2**20
+        self._ffn_hidden = self.blocks[0].ffn.fc1.out_features
+
+    def _num_chunks(self, num_patches: int, tokens: int) -> int:
+        """How many groups to run ``num_patches`` large patches of ``tokens`` tokens in (1: all at once).
+
+        Only without autograd (inference): the patches are independent, so running them group by group gives the
+        same values, keeps each block's activations in the CPU cache instead of main memory and lowers the peak
+        memory of large batches. Not while tracing or compiling, where the group count would be baked in.
+        """
+        if torch.is_grad_enabled() or self.inference_chunk_bytes <= 0:
+            return 1
+        if not torch.jit.is_scripting():
+            if torch.jit.is_tracing() or torch.compiler.is_compiling():
+                return 1
+        hidden_bytes = num_patches * tokens * self._ffn_hidden * 4
+        return max(1, min(num_patches, -(-hidden_bytes // self.inference_chunk_bytes)))
+
+    def _run_blocks(self, patches: torch.Tensor, kc: int, c: int) -> torch.Tensor:
+        """The transformer blocks on ``N x (kc*kc) x D`` patches; returns the ``N x (k*k) x D`` centre tokens."""
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            # the context ring is dropped after the stage: the last block computes the centre tokens only
+            crop = c if i == last else 0
+            if self.use_checkpoint and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                patches = _checkpointed(blk, patches, kc, crop)
+            else:
+                patches = blk(patches, kc, kc, crop)
+        return patches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B x C x H x W`` -> ``B x D x ceil(H/S) x ceil(W/S)``."""
@@ -329,14 +360,11 @@ class PatcherBlock(nn.Module):
         patches = tokens.unfold(1, kc, k).unfold(2, kc, k)
         d = patches.shape[3]
         patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * nh * nw, kc * kc, d)
-        last = len(self.blocks) - 1
-        for i, blk in enumerate(self.blocks):
-            # the context ring is dropped after the stage: the last block computes the centre tokens only
-            crop = c if i == last else 0
-            if self.use_checkpoint and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                patches = _checkpointed(blk, patches, kc, crop)
-            else:
-                patches = blk(patches, kc, kc, crop)
+        chunks = self._num_chunks(patches.shape[0], kc * kc)
+        if chunks == 1:
+            patches = self._run_blocks(patches, kc, c)
+        else:
+            patches = torch.cat([self._run_blocks(p, kc, c) for p in patches.chunk(chunks)])
         # normalise the centre tokens and put the patches back in place
         centre = self.norm(patches).view(b, nh, nw, k, k, d)
         out = centre.permute(0, 5, 1, 3, 2, 4).reshape(b, d, nh * k, nw * k)

@@ -115,5 +115,5 @@ class MoEDecoder(nn.Module):
         gating = torch.softmax(self.gate(torch.cat(experts, dim=1)), dim=1)  # B x E x H_0 x W_0
         mixed = gating[:, :1] * experts[0]  # B x decoder_dim x H_0 x W_0, accumulated expert by expert
         for i in range(1, self.num_experts):
-            mixed = mixed + gating[:, i : i + 1] * experts[i]
+            mixed.addcmul_(gating[:, i : i + 1], experts[i])  # in place: no product needs ``mixed`` for its grad
         return self.head(mixed).contiguous(), gating.contiguous()

@@ -296,6 +296,33 @@ def test_patcher_block_checkpoint_same_forward_and_grads():
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_patcher_block_inference_chunks_give_the_same_output():
+    """Without autograd the patches run in groups (here 12 patches of 36 tokens, budget ~ 3 patches -> 4 groups);
+    the output is that of one pass over all patches."""
+    block = _small_block(L=8, P=2, S=2, sr=2, depth=2)
+    x = torch.randn(2, 2, 24, 16)  # 2 images x 3 x 2 large patches
+    hidden_per_patch = 6 * 6 * block._ffn_hidden * 4  # (L + 2P) / S = 6 tokens per side
+    with torch.no_grad():
+        block.inference_chunk_bytes = 0
+        assert block._num_chunks(12, 36) == 1
+        whole = block(x)
+        block.inference_chunk_bytes = 3 * hidden_per_patch
+        assert block._num_chunks(12, 36) == 4
+        grouped = block(x)
+    torch.testing.assert_close(grouped, whole, atol=1e-6, rtol=1e-6)
+    assert block._num_chunks(12, 36) == 1  # autograd on: one pass (the groups would only add copies)
+
+
+def test_patcher_block_trace_does_not_bake_in_the_groups():
+    """A trace must not record a group count for the batch it was traced with: trace at batch 1, run batch 3."""
+    block = _small_block(L=8, P=2, S=2, sr=2, depth=1)
+    block.inference_chunk_bytes = 1  # one patch per group whenever grouping is allowed
+    with torch.no_grad():
+        traced = torch.jit.trace(block, torch.randn(1, 2, 16, 16))
+        x = torch.randn(3, 2, 16, 16)
+        torch.testing.assert_close(traced(x), block(x), atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
