@@ -3,17 +3,20 @@
 For every model, in eval mode under ``torch.inference_mode`` on one ``1 x C x S x S`` image, the table gives:
 parameters, the median forward time over ``--repeats`` runs after a warm-up, the FLOPs of one forward counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2 FLOPs; attention counted too, see
-:func:`count_flops`), the achieved GFLOP/s, the machine's fp32 matmul GFLOP/s measured by the same process just
-before timing the model, their ratio, and the peak-RSS increase of the process while building and running it.
+:func:`count_flops`), the achieved GFLOP/s, the machine's fp32 matmul GFLOP/s (median of one ``2048^3`` product
+timed just before every timed forward, see :class:`MatmulProbe`), their ratio, and the peak-RSS increase of the
+process while building and running it.
 
 Each model runs in its own child process, so the peak memory of one does not hide another's and every row starts
 from the same state. Timings are wall-clock on a possibly shared machine: run it when the cores are idle, and
-compare rows of the same run (the matmul column shows how fast the machine was at that moment).
+compare rows of the same run. ``--keep-freed-memory`` runs the children with glibc's malloc keeping freed memory
+(see ``KEEP_FREED_MEMORY``): large tensors are then not page-faulted in again on every forward.
 
 Usage::
 
     python benchmarks/bench_network.py                                  # paper/small/tiny + the MONAI models
     python benchmarks/bench_network.py --presets small tiny --models unet --repeats 10
+    python benchmarks/bench_network.py --presets paper --models --keep-freed-memory
     python benchmarks/bench_network.py --profile paper                  # top ops of one forward, by self CPU time
     python benchmarks/bench_network.py --train-step --batch-size 8      # one training step per model (time, memory)
 """
@@ -36,6 +39,10 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 PRESETS = ("paper", "small", "tiny")
+# glibc's malloc hands freed blocks above its mmap threshold (at most 32 MiB) and the free top of its heap back to
+# the kernel, and the next forward takes a page fault on every 4 KiB of them again; these tunables make it keep
+# freed memory for reuse, as a caching allocator does (read by glibc when the process starts)
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**34), "MALLOC_TRIM_THRESHOLD_": str(2**34)}
 MONAI_MODELS = ("unet", "attention_unet", "swin_unetr")
 
 
@@ -104,28 +111,38 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """The machine's fp32 matmul rate right now: median over ``repeats`` of one ``n x n @ n x n`` product.
+class MatmulProbe:
+    """The machine's fp32 matmul rate, sampled between model forwards: one ``n x n @ n x n`` product per call.
+
+    On a shared machine the speed changes from second to second; sampling the matmul rate right next to every
+    timed forward and taking medians of both makes their ratio a property of the code, not of the moment.
 
     Args:
         n: matrix size.
-        repeats: timed products (after one warm-up).
-
-    Returns:
-        GFLOP/s (``2 n^3`` FLOPs per product).
     """
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    torch.mm(a, b, out=out)
-    times = []
-    for _ in range(repeats):
+
+    def __init__(self, n: int = 2048) -> None:
+        self.n = n
+        self.a, self.b, self.out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        torch.mm(self.a, self.b, out=self.out)  # warm-up
+        self.samples: list[float] = []
+
+    def sample(self) -> float:
+        """Time one product; returns (and records) its GFLOP/s (``2 n^3`` FLOPs)."""
         t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+        torch.mm(self.a, self.b, out=self.out)
+        rate = 2 * self.n**3 / (time.perf_counter() - t0) / 1e9
+        self.samples.append(rate)
+        return rate
+
+    def median(self) -> float:
+        """Median of the recorded samples."""
+        return statistics.median(self.samples)
 
 
-def time_forward(model: nn.Module, x: torch.Tensor, repeats: int, time_budget: float) -> tuple[list[float], float]:
+def time_forward(
+    model: nn.Module, x: torch.Tensor, repeats: int, time_budget: float, probe: MatmulProbe | None = None
+) -> tuple[list[float], float]:
     """Forward times after one warm-up, in eval mode under ``torch.inference_mode``.
 
     Args:
@@ -133,6 +150,7 @@ def time_forward(model: nn.Module, x: torch.Tensor, repeats: int, time_budget: f
         x: its input.
         repeats: the number of timed forwards wanted.
         time_budget: seconds; slow models run fewer repeats (at least 3) to stay near this budget.
+        probe: if given, one matmul-rate sample is taken before every timed forward.
 
     Returns:
         ``(times, warmup)``: the timed forward durations and the warm-up duration, in seconds.
@@ -144,6 +162,8 @@ def time_forward(model: nn.Module, x: torch.Tensor, repeats: int, time_budget: f
         n = max(3, min(repeats, int(time_budget / max(warmup, 1e-6))))
         times = []
         for _ in range(n):
+            if probe is not None:
+                probe.sample()
             t0 = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - t0)
@@ -169,11 +189,12 @@ def measure(name: str, size: int, in_channels: int, repeats: int, time_budget: f
     """
     torch.manual_seed(0)
     x = torch.randn(1, in_channels, size, size)
-    matmul = matmul_gflops()
+    probe = MatmulProbe()
     rss0 = _maxrss_mib()
     model = build_model(name, in_channels)
     params = sum(p.numel() for p in model.parameters())
-    times, warmup = time_forward(model, x, repeats, time_budget)
+    times, warmup = time_forward(model, x, repeats, time_budget, probe)
+    matmul = probe.median()
     rss1 = _maxrss_mib()
     flops = count_flops(model, x)
     median = statistics.median(times)
@@ -208,7 +229,8 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
            "--time-budget", str(args.time_budget)]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
+    env = {**os.environ, **(KEEP_FREED_MEMORY if args.keep_freed_memory else {})}
+    res = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=env)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
         return {"model": name, "error": (res.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -276,6 +298,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=20.0,
                    help="seconds of timed forwards per model; slow models run fewer repeats, at least 3")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="run the models with glibc malloc keeping freed memory (MALLOC_MMAP_THRESHOLD_ and\n"
+                        "MALLOC_TRIM_THRESHOLD_ set in the child processes) instead of the default allocator")
     p.add_argument("--profile", metavar="MODEL", help="print torch.profiler top ops of one forward of MODEL")
     p.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
     p.add_argument("--train-step", action="store_true",
@@ -307,8 +332,9 @@ def main(argv: list[str] | None = None) -> None:
         print(profile(args.profile, args.size, args.in_channels))
         return
     names = list(args.presets) + list(args.models)
+    allocator = "glibc malloc keeping freed memory" if args.keep_freed_memory else "default allocator"
     print(f"torch {torch.__version__}, {torch.get_num_threads() if not args.threads else args.threads} threads, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+          f"{os.cpu_count()} CPUs, {allocator}, load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     rows = []
     for name in names:
         row = run_child(name, args)
