@@ -1,0 +1,173 @@
+"""A/B timing of implementation variants of the Patcher forward, in one process (for docs/architecture.md).
+
+Each variant patches one piece of the network for the duration of its forwards (the weights stay the same).
+The variant and the current code alternate forward by forward (A B B A A B ...), so a slow moment of a shared
+machine hits both; medians are printed with the largest output difference, which must be at rounding level.
+
+Variants (``--variants``, default all):
+
+- ``nchw_decoder``: the decoder in NCHW (contiguous) layout instead of channels-last.
+- ``no_groups``: no inference grouping of large patches (``PatcherBlock.inference_chunk_bytes = 0``).
+- ``fused_dwconv_gelu``: oneDNN's fused depthwise conv + GELU (``torch.ops.mkldnn._convolution_pointwise``).
+- ``matmul_attention``: ``matmul`` / ``softmax`` / ``matmul`` instead of ``scaled_dot_product_attention``.
+- ``contiguous_query``: a contiguous copy of the query before SDPA.
+- ``sr_as_gemm``: the ``R x R`` strided spatial-reduction conv as one GEMM over the windows.
+- ``linear_1x1``: the decoder's 1x1 convs as ``F.linear`` on the channels-last view.
+
+Usage::
+
+    python benchmarks/ab_variants.py --preset paper --rounds 8
+    python benchmarks/ab_variants.py --preset small --variants no_groups nchw_decoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from monai_patcher.networks import blocks, patcher_preset  # noqa: E402
+from monai_patcher.networks.blocks import _grid_to_tokens, _tokens_to_grid  # noqa: E402
+
+
+@contextlib.contextmanager
+def _patched(obj: object, name: str, value: object) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def _attention(mode: str) -> Callable:
+    """An ``EfficientSelfAttention.forward`` with one piece swapped (``mode``)."""
+
+    def forward(self, x, h, w, query=None):
+        q_in = x if query is None else query
+        b, n, d = q_in.shape
+        q = self.q(q_in).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        kv_in = x
+        if self.sr_ratio > 1:
+            if mode == "sr_as_gemm":
+                r = self.sr_ratio
+                # r x r windows as rows of (kh, kw, c), the memory order of the channels-last weight
+                win = x.view(b, h // r, r, w // r, r, d).transpose(2, 3).reshape(b, (h // r) * (w // r), r * r * d)
+                weight = self.sr.weight.permute(0, 2, 3, 1).reshape(d, r * r * d)
+                kv_in = self.norm(F.linear(win, weight, self.sr.bias))
+            else:
+                kv_in = self.norm(_grid_to_tokens(self.sr(_tokens_to_grid(x, h, w))))
+        kv = self.kv(kv_in).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if mode == "matmul_attention":
+            scores = torch.matmul(q, kv[0].transpose(-1, -2)).mul_(self.head_dim**-0.5)
+            out = torch.matmul(scores.softmax(-1), kv[1])
+        else:
+            out = F.scaled_dot_product_attention(q.contiguous() if mode == "contiguous_query" else q, kv[0], kv[1])
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+
+    return forward
+
+
+def _fused_ffn(self, x, h, w, crop=0):
+    pad = 1 - crop
+    grid = torch.ops.mkldnn._convolution_pointwise(
+        _tokens_to_grid(self.fc1(x), h, w), self.dwconv.weight, self.dwconv.bias, [pad, pad], [1, 1], [1, 1],
+        self.dwconv.groups, "gelu", [], "none",
+    )  # fmt: skip
+    return self.fc2(_grid_to_tokens(grid))
+
+
+def _linear_1x1(conv_forward: Callable) -> Callable:
+    def forward(self, x):
+        if self.kernel_size == (1, 1) and self.groups == 1:
+            return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        return conv_forward(self, x)
+
+    return forward
+
+
+@contextlib.contextmanager
+def variant(name: str, net: torch.nn.Module) -> Iterator[None]:
+    """Run the code inside with variant ``name`` in place."""
+    with contextlib.ExitStack() as stack:
+        if name == "nchw_decoder":
+            net.decoder.to(memory_format=torch.contiguous_format)
+            stack.callback(lambda: net.decoder.to(memory_format=torch.channels_last))
+            stack.enter_context(_patched(torch.Tensor, "contiguous", _nchw_contiguous))
+        elif name == "no_groups":
+            for stage in net.stages:
+                stack.enter_context(_patched(stage, "inference_chunk_bytes", 0))
+        elif name == "fused_dwconv_gelu":
+            stack.enter_context(_patched(blocks.MixFFN, "forward", _fused_ffn))
+        elif name in ("matmul_attention", "contiguous_query", "sr_as_gemm"):
+            stack.enter_context(_patched(blocks.EfficientSelfAttention, "forward", _attention(name)))
+        elif name == "linear_1x1":
+            stack.enter_context(_patched(torch.nn.Conv2d, "forward", _linear_1x1(torch.nn.Conv2d.forward)))
+        else:
+            raise ValueError(f"unknown variant {name!r}")
+        yield
+
+
+_TENSOR_CONTIGUOUS = torch.Tensor.contiguous
+
+
+def _nchw_contiguous(self, memory_format=torch.contiguous_format):
+    """``Tensor.contiguous`` that ignores requests for channels-last (keeps the decoder in NCHW)."""
+    return _TENSOR_CONTIGUOUS(self)
+
+
+VARIANTS = ("nchw_decoder", "no_groups", "fused_dwconv_gelu", "matmul_attention", "contiguous_query",
+            "sr_as_gemm", "linear_1x1")  # fmt: skip
+
+
+def compare(net: torch.nn.Module, x: torch.Tensor, name: str, rounds: int) -> dict[str, float]:
+    """Alternate forwards of the current code (A) and variant ``name`` (B); medians in seconds and max |A - B|."""
+    times: dict[str, list[float]] = {"A": [], "B": []}
+    with torch.inference_mode():
+        ref = net(x)
+        with variant(name, net):
+            diff = (net(x) - ref).abs().max().item()
+        for r in range(rounds):
+            for which in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                ctx = variant(name, net) if which == "B" else contextlib.nullcontext()
+                with ctx:
+                    t0 = time.perf_counter()
+                    net(x)
+                    times[which].append(time.perf_counter() - t0)
+    return {"current_s": statistics.median(times["A"]), "variant_s": statistics.median(times["B"]), "max_diff": diff}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=6, help="forwards of each side")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    net = patcher_preset(args.preset).eval()
+    x = torch.randn(1, 2, args.size, args.size)
+    print(f"preset {args.preset}, 1 x 2 x {args.size} x {args.size}, {torch.get_num_threads()} threads")
+    print("| variant | current code (s, median) | variant (s, median) | variant / current | max abs diff |")
+    print("|---|---|---|---|---|")
+    for name in args.variants:
+        r = compare(net, x, name, args.rounds)
+        print(f"| {name} | {r['current_s']:.3f} | {r['variant_s']:.3f} | {r['variant_s'] / r['current_s']:.3f} "
+              f"| {r['max_diff']:.1e} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
