@@ -14,9 +14,13 @@ Variants (``--variants``, default all):
 - ``sr_as_gemm``: the ``R x R`` strided spatial-reduction conv as one GEMM over the windows.
 - ``linear_1x1``: the decoder's 1x1 convs as ``F.linear`` on the channels-last view.
 
+``--breakdown`` instead times the stages, the decoder and the pieces of every transformer block (forward hooks,
+so a little slower than a plain forward) and counts the page faults of each forward.
+
 Usage::
 
     python benchmarks/ab_variants.py --preset paper --rounds 8
+    python benchmarks/ab_variants.py --preset paper --breakdown
     python benchmarks/ab_variants.py --preset small --variants no_groups nchw_decoder
 """
 
@@ -146,6 +150,44 @@ def compare(net: torch.nn.Module, x: torch.Tensor, name: str, rounds: int) -> di
     return {"current_s": statistics.median(times["A"]), "variant_s": statistics.median(times["B"]), "max_diff": diff}
 
 
+def breakdown(net: torch.nn.Module, x: torch.Tensor, rounds: int) -> str:
+    """Median wall time of each stage, the decoder and the block pieces (summed over a stage), and page faults."""
+    import resource
+    from collections import defaultdict
+
+    acc: dict[str, float] = defaultdict(float)
+    start: dict[str, float] = {}
+
+    def timed(module: torch.nn.Module, name: str) -> None:
+        module.register_forward_pre_hook(lambda m, a: start.__setitem__(name, time.perf_counter()))
+        module.register_forward_hook(lambda m, a, o: acc.__setitem__(name, acc[name] + time.perf_counter() - start[name]))
+
+    for i, stage in enumerate(net.stages):
+        timed(stage, f"stage {i + 1}")
+        for blk in stage.blocks:
+            for piece in ("norm1", "attn", "norm2"):
+                timed(getattr(blk, piece), f"stage {i + 1} {piece}")
+            for piece in ("fc1", "dwconv", "act", "fc2"):
+                timed(getattr(blk.ffn, piece), f"stage {i + 1} ffn.{piece}")
+    timed(net.decoder, "decoder")
+    runs: dict[str, list[float]] = defaultdict(list)
+    faults, totals = [], []
+    with torch.inference_mode():
+        net(x)
+        for _ in range(rounds):
+            acc.clear()
+            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            net(x)
+            totals.append(time.perf_counter() - t0)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            for k, v in acc.items():
+                runs[k].append(v)
+    lines = [f"forward with hooks: median {statistics.median(totals):.3f} s; page faults per forward: {faults}",
+             "| part | median ms |", "|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {1e3 * statistics.median(v):.0f} |" for k, v in runs.items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -154,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=6, help="forwards of each side")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--breakdown", action="store_true", help="time the parts of the forward instead")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     net = patcher_preset(args.preset).eval()
     x = torch.randn(1, 2, args.size, args.size)
     print(f"preset {args.preset}, 1 x 2 x {args.size} x {args.size}, {torch.get_num_threads()} threads")
+    if args.breakdown:
+        print(breakdown(net, x, args.rounds))
+        return
     print("| variant | current code (s, median) | variant (s, median) | variant / current | max abs diff |")
     print("|---|---|---|---|---|")
     for name in args.variants:
