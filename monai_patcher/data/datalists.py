@@ -100,8 +100,16 @@ def write_datalist(split: dict, out_json, relative: bool = True, extra: dict | N
     return out_json
 
 
+def _written(split: dict, out_json, relative: bool, description: str) -> dict:
+    """``split``, first written to ``out_json`` (with ``description``) when that is given."""
+    if out_json is not None:
+        write_datalist(split, out_json, relative, {"description": description})
+    return split
+
+
 def _one(folder: Path, pattern: str, what: str, required: bool = True) -> str | None:
-    hits = sorted(p for p in folder.rglob("*") if p.is_file() and fnmatch.fnmatch(p.name, pattern))
+    """The one file of ``folder`` (not below it) whose name matches ``pattern``; None if none and not ``required``."""
+    hits = sorted(p for p in folder.iterdir() if p.is_file() and fnmatch.fnmatch(p.name, pattern))
     if not hits:
         if required:
             raise DataError.for_file(folder, f"no {what} file matching {pattern!r}")
@@ -161,9 +169,7 @@ def build_isles22_datalist(
             if k not in entry:
                 raise DataError.for_file(root, f"case {case} has no {k} file")
     split = split_cases(list(cases.values()), val_fraction, test_fraction, seed)
-    if out_json is not None:
-        write_datalist(split, out_json, relative, {"description": f"ISLES'22 from {root}, seed {seed}"})
-    return split
+    return _written(split, out_json, relative, f"ISLES'22 from {root}, seed {seed}")
 
 
 def build_case_folder_datalist(
@@ -203,19 +209,12 @@ def build_case_folder_datalist(
     for f in folders:
         item = {"case": str(f.relative_to(root))}
         for k, pat in patterns.items():
-            hits = sorted(p for p in f.iterdir() if p.is_file() and fnmatch.fnmatch(p.name, pat))
-            if not hits:
-                if k in optional:
-                    continue
-                raise DataError.for_file(f, f"no {k} file matching {pat!r}")
-            if len(hits) > 1:
-                raise DataError.for_file(f, f"{len(hits)} files match {pat!r} for {k}: {[h.name for h in hits]}")
-            item[k] = str(hits[0])
+            path = _one(f, pat, k, required=k not in optional)
+            if path is not None:
+                item[k] = path
         cases.append(item)
     split = split_cases(cases, val_fraction, test_fraction, seed)
-    if out_json is not None:
-        write_datalist(split, out_json, relative, {"description": f"case folders of {root}, seed {seed}"})
-    return split
+    return _written(split, out_json, relative, f"case folders of {root}, seed {seed}")
 
 
 def _pairs(images_dir: Path, masks_dir: Path) -> list[dict]:
@@ -270,9 +269,7 @@ def build_kvasir_datalist(
                 found = True
         if not found:
             raise DataError.for_file(root, "neither images/ + masks/ nor train/ val/ sub-folders with them")
-    if out_json is not None:
-        write_datalist(split, out_json, relative, {"description": f"Kvasir-SEG style folders {root}"})
-    return split
+    return _written(split, out_json, relative, f"Kvasir-SEG style folders {root}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
