@@ -247,8 +247,8 @@ class PatcherBlock(nn.Module):
     ``small_patch`` on a grid aligned with the patches) without embedding the overlap twice.
 
     Without autograd, the large patches go through the blocks in groups whose Mix-FFN hidden activations fit in
-    about ``inference_chunk_bytes`` (an attribute, 12 MiB; 0 turns grouping off): the same values, less memory
-    traffic and a lower peak for large batches.
+    about ``inference_chunk_bytes`` (an attribute, 12 MiB; 0 turns grouping off): the same values, with the
+    activations of a group staying in the CPU cache.
 
     Args:
         in_channels: channels of the stage input.
@@ -327,8 +327,8 @@ class PatcherBlock(nn.Module):
         """How many groups to run ``num_patches`` large patches of ``tokens`` tokens in (1: all at once).
 
         Only without autograd (inference): the patches are independent, so running them group by group gives the
-        same values, keeps each block's activations in the CPU cache instead of main memory and lowers the peak
-        memory of large batches. Not while tracing or compiling, where the group count would be baked in.
+        same values and keeps each block's activations in the CPU cache instead of main memory. Not while
+        tracing or compiling, where the group count would be baked in.
         """
         if torch.is_grad_enabled() or self.inference_chunk_bytes <= 0:
             return 1
