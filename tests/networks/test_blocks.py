@@ -313,6 +313,16 @@ def test_patcher_block_inference_chunks_give_the_same_output():
     assert block._num_chunks(12, 36) == 1  # autograd on: one pass (the groups would only add copies)
 
 
+def test_patcher_block_scripted_groups_match_eager():
+    block = _small_block(L=8, P=2, S=2, sr=2, depth=1)
+    block.inference_chunk_bytes = 1  # one patch per group
+    scripted = torch.jit.script(block)
+    x = torch.randn(3, 2, 16, 16)
+    with torch.no_grad():
+        assert block._num_chunks(12, 36) == 12
+        torch.testing.assert_close(scripted(x), block(x), atol=1e-6, rtol=1e-6)
+
+
 def test_patcher_block_trace_does_not_bake_in_the_groups():
     """A trace must not record a group count for the batch it was traced with: trace at batch 1, run batch 3."""
     block = _small_block(L=8, P=2, S=2, sr=2, depth=1)
