@@ -38,10 +38,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from kvasir import dice_iou, lr_at  # noqa: E402
+from kvasir import Progress, dice_iou, run_config, train_for_budget  # noqa: E402
 from models import PATCHER_VARIANTS, build_model, count_parameters, describe_model  # noqa: E402
-
-from monai_patcher.losses import BCEIoULoss  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "BraTS2015-DeepMedic-examples"
 
@@ -219,51 +217,36 @@ def main(argv=None) -> int:
             c["brain"][..., z + 2 :] = False
 
     model = build_model(args.model, in_channels=2, out_channels=1)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    loss_fn = BCEIoULoss()
-    budget = args.budget_minutes * 60.0
-    eval_every = budget / max(args.evals, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     log = {"model": args.model, "description": describe_model(args.model), "params": count_parameters(model),
-           "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "history": []}
-    cpu = wall = cpu_eval = 0.0
-    step, next_eval, losses, best, best_preds = 0, eval_every, [], None, None
+           "config": run_config(args), "history": []}
+    best, best_preds = None, None
     n_pos = int(round(args.batch_size * args.pos_ratio))
-    while cpu < budget:
-        c0, w0 = time.process_time(), time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cpu / budget, args.lr, args.warmup)
+
+    def next_batch():
         idx = torch.cat([pos[torch.randint(len(pos), (n_pos,), generator=gen)],
                          neg[torch.randint(len(neg), (args.batch_size - n_pos,), generator=gen)]])
-        x, y = augment(train["images"][idx], train["labels"][idx], args.size, args.scale_range, gen)
-        model.train()
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        losses.append(loss.item())
-        cpu += time.process_time() - c0
-        wall += time.perf_counter() - w0
-        if cpu >= next_eval or cpu >= budget:
-            next_eval += eval_every
-            c1 = time.process_time()
-            res = evaluate(model, val_cases, args.size)
-            cpu_eval += time.process_time() - c1
-            preds = res.pop("_preds")
-            rec = {"step": step, "train_cpu_s": round(cpu, 1), "train_wall_s": round(wall, 1),
-                   "train_loss": float(np.mean(losses)), **res}
-            losses = []
-            log["history"].append(rec)
-            print(f"step {step} cpu {cpu:.0f}s wall {wall:.0f}s loss {rec['train_loss']:.3f} "
-                  f"volume Dice {res['volume_dice_mean']:.4f} {json.dumps(res['per_volume'])} "
-                  f"slice Dice (lesion slices) {res['slice_dice_lesion_slices']:.4f}", flush=True)
-            if best is None or res["volume_dice_mean"] > best["volume_dice_mean"]:
-                best, best_preds = rec, preds
-                torch.save({"model": args.model, "step": step, "state_dict": model.state_dict(), "size": args.size},
-                           args.out / "best.pt")
-    log.update(best=best, steps=step, train_cpu_s=cpu, train_wall_s=wall, eval_cpu_s=cpu_eval,
-               cpu_s_per_step=cpu / max(step, 1), cut_short_by_budget=True)
+        return augment(train["images"][idx], train["labels"][idx], args.size, args.scale_range, gen)
+
+    def on_eval(p: Progress, res: dict) -> None:
+        nonlocal best, best_preds
+        preds = res.pop("_preds")
+        rec = {"step": p.step, "train_cpu_s": round(p.train_cpu_s, 1), "train_wall_s": round(p.train_wall_s, 1),
+               "train_loss": p.train_loss, **res}
+        log["history"].append(rec)
+        print(f"step {p.step} cpu {p.train_cpu_s:.0f}s wall {p.train_wall_s:.0f}s loss {rec['train_loss']:.3f} "
+              f"volume Dice {res['volume_dice_mean']:.4f} {json.dumps(res['per_volume'])} "
+              f"slice Dice (lesion slices) {res['slice_dice_lesion_slices']:.4f}", flush=True)
+        if best is None or res["volume_dice_mean"] > best["volume_dice_mean"]:
+            best, best_preds = rec, preds
+            torch.save({"model": args.model, "step": p.step, "state_dict": model.state_dict(), "size": args.size},
+                       args.out / "best.pt")
+
+    done = train_for_budget(model, next_batch, lambda: evaluate(model, val_cases, args.size), on_eval,
+                            args.budget_minutes * 60.0, args.evals, args.lr, args.warmup)
+    log.update(best=best, steps=done.step, train_cpu_s=done.train_cpu_s, train_wall_s=done.train_wall_s,
+               eval_cpu_s=done.eval_cpu_s, cpu_s_per_step=done.train_cpu_s / max(done.step, 1),
+               cut_short_by_budget=True)
     (args.out / "log.json").write_text(json.dumps(log, indent=1))
     summary = {k: log[k] for k in ("model", "params", "steps", "train_cpu_s", "train_wall_s", "cpu_s_per_step")}
     summary.update(budget_cpu_min=args.budget_minutes, best_step=best["step"],

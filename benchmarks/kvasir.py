@@ -38,6 +38,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -214,97 +216,150 @@ def lr_at(frac: float, base_lr: float, warmup: float, power: float = 0.9, warmup
     return base_lr * (1 - frac) ** power
 
 
+def run_config(args, skip: tuple[str, ...] = ()) -> dict:
+    """``vars(args)`` for a JSON log (paths as strings), without the ``skip`` keys."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+
+
+@dataclass
+class Progress:
+    """Where :func:`train_for_budget` stands: at an evaluation, and (returned) at the end."""
+
+    step: int = 0
+    train_cpu_s: float = 0.0  # process CPU time of the training steps
+    train_wall_s: float = 0.0
+    eval_cpu_s: float = 0.0  # process CPU time of the evaluations so far (this one included)
+    lr: float = 0.0  # learning rate of the last step
+    train_loss: float = float("nan")  # mean loss of the steps since the previous evaluation
+
+
+def train_for_budget(
+    model: torch.nn.Module,
+    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    evaluate_fn: Callable[[], dict],
+    on_eval: Callable[[Progress, dict], None],
+    budget_s: float,
+    evals: int,
+    lr: float,
+    warmup: float,
+    stop_on_nonfinite: bool = False,
+    log_prefix: str = "",
+) -> Progress:
+    """The benchmarks' training loop: Adam + ``BCEIoULoss`` for ``budget_s`` seconds of process CPU time.
+
+    Each step takes ``x, y = next_batch()``, its learning rate is :func:`lr_at` of the budget spent so far.
+    ``evals`` times, evenly spaced in training CPU time (and after the step that ends the budget), it calls
+    ``res = evaluate_fn()`` (its CPU time counted apart, as ``eval_cpu_s``) then ``on_eval(progress, res)``.
+    With ``stop_on_nonfinite`` a non-finite loss ends the run (a message, no evaluation). Returns the final
+    :class:`Progress`.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = BCEIoULoss()
+    eval_every = budget_s / max(evals, 1)
+    p = Progress()
+    next_eval, losses = eval_every, []
+    while p.train_cpu_s < budget_s:
+        c0, w0 = time.process_time(), time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(p.train_cpu_s / budget_s, lr, warmup)
+        x, y = next_batch()
+        model.train()
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        p.step += 1
+        losses.append(loss.item())
+        p.train_cpu_s += time.process_time() - c0
+        p.train_wall_s += time.perf_counter() - w0
+        if stop_on_nonfinite and not math.isfinite(losses[-1]):
+            print(f"{log_prefix}non-finite loss at step {p.step}; stopping", flush=True)
+            break
+        if p.train_cpu_s >= next_eval or p.train_cpu_s >= budget_s:
+            next_eval += eval_every
+            c1 = time.process_time()
+            res = evaluate_fn()
+            p.eval_cpu_s += time.process_time() - c1
+            p.lr, p.train_loss = opt.param_groups[0]["lr"], float(np.mean(losses))
+            losses = []
+            on_eval(p, res)
+    return p
+
+
 def train_one(name: str, train: dict, val: dict, args, out_dir: Path) -> dict:
     """Train ``name`` for ``args.budget_minutes`` of process CPU time; evaluate on val at intervals."""
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = build_model(name, in_channels=3, out_channels=1)
     n_params = count_parameters(model)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    loss_fn = BCEIoULoss()
     budget = args.budget_minutes * 60.0
-    eval_every = budget / max(args.evals, 1)
     mdir = out_dir / name
     mdir.mkdir(parents=True, exist_ok=True)
     log = {
         "model": name,
         "description": describe_model(name),
         "params": n_params,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "models"},
+        "config": run_config(args, skip=("models",)),
         "history": [],
         "cut_short_by_budget": True,
     }
     n = len(train["images"])
-    perm, pos, epoch = torch.randperm(n, generator=gen), 0, 0
-    cpu_train = wall_train = 0.0
-    cpu_eval = 0.0
-    step, next_eval, losses = 0, eval_every, []
+    perm, pos = torch.randperm(n, generator=gen), 0
     best = {"dice_full": -1.0}
     print(f"[{name}] {n_params / 1e6:.2f} M parameters, budget {budget:.0f} s CPU", flush=True)
-    while cpu_train < budget:
-        c0, w0 = time.process_time(), time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cpu_train / budget, args.lr, args.warmup)
+
+    def next_batch():
+        nonlocal perm, pos
         if pos + args.batch_size > n:
-            perm, pos, epoch = torch.randperm(n, generator=gen), 0, epoch + 1
+            perm, pos = torch.randperm(n, generator=gen), 0
         idx = perm[pos : pos + args.batch_size]
         pos += args.batch_size
-        x, y = augment_batch(train["images"][idx], train["masks"][idx], args.input_size, args.scale_range, gen)
-        model.train()
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        losses.append(loss.item())
-        cpu_train += time.process_time() - c0
-        wall_train += time.perf_counter() - w0
-        if not math.isfinite(losses[-1]):
-            print(f"[{name}] non-finite loss at step {step}; stopping", flush=True)
-            break
-        if cpu_train >= next_eval or cpu_train >= budget:
-            next_eval += eval_every
-            c1 = time.process_time()
-            res = evaluate(model, val, args.eval_batch_size)
-            cpu_eval += time.process_time() - c1
-            rec = {
-                "step": step,
-                "epoch": step * args.batch_size / n,
-                "train_cpu_s": round(cpu_train, 2),
-                "train_wall_s": round(wall_train, 2),
-                "eval_cpu_s_total": round(cpu_eval, 2),
-                "lr": opt.param_groups[0]["lr"],
-                "train_loss": float(np.mean(losses)),
-                **{k: v for k, v in res.items() if not k.startswith("per_image")},
-            }
-            losses = []
-            log["history"].append(rec)
-            key = "dice_full" if "dice_full" in res else "dice_256"
-            if res[key] > best.get("dice_full", -1.0):
-                best = {**rec, "dice_full": res[key]}
-                best.update({k: v for k, v in res.items() if not k.startswith("per_image")})
-                torch.save(
-                    {"model": name, "step": step, "state_dict": model.state_dict(), "input_size": args.input_size},
-                    mdir / "best.pt",
-                )
-                with open(mdir / "best_per_image.json", "w") as f:
-                    json.dump({"names": val["names"], **{k: v for k, v in res.items() if k.startswith("per_image")}}, f)
-            print(
-                f"[{name}] step {step} ep {rec['epoch']:.2f} cpu {cpu_train:.0f}s wall {wall_train:.0f}s "
-                f"loss {rec['train_loss']:.3f} val dice {res.get('dice_full', res['dice_256']):.4f} "
-                f"iou {res.get('iou_full', res['iou_256']):.4f} (256: {res['dice_256']:.4f})",
-                flush=True,
+        return augment_batch(train["images"][idx], train["masks"][idx], args.input_size, args.scale_range, gen)
+
+    def on_eval(p: Progress, res: dict) -> None:
+        nonlocal best
+        rec = {
+            "step": p.step,
+            "epoch": p.step * args.batch_size / n,
+            "train_cpu_s": round(p.train_cpu_s, 2),
+            "train_wall_s": round(p.train_wall_s, 2),
+            "eval_cpu_s_total": round(p.eval_cpu_s, 2),
+            "lr": p.lr,
+            "train_loss": p.train_loss,
+            **{k: v for k, v in res.items() if not k.startswith("per_image")},
+        }
+        log["history"].append(rec)
+        key = "dice_full" if "dice_full" in res else "dice_256"
+        if res[key] > best.get("dice_full", -1.0):
+            best = {**rec, "dice_full": res[key]}
+            best.update({k: v for k, v in res.items() if not k.startswith("per_image")})
+            torch.save(
+                {"model": name, "step": p.step, "state_dict": model.state_dict(), "input_size": args.input_size},
+                mdir / "best.pt",
             )
-            with open(mdir / "log.json", "w") as f:
-                json.dump({**log, "best": best, "steps": step}, f, indent=1)
+            with open(mdir / "best_per_image.json", "w") as f:
+                json.dump({"names": val["names"], **{k: v for k, v in res.items() if k.startswith("per_image")}}, f)
+        print(
+            f"[{name}] step {p.step} ep {rec['epoch']:.2f} cpu {p.train_cpu_s:.0f}s wall {p.train_wall_s:.0f}s "
+            f"loss {rec['train_loss']:.3f} val dice {res.get('dice_full', res['dice_256']):.4f} "
+            f"iou {res.get('iou_full', res['iou_256']):.4f} (256: {res['dice_256']:.4f})",
+            flush=True,
+        )
+        with open(mdir / "log.json", "w") as f:
+            json.dump({**log, "best": best, "steps": p.step}, f, indent=1)
+
+    done = train_for_budget(
+        model, next_batch, lambda: evaluate(model, val, args.eval_batch_size), on_eval, budget, args.evals,
+        args.lr, args.warmup, stop_on_nonfinite=True, log_prefix=f"[{name}] ",
+    )
     log.update(
         best=best,
-        steps=step,
-        epochs=step * args.batch_size / n,
-        train_cpu_s=cpu_train,
-        train_wall_s=wall_train,
-        eval_cpu_s=cpu_eval,
-        sec_per_step_cpu=cpu_train / max(step, 1),
+        steps=done.step,
+        epochs=done.step * args.batch_size / n,
+        train_cpu_s=done.train_cpu_s,
+        train_wall_s=done.train_wall_s,
+        eval_cpu_s=done.eval_cpu_s,
+        sec_per_step_cpu=done.train_cpu_s / max(done.step, 1),
         cut_short_by_budget=True,
     )
     with open(mdir / "log.json", "w") as f:
