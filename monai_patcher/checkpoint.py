@@ -11,7 +11,15 @@ What MONAI 1.6.1 / ignite 0.5 already give, and what this module adds:
   deletes the oldest checkpoint *before* writing the new one (``n_saved=1``: the only good checkpoint is gone
   while the new one is half written). :class:`SafeCheckpointSaver` (a drop-in subclass, same arguments) writes
   every file to a temporary file in the same folder, ``fsync``\\ s it and renames it over the final name
-  (:func:`atomic_save`), and removes superseded checkpoints only *after* the new one is complete.
+  (:func:`atomic_save`), and removes superseded checkpoints only *after* the new one is complete. A ``kill -9``
+  during a save leaves its temporary file behind; the saver deletes such leftovers (and only those) when it
+  starts and before every save (:func:`remove_stale_temp_files`).
+- Best metric after resume: MONAI keeps the best key-metric value in ``evaluator.state.best_metric`` and a
+  key-metric ``CheckpointSaver`` keeps its own list of saved (score, file) pairs; neither is in the trainer's
+  checkpoint, so a resumed run starts from ``best_metric = -1`` and its first validation overwrites the best
+  model even if it is worse. :class:`BestMetricState` puts both into the trainer's checkpoint
+  (``save_dict``/``load_dict``); ``SafeCheckpointLoader(optional_keys=[...])`` still resumes from checkpoints
+  written before that key existed.
 - Exact resume: ignite restores the epoch/iteration counters (``"trainer"`` in the checkpoint), the optimizer and
   the LR scheduler, but not the random streams, and MONAI's ``DataLoader`` seeds the transforms' random states
   once, when it is built. :class:`EpochSeedHandler` re-seeds everything at the start of every epoch from
@@ -25,7 +33,10 @@ Bundle use (``train.json``)::
 
     "checkpoint_saver": {"_target_": "monai_patcher.checkpoint.SafeCheckpointSaver", "save_dir": "@ckpt_dir",
                          "save_dict": {...}, "epoch_level": true, "save_interval": 1, "n_saved": 1}
-    "checkpoint_loader": {"_target_": "monai_patcher.checkpoint.SafeCheckpointLoader", ...}
+    "checkpoint_loader": {"_target_": "monai_patcher.checkpoint.SafeCheckpointLoader", ...,
+                          "optional_keys": ["best_metric"]}
+    save_dict/load_dict: "best_metric": {"_target_": "monai_patcher.checkpoint.BestMetricState",
+                                         "engine": "@validate#evaluator", "savers": ["@validate#checkpoint_saver"]}
     handlers: {"_target_": "monai_patcher.checkpoint.EpochSeedHandler", "seed": "@seed"}
 """
 
@@ -35,12 +46,16 @@ import logging
 import os
 import pickle
 import random
+import re
+import socket
 import tempfile
+import threading
+import time
 import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ignite.distributed as idist
@@ -55,6 +70,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "atomic_save",
     "atomic_write",
+    "remove_stale_temp_files",
     "safe_load_checkpoint",
     "verify_checkpoint_file",
     "AtomicDiskSaver",
@@ -62,14 +78,21 @@ __all__ = [
     "SafeCheckpointLoader",
     "EpochSeedHandler",
     "RNGState",
+    "BestMetricState",
     "epoch_seed",
     "TMP_SUFFIX",
+    "STALE_TMP_SECONDS",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: temporary files of :func:`atomic_save` are ``.<final name>.<random>.tmp`` in the target folder.
+#: temporary files of :func:`atomic_save` are ``.<final name>.<pid>-<host>.<random>.tmp`` in the target folder
+#: (``pid``: the writing process, ``host``: 8 hex digits, the CRC-32 of its host name).
 TMP_SUFFIX = ".tmp"
+
+#: :func:`remove_stale_temp_files` removes a temporary file whose writer it cannot check (another host, or a
+#: live process with the same pid) once it has not been modified for this long (seconds).
+STALE_TMP_SECONDS = 3600.0
 
 
 class CheckpointError(ValueError):
@@ -146,7 +169,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: s
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    with _IN_FLIGHT_LOCK:  # registered before any other thread's remove_stale_temp_files can see it
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.", suffix=suffix, dir=folder)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        _IN_FLIGHT.add(key)
     os.close(fd)
     try:
         write(tmp)
@@ -158,8 +185,103 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: s
         except OSError:
             pass
         raise
+    finally:
+        with _IN_FLIGHT_LOCK:
+            _IN_FLIGHT.discard(key)
     _fsync_dir(folder)
     return path
+
+
+# temporary files this process is writing right now, as (st_dev, st_ino): never removed as stale
+_IN_FLIGHT: set[tuple[int, int]] = set()
+_IN_FLIGHT_LOCK = threading.Lock()
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{8})\.[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX) + "$")
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this host in temporary file names (CRC-32 of the host name)."""
+    return f"{zlib.crc32(socket.gethostname().encode('utf-8', 'replace')) & 0xFFFFFFFF:08x}"
+
+
+def _pid_running(pid: int) -> bool | None:
+    """Whether process ``pid`` of this host exists (``None``: cannot tell, e.g. on Windows)."""
+    if os.name != "posix" or not 0 < pid < 2**31:
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return None
+    return True
+
+
+def remove_stale_temp_files(
+    folder: str | os.PathLike, stale_after: float = STALE_TMP_SECONDS, log: logging.Logger | None = None
+) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_save` left in ``folder`` when its process was killed.
+
+    Only files named like :func:`atomic_save`'s temporary files, ``.<name>.<pid>-<host>.<random>.tmp``, directly
+    in ``folder``, are considered (never a checkpoint, another file or a subfolder; temporary files of older
+    versions without ``<pid>-<host>`` are left alone). One is deleted when no running process can still be
+    writing it:
+
+    - it was written on this host (same ``<host>``) by a process ``<pid>`` that no longer exists, or by this
+      process's pid while this process is not writing it (an earlier process that had the same pid); or
+    - it has not been modified for ``stale_after`` seconds (default :data:`STALE_TMP_SECONDS`, one hour): files
+      from another host (e.g. a job moved to another node), or whose pid now belongs to another process.
+
+    A writer's own temporary file therefore survives: another saver (another rank of the same host, another
+    process, another thread of this process) never deletes a temporary file that is being written. This
+    assumes the processes of one host that write into ``folder`` see each other's pids (one pid namespace:
+    true for ``torchrun`` ranks and the processes of one machine or container).
+
+    Args:
+        folder: the checkpoint folder (a missing folder is fine).
+        stale_after: age (seconds since the last modification) after which a temporary file is removed whatever
+            its writer.
+        log: where to log each removal (warning level); default the ``monai_patcher.checkpoint`` logger.
+
+    Returns:
+        the removed files.
+    """
+    log = logger if log is None else log
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    host, me, now = _host_tag(), os.getpid(), time.time()
+    removed: list[Path] = []
+    for entry in entries:
+        m = _TMP_NAME.match(entry.name)
+        if m is None:
+            continue
+        with _IN_FLIGHT_LOCK:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not entry.is_file(follow_symlinks=False) or (st.st_dev, st.st_ino) in _IN_FLIGHT:
+                continue
+            pid, age = int(m["pid"]), now - st.st_mtime
+            reason = None
+            if m["host"] == host and pid == me:
+                reason = f"left by an earlier process with this process's pid {pid}"
+            elif m["host"] == host and _pid_running(pid) is False:
+                reason = f"its writer, process {pid} of this host, is no longer running"
+            elif age > stale_after:
+                reason = f"not modified for {age / 60:.0f} min (written by process {pid} on host tag {m['host']})"
+            if reason is None:
+                continue
+            try:
+                os.remove(entry.path)
+            except FileNotFoundError:
+                continue
+        removed.append(Path(entry.path))
+        log.warning(f"removed stale temporary checkpoint file {entry.path} ({reason}; a save was interrupted)")
+    return removed
 
 
 class AtomicDiskSaver(DiskSaver):
@@ -167,7 +289,9 @@ class AtomicDiskSaver(DiskSaver):
 
     ignite's ``Checkpoint`` calls ``remove(old)`` *before* ``__call__(new)``; here ``remove`` only marks the
     file, and marked files are deleted after the next checkpoint has been written completely. So a crash
-    during a save always leaves the previous checkpoint on disk.
+    during a save always leaves the previous checkpoint on disk. Before every save, the temporary files that
+    killed savers left in the folder are deleted (:func:`remove_stale_temp_files`; never a file another
+    process is still writing). Only the rank ``save_on_rank`` (default 0) writes and cleans.
 
     Args:
         dirname: folder of the checkpoints (created if needed).
@@ -184,6 +308,7 @@ class AtomicDiskSaver(DiskSaver):
         if idist.get_rank() != self.save_on_rank:  # distributed training: one rank writes (as DiskSaver)
             return
         name = self.filename or filename
+        remove_stale_temp_files(self.dirname)
         atomic_save(checkpoint, self.dirname / name, **self.kwargs)
         pending, self._pending_removal = self._pending_removal, []
         for old in pending:
@@ -198,12 +323,24 @@ class AtomicDiskSaver(DiskSaver):
         if name not in self._pending_removal:
             self._pending_removal.append(name)
 
+    def remove_stale_temp_files(self) -> list[Path]:
+        """:func:`remove_stale_temp_files` of the folder, on the saving rank only."""
+        if idist.get_rank() != self.save_on_rank:
+            return []
+        return remove_stale_temp_files(self.dirname)
+
 
 class SafeCheckpointSaver(CheckpointSaver):
     """MONAI ``CheckpointSaver`` with crash-safe files: same arguments, same file names, same events.
 
     Every checkpoint it writes (interval, key-metric, final) goes through :class:`AtomicDiskSaver`: temporary
     file + ``fsync`` + rename, and a superseded checkpoint is deleted only after its successor is complete.
+    When the engine starts, and before every save, it deletes the temporary files that a killed save left in
+    ``save_dir`` (:func:`remove_stale_temp_files`: only its own ``.<name>.<pid>-<host>.<random>.tmp`` files,
+    and only those no running process is writing), on the saving rank only, and logs each one.
+
+    ``state_dict()`` returns the key-metric tracking list (the ``(score, file)`` pairs kept), the counterpart
+    of MONAI's ``load_state_dict``; :class:`BestMetricState` uses both to carry the best model across a resume.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
@@ -212,6 +349,24 @@ class SafeCheckpointSaver(CheckpointSaver):
             if ckpt is not None:
                 fixed = getattr(ckpt.save_handler, "filename", None)
                 ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        if not engine.has_event_handler(self.remove_stale_temp_files, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self.remove_stale_temp_files)
+
+    def remove_stale_temp_files(self, engine: Engine | None = None) -> list[Path]:
+        """Delete the temporary files killed saves left in ``save_dir`` (:func:`remove_stale_temp_files`), on the saving rank."""
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None:  # they all share save_dir
+                return ckpt.save_handler.remove_stale_temp_files()
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The key-metric tracking list, ``{"_saved": [(score, file), ...]}`` (what MONAI's ``load_state_dict`` takes)."""
+        if self._key_metric_checkpoint is None:
+            return {"_saved": []}
+        return {"_saved": _plain_saved(self._key_metric_checkpoint)}
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -303,18 +458,39 @@ def _corrupt(path: str, e: BaseException) -> CheckpointError:
 class SafeCheckpointLoader(CheckpointLoader):
     """MONAI ``CheckpointLoader`` (which loads with ``weights_only=True``) with clear errors naming the file.
 
-    Same arguments as ``CheckpointLoader``. The file's checksums are verified first
+    Same arguments as ``CheckpointLoader``, plus ``optional_keys``. The file's checksums are verified first
     (:func:`verify_checkpoint_file`). An unsafe checkpoint raises :class:`UnsafeCheckpointError`, a
     missing/truncated/corrupt one :class:`CheckpointError`, instead of PyTorch's generic messages (or silently
     corrupted weights).
+
+    Args:
+        optional_keys: keys of ``load_dict`` that a checkpoint may lack (e.g. an entry added to ``save_dict``
+            after the checkpoint was written): their objects are then left as they are and this is logged.
+            Every other key must be in the checkpoint: ignite's ``Checkpoint.load_objects`` raises for a missing
+            key whatever ``strict`` says (``strict`` only applies inside ``nn.Module.load_state_dict``).
+        args, kwargs: as for MONAI's ``CheckpointLoader``.
     """
+
+    def __init__(self, *args: Any, optional_keys: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.optional_keys = [optional_keys] if isinstance(optional_keys, str) else list(optional_keys)
 
     def __call__(self, engine: Engine) -> None:
         p = os.fspath(self.load_path)
         verify_checkpoint_file(p)
-        if not zipfile.is_zipfile(p):  # legacy format, no checksums: a damaged one raises anything; check it first
-            safe_load_checkpoint(p, verify=False)
+        legacy = not zipfile.is_zipfile(p)
+        if legacy:  # legacy format, no checksums: a damaged one raises anything; check it first
+            content = safe_load_checkpoint(p, verify=False)
+        load_dict = self.load_dict
         try:
+            if self.optional_keys:
+                if not legacy:  # only the keys are needed: map the tensors instead of reading them
+                    content = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+                present = set(content) if isinstance(content, Mapping) else set()
+                missing = [k for k in self.optional_keys if k in load_dict and k not in present]
+                if missing and len(missing) < len(load_dict):
+                    self.load_dict = {k: v for k, v in load_dict.items() if k not in missing}
+                    self.logger.info(f"{p} has no {missing} (written before they were saved): left as they are")
             super().__call__(engine)
         except pickle.UnpicklingError as e:
             raise _unpickling_error(p, e) from None
@@ -324,6 +500,8 @@ class SafeCheckpointLoader(CheckpointLoader):
             if "PytorchStreamReader" in str(e) or "zip archive" in str(e):
                 raise _corrupt(p, e) from None
             raise
+        finally:
+            self.load_dict = load_dict
 
 
 # --------------------------------------------------------------------------------------------------- randomness
@@ -424,3 +602,69 @@ class RNGState:
         torch.set_rng_state(state["torch"].cpu())
         if "cuda" in state and torch.cuda.is_available():  # pragma: no cover
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------- best metric
+
+
+def _plain_saved(ckpt: Any) -> list[tuple[Any, str]]:
+    """ignite ``Checkpoint``'s tracking list as plain ``(score, file)`` pairs (loadable with ``weights_only=True``)."""
+    return [(p if isinstance(p, int) else float(p), str(f)) for p, f in ckpt.state_dict()["_saved"]]
+
+
+class BestMetricState:
+    """The best key metric of a MONAI workflow (e.g. the validation evaluator) as a checkpointable object.
+
+    MONAI keeps the best key-metric value in ``engine.state.best_metric`` / ``best_metric_epoch``, and each
+    key-metric ``CheckpointSaver`` (``save_key_metric=True``, e.g. ``model.pt``) keeps its own list of the
+    ``(score, file)`` pairs it has saved, which decides whether a new score is saved. Neither is in the
+    trainer's checkpoint, so after a resume the evaluator starts from ``best_metric = -1`` and the saver from an
+    empty list: the first validation overwrites the best model even if it is worse. Put this object in the
+    trainer's ``save_dict`` and ``load_dict`` (and in the loader's ``optional_keys``, so checkpoints written
+    without it still resume)::
+
+        "best_metric": {"_target_": "monai_patcher.checkpoint.BestMetricState",
+                        "engine": "@validate#evaluator", "savers": ["@validate#checkpoint_saver"]}
+
+    ``state_dict()`` holds the best value and epoch and every saver's tracking list (plain numbers and strings:
+    loadable with ``weights_only=True``); ``load_state_dict`` restores them. A tracked file that is no longer
+    on disk is dropped from its saver's list, so the next validation writes it again.
+
+    (MONAI's own ``key_metric_save_state=True`` stores a saver's list inside the key-metric file itself
+    (``model.pt``), not in the checkpoint a training run resumes from.)
+
+    Args:
+        engine: the workflow whose ``state.best_metric`` / ``best_metric_epoch`` to keep (a MONAI evaluator or trainer).
+        savers: key-metric ``CheckpointSaver``\\ s attached to ``engine`` whose tracking lists to keep.
+    """
+
+    def __init__(self, engine: Engine, savers: Sequence[CheckpointSaver] | CheckpointSaver | None = None) -> None:
+        self.engine = engine
+        if savers is None:
+            savers = []
+        self.savers = [savers] if isinstance(savers, CheckpointSaver) else list(savers)
+
+    def state_dict(self) -> dict[str, Any]:
+        st = self.engine.state
+        best = getattr(st, "best_metric", -1)
+        return {
+            "best_metric": float(best.item() if isinstance(best, torch.Tensor) else best),
+            "best_metric_epoch": int(getattr(st, "best_metric_epoch", -1)),
+            "savers": [[] if s._key_metric_checkpoint is None else _plain_saved(s._key_metric_checkpoint) for s in self.savers],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.engine.state.best_metric = float(state["best_metric"])
+        self.engine.state.best_metric_epoch = int(state["best_metric_epoch"])
+        saved_lists = list(state.get("savers", []))
+        if len(saved_lists) != len(self.savers):
+            logger.warning(f"BestMetricState: {len(saved_lists)} saver lists in the checkpoint, {len(self.savers)} savers")
+        for saver, saved in zip(self.savers, saved_lists):
+            ckpt = saver._key_metric_checkpoint
+            if ckpt is None:
+                continue
+            handler = ckpt.save_handler
+            folder, fixed = getattr(handler, "dirname", None), getattr(handler, "filename", None)
+            kept = [(p, f) for p, f in saved if folder is None or (Path(folder) / (fixed or f)).exists()]
+            ckpt.load_state_dict({"_saved": kept})
+

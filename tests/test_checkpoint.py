@@ -24,6 +24,7 @@ from ignite.engine import Engine, Events
 
 from monai_patcher.checkpoint import (
     AtomicDiskSaver,
+    BestMetricState,
     CheckpointError,
     EpochSeedHandler,
     RNGState,
@@ -32,6 +33,7 @@ from monai_patcher.checkpoint import (
     UnsafeCheckpointError,
     atomic_save,
     epoch_seed,
+    remove_stale_temp_files,
     safe_load_checkpoint,
 )
 
@@ -268,6 +270,229 @@ def test_safe_checkpoint_saver_fixed_filename(tmp_path):
     saver({"v": torch.tensor(2.0)}, "ignored_2.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     assert safe_load_checkpoint(tmp_path / "model.pt")["v"].item() == 2.0
+
+
+# ------------------------------------------------------------------------------------------ stray temporary files
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _tmp_name(final: str, pid: int, host: str | None = None) -> str:
+    """A temporary file name as atomic_save makes it: ``.<final>.<pid>-<host>.<random>.tmp``."""
+    from monai_patcher.checkpoint import _host_tag
+
+    return f".{final}.{pid}-{host or _host_tag()}.k3j_9xq2.tmp"
+
+
+def _age(path: Path, seconds: float) -> None:
+    import time
+
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_temp_file_name_carries_pid_and_host(tmp_path):
+    """The temporary file of a save is named ``.<name>.<pid>-<host>.<random>.tmp`` (what the cleanup relies on)."""
+    from monai_patcher.checkpoint import _TMP_NAME, _host_tag
+
+    seen = []
+    atomic_save({"v": torch.zeros(1)}, tmp_path / "model.pt",
+                save_func=lambda obj, f: seen.extend(p.name for p in tmp_path.iterdir()) or torch.save(obj, f))
+    (name,) = seen
+    m = _TMP_NAME.match(name)
+    assert m and m["name"] == "model.pt" and int(m["pid"]) == os.getpid() and m["host"] == _host_tag(), name
+
+
+def test_saver_removes_temp_file_of_a_killed_save_and_logs_it(tmp_path, caplog):
+    """A real ``kill -9`` during a save leaves ``.ckpt.pt.<pid>-<host>.<random>.tmp``; the next saver removes it
+    when its engine starts (before any save) and says so; nothing else in the folder is touched."""
+    import logging
+    import multiprocessing
+
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"v": torch.arange(1000.0)}, path)
+    child = multiprocessing.get_context("fork").Process(target=_save_then_die_half_way, args=(str(path),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    (stray,) = [p for p in tmp_path.iterdir() if p.name != "ckpt.pt"]
+    assert f".{child.pid}-" in stray.name
+    keep = ["notes.tmp", ".ckpt.pt.abcdefgh.tmp", ".ckpt.pt.tmp", "checkpoint_epoch=1.pt.tmp", "x.123-0000abcd.k.tmp"]
+    for n in keep:
+        (tmp_path / n).write_bytes(b"not ours")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / _tmp_name("ckpt.pt", _dead_pid())).write_bytes(b"in a subfolder: not ours")
+
+    net = torch.nn.Linear(1, 1)
+    engine = Engine(lambda e, b: None)
+    saver = SafeCheckpointSaver(str(tmp_path), {"model": net}, epoch_level=True, save_interval=1, n_saved=None)
+    saver.attach(engine)
+    removed = []
+    engine.add_event_handler(Events.STARTED, lambda e: removed.append(stray.exists()))  # runs after the saver's
+    with caplog.at_level(logging.WARNING, logger="monai_patcher.checkpoint"):
+        engine.run([0], max_epochs=1)
+    assert removed == [False], "the stray temporary file was not removed when the engine started"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["model_epoch=1.pt", "ckpt.pt", "sub"])
+    assert len(list((tmp_path / "sub").iterdir())) == 1
+    assert torch.equal(safe_load_checkpoint(path)["v"], torch.arange(1000.0))
+    assert any(stray.name in r.getMessage() and "no longer running" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_live_writers_temp_files_are_kept(tmp_path):
+    """Temporary files another live saver may be writing stay: a live process of this host (another rank), a
+    fresh file of another host, a file this process is writing right now (another thread)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / _tmp_name("checkpoint_epoch=3.pt", sleeper.pid)
+        other_host = tmp_path / _tmp_name("model.pt", _dead_pid(), host="0badc0de")
+        dead = tmp_path / _tmp_name("checkpoint_epoch=2.pt", _dead_pid())
+        old_other_host = tmp_path / _tmp_name("model.pt", 12345, host="0badc0de")
+        old_live = tmp_path / _tmp_name("checkpoint_epoch=1.pt", sleeper.pid)
+        for p in (live, other_host, dead, old_other_host, old_live):
+            p.write_bytes(b"PK\x03\x04 half")
+        _age(old_other_host, 2 * 3600)
+        _age(old_live, 2 * 3600)  # untouched for 2 hours: its pid is alive but can no longer be writing it
+        _age(live, 30 * 60)
+        _age(other_host, 30 * 60)
+
+        during = {}
+
+        def write(tmp: str) -> None:  # another saver of this process cleans while this one is writing
+            Path(tmp).write_bytes(b"half")
+            during["removed"] = remove_stale_temp_files(tmp_path)
+            during["kept"] = Path(tmp).exists()
+            Path(tmp).write_bytes(b"whole")
+
+        from monai_patcher.checkpoint import atomic_write
+
+        atomic_write(tmp_path / "model.pt", write)
+        assert during["kept"], "an in-flight temporary file of this process was removed"
+        assert sorted(p.name for p in during["removed"]) == sorted([dead.name, old_other_host.name, old_live.name])
+        assert (tmp_path / "model.pt").read_bytes() == b"whole"
+        assert live.exists() and other_host.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other_host.name, "model.pt"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the writer is gone now: the next save removes its file; the other host's fresh file still stays
+    AtomicDiskSaver(tmp_path)({"v": torch.zeros(1)}, "checkpoint_epoch=4.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other_host.name, "checkpoint_epoch=4.pt", "model.pt"])
+
+
+def test_temp_file_of_an_earlier_process_with_this_pid_is_removed(tmp_path):
+    """A restarted container often gets the pid its killed predecessor had: that file is stale too."""
+    stale = tmp_path / _tmp_name("model.pt", os.getpid())
+    stale.write_bytes(b"half")
+    assert remove_stale_temp_files(tmp_path) == [stale] and not stale.exists()
+
+
+def test_only_the_saving_rank_removes_temp_files(tmp_path, monkeypatch):
+    import ignite.distributed as idist
+
+    stray = tmp_path / _tmp_name("model.pt", _dead_pid())
+    stray.write_bytes(b"half")
+    saver = SafeCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True,
+                                key_metric_name="m", key_metric_filename="model.pt")
+    monkeypatch.setattr(idist, "get_rank", lambda: 1)
+    assert saver.remove_stale_temp_files() == [] and stray.exists()
+    monkeypatch.setattr(idist, "get_rank", lambda: 0)
+    assert saver.remove_stale_temp_files() == [stray] and not stray.exists()
+
+
+# ------------------------------------------------------------------------------------------ best metric across resume
+
+
+class _ScriptedMetric:
+    """An ignite metric whose value at each validation is the next of ``scores`` (a controlled Dice)."""
+
+    def __new__(cls, scores):
+        from ignite.metrics import Metric
+
+        class _M(Metric):
+            def __init__(self):
+                self.scores = list(scores)
+                super().__init__(output_transform=lambda o: None)
+
+            def reset(self):
+                pass
+
+            def update(self, output):
+                pass
+
+            def compute(self):
+                return self.scores.pop(0)
+
+        return _M()
+
+
+def _train_with_validation(ckpt: Path, scores, epochs: int, resume: bool, optional_keys=("best_metric",),
+                           save_best_state: bool = True):
+    """A trainer whose epoch adds 1 to the weight, validated after every epoch by a MONAI evaluator whose key
+    metric takes ``scores``; like the bundles: ``model.pt`` by key metric (validation saver), the epoch
+    checkpoint (trainer saver) with ``BestMetricState``; ``resume`` loads the last epoch checkpoint."""
+    from monai.engines import Evaluator
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    val_saver = SafeCheckpointSaver(str(ckpt), {"model": net}, save_key_metric=True, key_metric_filename="model.pt")
+    evaluator = Evaluator(device="cpu", val_data_loader=[0], epoch_length=1, iteration_update=lambda e, b: {},
+                          key_val_metric={"dice": _ScriptedMetric(scores)}, val_handlers=[val_saver])
+    trainer = Engine(lambda e, b: net.weight.data.add_(1.0))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run(e.state.epoch))
+    state = {"model": net, "trainer": trainer}
+    if save_best_state:
+        state["best_metric"] = BestMetricState(evaluator, [val_saver])
+    if resume:
+        last = max(ckpt.glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
+        SafeCheckpointLoader(str(last), state, optional_keys=list(optional_keys)).attach(trainer)
+    SafeCheckpointSaver(str(ckpt), state, epoch_level=True, save_interval=1, n_saved=1).attach(trainer)
+    trainer.run([0], max_epochs=epochs)
+    return evaluator
+
+
+def _model_weight(ckpt: Path) -> float:
+    return float(safe_load_checkpoint(ckpt / "model.pt")["weight"])
+
+
+def test_resume_keeps_the_best_model_and_best_metric(tmp_path):
+    """Best Dice 0.8 at epoch 1; killed; resumed, epoch 2 scores 0.5: model.pt stays the epoch-1 model and the
+    evaluator still reports 0.8 at epoch 1. A later, better score (0.9) still replaces it."""
+    ev = _train_with_validation(tmp_path, [0.8], epochs=1, resume=False)
+    assert (ev.state.best_metric, ev.state.best_metric_epoch, _model_weight(tmp_path)) == (0.8, 1, 1.0)
+    stored = safe_load_checkpoint(tmp_path / "checkpoint_epoch=1.pt")["best_metric"]
+    assert stored["best_metric"] == 0.8 and stored["best_metric_epoch"] == 1 and len(stored["savers"][0]) == 1
+
+    ev = _train_with_validation(tmp_path, [0.5], epochs=2, resume=True)
+    assert _model_weight(tmp_path) == 1.0, "a worse model overwrote the best one after resume"
+    assert (ev.state.best_metric, ev.state.best_metric_epoch) == (0.8, 1)
+
+    ev = _train_with_validation(tmp_path, [0.9], epochs=3, resume=True)
+    assert _model_weight(tmp_path) == 3.0 and (ev.state.best_metric, ev.state.best_metric_epoch) == (0.9, 3)
+
+
+def test_resume_rewrites_best_model_that_is_gone(tmp_path):
+    """The restored list names model.pt; if that file was deleted, the next validation writes it again."""
+    _train_with_validation(tmp_path, [0.8], epochs=1, resume=False)
+    (tmp_path / "model.pt").unlink()
+    ev = _train_with_validation(tmp_path, [0.5], epochs=2, resume=True)
+    assert _model_weight(tmp_path) == 2.0 and (ev.state.best_metric, ev.state.best_metric_epoch) == (0.8, 1)
+
+
+def test_checkpoint_without_best_metric_still_resumes(tmp_path):
+    """A checkpoint written before ``best_metric`` was in save_dict: ``optional_keys`` lets it load (the best
+    metric then starts afresh, as before); without it ignite refuses the missing key (``strict`` does not help)."""
+    _train_with_validation(tmp_path, [0.8], epochs=1, resume=False, save_best_state=False)
+    assert "best_metric" not in safe_load_checkpoint(tmp_path / "checkpoint_epoch=1.pt")
+    with pytest.raises(ValueError, match="best_metric"):
+        _train_with_validation(tmp_path, [0.5], epochs=2, resume=True, optional_keys=())
+    ev = _train_with_validation(tmp_path, [0.5], epochs=2, resume=True)
+    assert (ev.state.best_metric, ev.state.best_metric_epoch) == (0.5, 2)  # MONAI's behaviour without the state
+    assert safe_load_checkpoint(tmp_path / "checkpoint_epoch=2.pt")["trainer"]["iteration"] == 2
 
 
 # ------------------------------------------------------------------------------------------ exact resume
