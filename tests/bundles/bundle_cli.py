@@ -23,3 +23,46 @@ def run_bundle(*args: str, cwd: Path, timeout: int = 600) -> subprocess.Complete
     if proc.returncode != 0:
         pytest.fail(f"monai.bundle {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def resume_keeps_best_model(train_config: str, trained_ckpt: Path, workdir: Path, *args: str) -> str:
+    """Resume a bundle from a copy of ``trained_ckpt`` (epoch 1, validated) whose stored best Dice no validation can
+    beat: the best model (``model.pt``) and the best metric must survive the resumed run's epoch-2 validation.
+
+    Shared by both bundles' tests; ``args`` are the run's other overrides (dataset, FAST, ...). Returns the log.
+    """
+    import hashlib
+    import shutil
+
+    import torch
+
+    ckpt = workdir / "models"
+    shutil.copytree(trained_ckpt, ckpt)
+    for p in ckpt.glob("checkpoint_epoch=*.pt"):
+        if p.name != "checkpoint_epoch=1.pt":
+            p.unlink()
+    first = ckpt / "checkpoint_epoch=1.pt"
+    state = torch.load(first, map_location="cpu", weights_only=True)
+    best = state["best_metric"]  # written by train.json's BestMetricState
+    assert best["best_metric_epoch"] == 1 and 0.0 <= best["best_metric"] <= 1.0, best
+    (saved,) = best["savers"]  # the model.pt saver's (score, file) list
+    assert len(saved) == 1 and abs(saved[0][0] - best["best_metric"]) < 1e-9, saved
+    # an earlier best no Dice can beat (> 1): the epoch-2 validation after resume is worse, whatever it scores
+    best["best_metric"], best["savers"] = 2.0, [[(2.0, saved[0][1])]]
+    torch.save(state, first)
+    model_sha = hashlib.sha256((ckpt / "model.pt").read_bytes()).hexdigest()
+
+    proc = run_bundle(
+        "run", "training", "--config_file", train_config, "--max_epochs", "2", "--val_interval", "1",
+        "--ckpt_dir", str(ckpt), "--output_dir", str(workdir / "eval"), "--resume", "true", *args, cwd=workdir,
+    )
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
+    assert "val_mean_dice" in log, "no validation ran after resume"
+    assert hashlib.sha256((ckpt / "model.pt").read_bytes()).hexdigest() == model_sha, (
+        "model.pt (best so far) was overwritten by the worse first validation after resume"
+    )
+    assert "Got new best metric of val_mean_dice" not in log
+    second = torch.load(ckpt / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)["best_metric"]
+    assert (second["best_metric"], second["best_metric_epoch"]) == (2.0, 1), second
+    return log

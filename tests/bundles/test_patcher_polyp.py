@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_cli import FAST, REPO_ROOT, run_bundle  # noqa: E402
+from bundle_cli import FAST, REPO_ROOT, resume_keeps_best_model, run_bundle  # noqa: E402
 
 BUNDLE = REPO_ROOT / "bundles" / "patcher_polyp"
 CONFIGS = BUNDLE / "configs"
@@ -67,6 +67,14 @@ def test_train_one_epoch(trained):
     last = torch.load(trained["ckpt"] / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert set(last) >= {"model", "optimizer", "lr_scheduler", "trainer"}
     assert "val_mean_dice" in trained["log"] and "val_mean_iou" in trained["log"]
+
+
+def test_resume_keeps_best_model(trained, tmp_path):
+    """After ``--resume true`` the best Dice so far is restored: a worse validation does not replace model.pt."""
+    cfg = json.loads(Path(TRAIN).read_text())
+    assert "best_metric" in cfg["train"]["checkpoint_loader"]["optional_keys"]  # old checkpoints still resume
+    resume_keeps_best_model(TRAIN, trained["ckpt"], tmp_path, "--dataset_dir", str(trained["data"]),
+                            "--batch_size", "2", *FAST)
 
 
 def test_evaluate_writes_csv(trained, tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_cli import FAST, REPO_ROOT, run_bundle  # noqa: E402
+from bundle_cli import FAST, REPO_ROOT, resume_keeps_best_model, run_bundle  # noqa: E402
 
 BUNDLE = REPO_ROOT / "bundles" / "patcher_stroke"
 CONFIGS = BUNDLE / "configs"
@@ -56,20 +56,34 @@ def test_train_one_epoch(trained):
     assert last["trainer"]["iteration"] // last["trainer"]["epoch_length"] == 1  # ignite stores iterations
 
 
-def test_resume_continues_epoch_count(trained):
-    first = torch.load(trained["ckpt"] / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+def test_resume_continues_epoch_count(trained, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "models"  # a copy: the other tests keep the fixture's files as they are
+    shutil.copytree(trained["ckpt"], ckpt)
+    first = torch.load(ckpt / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     iters_per_epoch = first["trainer"]["iteration"]
+    # as written before "best_metric" was in save_dict: such checkpoints must still resume (optional_keys)
+    del first["best_metric"]
+    torch.save(first, ckpt / "checkpoint_epoch=1.pt")
     proc = run_bundle(  # plain `run` (no run_id): the same workflow as `run training`
         "run", "--config_file", TRAIN, "--dataset_dir", str(trained["data"]), "--max_epochs", "2",
-        "--val_interval", "1", "--output_dir", str(trained["out"]), "--ckpt_dir", str(trained["ckpt"]),
+        "--val_interval", "1", "--output_dir", str(tmp_path / "eval"), "--ckpt_dir", str(ckpt),
         "--resume", "true", *FAST, cwd=trained["root"],
     )
     log = proc.stdout + proc.stderr
     assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
-    second = torch.load(trained["ckpt"] / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert "has no ['best_metric']" in log
+    second = torch.load(ckpt / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert second["trainer"]["iteration"] == 2 * iters_per_epoch  # epoch 2 of 2, not epoch 1 again
     # the LR schedule continued (stepped once per iteration over both runs), it did not restart
     assert second["lr_scheduler"]["last_epoch"] == 2 * iters_per_epoch
+    assert second["best_metric"]["best_metric_epoch"] == 2  # the best metric started afresh, as before
+
+
+def test_resume_keeps_best_model(trained, tmp_path):
+    """After ``--resume true`` the best Dice so far is restored: a worse validation does not replace model.pt."""
+    resume_keeps_best_model(TRAIN, trained["ckpt"], tmp_path, "--dataset_dir", str(trained["data"]), *FAST)
 
 
 def test_evaluate_writes_csv(trained, tmp_path):
