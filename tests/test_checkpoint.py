@@ -205,16 +205,22 @@ def _save_then_die_half_way(path: str) -> None:
     atomic_save({"v": torch.zeros(1000)}, path, save_func=half_then_die)
 
 
-def test_sigkill_during_save_leaves_previous_checkpoint_intact(tmp_path):
-    """A process SIGKILLed half-way through writing a checkpoint: the old one is intact, no partial file."""
+def _checkpoint_then_killed_save(folder):
+    """``folder/ckpt.pt`` saved, then a forked process SIGKILLed half-way through overwriting it; its pid."""
     import multiprocessing
 
-    path = tmp_path / "ckpt.pt"
+    path = folder / "ckpt.pt"
     atomic_save({"v": torch.arange(1000.0)}, path)
     child = multiprocessing.get_context("fork").Process(target=_save_then_die_half_way, args=(str(path),))
     child.start()
     child.join(60)
     assert child.exitcode == -signal.SIGKILL
+    return path, child.pid
+
+
+def test_sigkill_during_save_leaves_previous_checkpoint_intact(tmp_path):
+    """A process SIGKILLed half-way through writing a checkpoint: the old one is intact, no partial file."""
+    path, _ = _checkpoint_then_killed_save(tmp_path)
     assert torch.equal(safe_load_checkpoint(path)["v"], torch.arange(1000.0))
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ckpt.pt"]
     assert leftovers and all(n.startswith(".ckpt.pt.") and n.endswith(".tmp") for n in leftovers), leftovers
@@ -312,16 +318,10 @@ def test_saver_removes_temp_file_of_a_killed_save_and_logs_it(tmp_path, caplog):
     """A real ``kill -9`` during a save leaves ``.ckpt.pt.<pid>-<host>.<random>.tmp``; the next saver removes it
     when its engine starts (before any save) and says so; nothing else in the folder is touched."""
     import logging
-    import multiprocessing
 
-    path = tmp_path / "ckpt.pt"
-    atomic_save({"v": torch.arange(1000.0)}, path)
-    child = multiprocessing.get_context("fork").Process(target=_save_then_die_half_way, args=(str(path),))
-    child.start()
-    child.join(60)
-    assert child.exitcode == -signal.SIGKILL
+    path, pid = _checkpoint_then_killed_save(tmp_path)
     (stray,) = [p for p in tmp_path.iterdir() if p.name != "ckpt.pt"]
-    assert f".{child.pid}-" in stray.name
+    assert f".{pid}-" in stray.name
     keep = ["notes.tmp", ".ckpt.pt.abcdefgh.tmp", ".ckpt.pt.tmp", "checkpoint_epoch=1.pt.tmp", "x.123-0000abcd.k.tmp"]
     for n in keep:
         (tmp_path / n).write_bytes(b"not ours")
