@@ -13,6 +13,12 @@ Variants (``--variants``, default all):
 - ``contiguous_query``: a contiguous copy of the query before SDPA.
 - ``sr_as_gemm``: the ``R x R`` strided spatial-reduction conv as one GEMM over the windows.
 - ``linear_1x1``: the decoder's 1x1 convs as ``F.linear`` on the channels-last view.
+- ``cat_gate``: the gating network's first convolution on the concatenated experts (one ``E * decoder_dim``
+  channel buffer) instead of one convolution per expert, summed.
+
+``--gate-conv`` instead times the gating network's first convolution alone at the paper preset's shapes (four
+256-channel experts at 128 x 128): on the concatenation, split by expert and summed (the current code), and on
+row bands of the concatenation.
 
 ``--breakdown`` instead times the stages, the decoder and the pieces of every transformer block (forward hooks,
 so a little slower than a plain forward) and counts the page faults of each forward.
@@ -21,6 +27,7 @@ Usage::
 
     python benchmarks/ab_variants.py --preset paper --rounds 8
     python benchmarks/ab_variants.py --preset paper --breakdown
+    python benchmarks/ab_variants.py --gate-conv --rounds 7
     python benchmarks/ab_variants.py --preset small --variants no_groups nchw_decoder
 """
 
@@ -41,6 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from monai_patcher.networks import blocks, patcher_preset  # noqa: E402
 from monai_patcher.networks.blocks import _grid_to_tokens, _tokens_to_grid  # noqa: E402
+from monai_patcher.networks.moe import MoEDecoder  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -99,6 +107,10 @@ def _linear_1x1(conv_forward: Callable) -> Callable:
     return forward
 
 
+def _cat_gate_logits(self, experts):
+    return self.gate(torch.cat(experts, dim=1))
+
+
 @contextlib.contextmanager
 def variant(name: str, net: torch.nn.Module) -> Iterator[None]:
     """Run the code inside with variant ``name`` in place."""
@@ -114,6 +126,8 @@ def variant(name: str, net: torch.nn.Module) -> Iterator[None]:
             stack.enter_context(_patched(blocks.MixFFN, "forward", _fused_ffn))
         elif name in ("matmul_attention", "contiguous_query", "sr_as_gemm"):
             stack.enter_context(_patched(blocks.EfficientSelfAttention, "forward", _attention(name)))
+        elif name == "cat_gate":
+            stack.enter_context(_patched(MoEDecoder, "_gate_logits", _cat_gate_logits))
         elif name == "linear_1x1":
             stack.enter_context(_patched(torch.nn.Conv2d, "forward", _linear_1x1(torch.nn.Conv2d.forward)))
         else:
@@ -130,7 +144,7 @@ def _nchw_contiguous(self, memory_format=torch.contiguous_format):
 
 
 VARIANTS = ("nchw_decoder", "no_groups", "fused_dwconv_gelu", "matmul_attention", "contiguous_query",
-            "sr_as_gemm", "linear_1x1")  # fmt: skip
+            "sr_as_gemm", "linear_1x1", "cat_gate")  # fmt: skip
 
 
 def compare(net: torch.nn.Module, x: torch.Tensor, name: str, rounds: int) -> dict[str, float]:
@@ -188,6 +202,48 @@ def breakdown(net: torch.nn.Module, x: torch.Tensor, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def gate_conv(rounds: int, dim: int = 256, experts: int = 4, size: int = 128, bands: int = 4) -> str:
+    """Time the gate's first 3x3 convolution (``experts * dim -> dim`` channels) three ways, alternating."""
+    conv = torch.nn.Conv2d(experts * dim, dim, 3, padding=1).to(memory_format=torch.channels_last)
+    feats = [torch.randn(1, dim, size, size).contiguous(memory_format=torch.channels_last) for _ in range(experts)]
+
+    def concatenated():
+        return conv(torch.cat(feats, 1))
+
+    def split():
+        out = F.conv2d(feats[0], conv.weight[:, :dim], conv.bias, padding=1)
+        for i in range(1, experts):
+            out += F.conv2d(feats[i], conv.weight[:, i * dim : (i + 1) * dim], None, padding=1)
+        return out
+
+    def banded():  # rows [r0, r1) with a one-row halo, zero rows at the image border
+        step, outs = size // bands, []
+        for r0 in range(0, size, step):
+            r1 = r0 + step
+            band = torch.cat([f[:, :, max(r0 - 1, 0) : min(r1 + 1, size)] for f in feats], 1)
+            band = F.pad(band, (0, 0, int(r0 == 0), int(r1 == size)))
+            outs.append(F.conv2d(band, conv.weight, conv.bias, padding=(0, 1)))
+        return torch.cat(outs, 2)
+
+    fns = {"concatenated": concatenated, "split by expert": split, f"{bands} row bands": banded}
+    gflop = 2 * experts * dim * 9 * dim * size * size / 1e9
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        ref = concatenated()
+        diffs = {k: (f() - ref).abs().max().item() for k, f in fns.items()}
+        for r in range(rounds):
+            for k in fns if r % 2 == 0 else reversed(list(fns)):
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t0)
+    lines = [f"gate conv {experts} x {dim} -> {dim} channels, 3x3, {size} x {size}, {gflop:.1f} GFLOP",
+             "| way | median ms | GFLOP/s | max abs diff |", "|---|---|---|---|"]  # fmt: skip
+    for k in fns:
+        t = statistics.median(times[k])
+        lines.append(f"| {k} | {1e3 * t:.1f} | {gflop / t:.0f} | {diffs[k]:.1e} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -197,9 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--breakdown", action="store_true", help="time the parts of the forward instead")
+    p.add_argument("--gate-conv", action="store_true", help="time the gate's first convolution three ways instead")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gate_conv:
+        print(gate_conv(args.rounds))
+        return
     torch.manual_seed(0)
     net = patcher_preset(args.preset).eval()
     x = torch.randn(1, 2, args.size, args.size)

@@ -48,9 +48,17 @@ def test_gating_is_a_partition_of_unity(gate_channels, gate_norm):
     assert all(c.kernel_size == (3, 3) for c in convs)
 
 
-def test_output_is_the_gated_sum_of_experts():
-    """Recompute O = sum_i W_i F_i by hand from the decoder's own sub-modules and compare the logits."""
-    dec = _decoder().eval()
+@pytest.mark.parametrize("gate_channels,gate_norm", [((8, 8), False), ((8,), True), ((), False)])
+def test_output_is_the_gated_sum_of_experts(gate_channels, gate_norm):
+    """Recompute O = sum_i W_i F_i by hand from the decoder's own sub-modules and compare the logits.
+
+    The reference runs the gate on the concatenated experts; the decoder splits its first convolution by expert.
+    """
+    dec = _decoder(gate_channels=gate_channels, gate_norm=gate_norm).eval()
+    for m in dec.gate.modules():  # non-trivial running statistics, so BatchNorm is not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
     feats = _features(2, 10, 14)
     with torch.no_grad():
         logits, gating = dec(feats)
