@@ -9,8 +9,9 @@ process while building and running it.
 
 Each model runs in its own child process, so the peak memory of one does not hide another's and every row starts
 from the same state. Timings are wall-clock on a possibly shared machine: run it when the cores are idle, and
-compare rows of the same run. ``--keep-freed-memory`` runs the children with glibc's malloc keeping freed memory
-(see ``KEEP_FREED_MEMORY``): large tensors are then not page-faulted in again on every forward.
+compare rows of the same run. ``--keep-freed-memory`` makes the children call
+:func:`monai_patcher.allocator.keep_freed_memory` first (as the bundles do): glibc's malloc then keeps freed
+memory, and large tensors are not page-faulted in again on every forward.
 
 Usage::
 
@@ -38,11 +39,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from monai_patcher.allocator import keep_freed_memory  # noqa: E402
+
 PRESETS = ("paper", "small", "tiny")
-# glibc's malloc hands freed blocks above its mmap threshold (at most 32 MiB) and the free top of its heap back to
-# the kernel, and the next forward takes a page fault on every 4 KiB of them again; these tunables make it keep
-# freed memory for reuse, as a caching allocator does (read by glibc when the process starts)
-KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**34), "MALLOC_TRIM_THRESHOLD_": str(2**34)}
 MONAI_MODELS = ("unet", "attention_unet", "swin_unetr")
 
 
@@ -235,8 +234,9 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
            "--time-budget", str(args.time_budget)]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    env = {**os.environ, **(KEEP_FREED_MEMORY if args.keep_freed_memory else {})}
-    res = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=env)
+    if args.keep_freed_memory:
+        cmd.append("--keep-freed-memory")
+    res = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
         return {"model": name, "error": (res.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -307,8 +307,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds of timed forwards per model; slow models run fewer repeats, at least 3")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--keep-freed-memory", action="store_true",
-                   help="run the models with glibc malloc keeping freed memory (MALLOC_MMAP_THRESHOLD_ and\n"
-                        "MALLOC_TRIM_THRESHOLD_ set in the child processes) instead of the default allocator")
+                   help="run the models with glibc malloc keeping freed memory (monai_patcher.allocator,\n"
+                        "as the bundles do) instead of the default allocator")
     p.add_argument("--profile", metavar="MODEL", help="print torch.profiler top ops of one forward of MODEL")
     p.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
     p.add_argument("--train-step", action="store_true",
@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_train_step.main(ts_args + (["--models", args.train_models] if args.train_models else []))
         return
     if args.child:
+        if args.keep_freed_memory and not keep_freed_memory():
+            raise SystemExit("--keep-freed-memory: this platform has no glibc mallopt")
         print(json.dumps(measure(args.child, args.size, args.in_channels, args.repeats, args.time_budget)))
         return
     if args.profile:

@@ -9,14 +9,14 @@ It also registers :class:`~monai_patcher.data.SimpleITKReader` with ``LoadImage(
 
 __version__ = "0.1.0"
 
-from . import data, losses, networks, transforms  # noqa: E402
+from . import allocator, data, losses, networks, transforms  # noqa: E402
 from .data import *  # noqa: F401,F403,E402
 from .losses import *  # noqa: F401,F403,E402
 from .networks import *  # noqa: F401,F403,E402
 from .transforms import *  # noqa: F401,F403,E402
 
 __all__ = (
-    ["__version__", "data", "losses", "networks", "transforms"]
+    ["__version__", "allocator", "data", "losses", "networks", "transforms"]
     + list(networks.__all__)
     + list(data.__all__)
     + list(transforms.__all__)

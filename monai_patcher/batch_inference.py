@@ -49,6 +49,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from monai_patcher.allocator import keep_freed_memory
+
 __all__ = ["Case", "CaseResult", "find_cases", "BatchPredictor", "run_batch", "main"]
 
 logger = logging.getLogger(__name__)
@@ -398,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--save_prob", action="store_true", help="also write <case>_prob.nii.gz")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    keep_freed_memory()  # a CLI process of our own: reuse freed host memory (see monai_patcher.allocator)
     try:
         find_cases(args.input)
         predictor = BatchPredictor(

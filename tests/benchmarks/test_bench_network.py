@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -52,3 +53,12 @@ def test_measure_row_is_consistent():
     lines = table.splitlines()
     assert len({ln.count("|") for ln in lines}) == 1  # every row has the header's columns
     assert "error: boom" in lines[-1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc setting (Linux)")
+def test_keep_freed_memory_runs_the_child_with_the_allocator_setting(capsys):
+    bench_network.main(["--presets", "tiny", "--models", "--size", "64", "--repeats", "2", "--keep-freed-memory"])
+    out = capsys.readouterr().out
+    assert "glibc malloc keeping freed memory" in out
+    row = next(ln for ln in out.splitlines() if ln.startswith("| tiny"))
+    assert "error" not in row
