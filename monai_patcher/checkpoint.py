@@ -338,9 +338,6 @@ class SafeCheckpointSaver(CheckpointSaver):
     When the engine starts, and before every save, it deletes the temporary files that a killed save left in
     ``save_dir`` (:func:`remove_stale_temp_files`: only its own ``.<name>.<pid>-<host>.<random>.tmp`` files,
     and only those no running process is writing), on the saving rank only, and logs each one.
-
-    ``state_dict()`` returns the key-metric tracking list (the ``(score, file)`` pairs kept), the counterpart
-    of MONAI's ``load_state_dict``; :class:`BestMetricState` uses both to carry the best model across a resume.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
@@ -361,12 +358,6 @@ class SafeCheckpointSaver(CheckpointSaver):
             if ckpt is not None:  # they all share save_dir
                 return ckpt.save_handler.remove_stale_temp_files()
         return []
-
-    def state_dict(self) -> dict[str, Any]:
-        """The key-metric tracking list, ``{"_saved": [(score, file), ...]}`` (what MONAI's ``load_state_dict`` takes)."""
-        if self._key_metric_checkpoint is None:
-            return {"_saved": []}
-        return {"_saved": _plain_saved(self._key_metric_checkpoint)}
 
 
 # --------------------------------------------------------------------------------------------------- loading
