@@ -7,6 +7,8 @@ They are small, plain functions called from the bundle configs (``"$monai_patche
 - :func:`stroke_inference_datalist` / :func:`image_datalist`: turn the ``--input`` of an
   inference run (a file, a folder of files, a DICOM series folder, a DWI + ADC pair) into a MONAI datalist;
 - :func:`ensure_demo_dataset`: write the synthetic demo dataset once and return its datalist;
+- :func:`insert_after`: a transform list with more transforms inserted after a given one (``evaluate.json``
+  keeps the label as loaded, in the scan's grid, next to the network's preprocessing);
 - :class:`PatcherWithGating`: a network wrapper returning ``{"pred": logits, "gating": maps}`` at full
   resolution, so MONAI inferers and ``Invertd`` treat the mixture-of-experts gating maps like a prediction.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "image_datalist",
     "stroke_output_name",
     "ensure_demo_dataset",
+    "insert_after",
     "PatcherWithGating",
 ]
 
@@ -383,6 +386,28 @@ def ensure_demo_dataset(out_dir: str | os.PathLike, num_cases: int = 12, seed: i
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(str(path))
     return str(path)
+
+
+def insert_after(transforms: Sequence[Any], after: str, *new: Any) -> list[Any]:
+    """``transforms`` with ``new`` inserted right after the first transform whose class is named ``after``.
+
+    Lets a config layered over another extend its transform list without depending on positions, e.g.
+    ``"$monai_patcher.bundle_utils.insert_after(@train#deterministic_transforms, 'CheckGeometryd',
+    monai.transforms.CopyItemsd(keys='label', names='scan_label'))"``.
+
+    Args:
+        transforms: the transforms (instances).
+        after: class name of the transform to insert after.
+        new: the transforms to insert.
+
+    Raises:
+        ValueError: when no transform of that class is in the list (the message lists the classes there are).
+    """
+    names = [type(t).__name__ for t in transforms]
+    if after not in names:
+        raise ValueError(f"insert_after: no {after} in the transforms ({', '.join(names)}).")
+    i = names.index(after) + 1
+    return [*transforms[:i], *new, *transforms[i:]]
 
 
 class PatcherWithGating(nn.Module):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.meandice import compute_dice
@@ -31,6 +32,16 @@ Engine, _ = optional_import("ignite.engine", "0.4.4", min_version, "Engine")
 __all__ = ["SliceDiceMetric", "SliceIoUMetric", "SliceMeanDice", "SliceMeanIoU", "OverlayWriter", "GatingMapWriter"]
 
 
+# anatomical plane -> the RAS world axis its slices are stacked along (MONAI affines map voxels to RAS)
+_PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def _plane_axis(affine: torch.Tensor, plane: str) -> int:
+    """The array axis (0-2) of a 3D grid whose direction is closest to the world axis normal to ``plane``."""
+    direction = affine[:3, :3].abs() / affine[:3, :3].norm(dim=0).clamp_min(1e-12)  # unit column per array axis
+    return int(direction[_PLANES[plane]].argmax())
+
+
 class SliceDiceMetric(CumulativeIterationMetric):
     """Dice of every 2D slice of ``B x C x X x Y x Z`` predictions (slices along ``slice_axis``).
 
@@ -43,7 +54,16 @@ class SliceDiceMetric(CumulativeIterationMetric):
         reduction: MONAI reduction over slices and channels (default ``"mean"``).
         get_not_nans: also return the number of non-NaN values.
         ignore_empty: see above.
-        slice_axis: spatial axis of the slices (2 = the last of X, Y, Z; axial after RAS orientation).
+        slice_axis: spatial axis of the slices (2 = the last of X, Y, Z; axial after RAS orientation), or an
+            anatomical plane, ``"sagittal"``, ``"coronal"`` or ``"axial"``: the array axis closest to the
+            left-right, anterior-posterior or inferior-superior direction of each prediction's affine (a
+            ``MetaTensor``), whatever the orientation of its grid, e.g. predictions inverted to the scan's own grid.
+
+    Example::
+
+        >>> pred = MetaTensor(torch.zeros(1, 1, 8, 8, 4), affine=torch.eye(4))
+        >>> SliceDiceMetric(slice_axis="axial")(pred, pred).shape  # 4 slices, 1 channel: NaN (empty truth)
+        torch.Size([4, 1])
     """
 
     def __init__(
@@ -52,30 +72,54 @@ class SliceDiceMetric(CumulativeIterationMetric):
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
         ignore_empty: bool = True,
-        slice_axis: int = 2,
+        slice_axis: int | str = 2,
     ) -> None:
         super().__init__()
+        if isinstance(slice_axis, str):
+            if slice_axis not in _PLANES:
+                raise ValueError(f"slice_axis must be 0, 1, 2 or one of {list(_PLANES)}, got {slice_axis!r}.")
+        elif slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1, 2 or one of {list(_PLANES)}, got {slice_axis!r}.")
         self.include_background = include_background
         self.reduction = reduction
         self.get_not_nans = get_not_nans
         self.ignore_empty = ignore_empty
         self.slice_axis = slice_axis
 
-    def _to_slices(self, x: torch.Tensor) -> torch.Tensor:
+    def _axis(self, x: torch.Tensor) -> int:
+        """The spatial axis to cut ``x`` along (``slice_axis`` itself, or the one of its anatomical plane)."""
+        if isinstance(self.slice_axis, int):
+            return self.slice_axis
+        affine = getattr(x, "affine", None)
+        if not isinstance(x, MetaTensor) or affine is None:
+            raise ValueError(
+                f"slice_axis={self.slice_axis!r} needs predictions with an affine (MetaTensor), got {type(x).__name__}."
+            )
+        affine = torch.as_tensor(affine, dtype=torch.float64)
+        if affine.ndim == 3:  # a batch: every item must be cut along the same axis
+            axes = {_plane_axis(a, self.slice_axis) for a in affine}
+            if len(axes) != 1:
+                raise ValueError(f"the {self.slice_axis} axis differs within the batch ({sorted(axes)}).")
+            return axes.pop()
+        return _plane_axis(affine, self.slice_axis)
+
+    def _to_slices(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         if x.ndim == 4:  # already B x C x H x W
-            return x
+            return torch.as_tensor(x)
         if x.ndim != 5:
             raise ValueError(f"SliceDiceMetric expects B x C x X x Y x Z (or B x C x H x W), got {tuple(x.shape)}")
-        x = torch.movedim(torch.as_tensor(x), 2 + self.slice_axis, 1)  # B x Z x C x X x Y
+        x = torch.movedim(torch.as_tensor(x), 2 + axis, 1)  # B x Z x C x X x Y
         return x.reshape(-1, *x.shape[2:])
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def _slices(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if y_pred.shape != y.shape:
             raise ValueError(f"y_pred {tuple(y_pred.shape)} and y {tuple(y.shape)} must have the same shape")
-        return compute_dice(
-            self._to_slices(y_pred), self._to_slices(y), include_background=self.include_background,
-            ignore_empty=self.ignore_empty,
-        )
+        axis = self._axis(y_pred) if y_pred.ndim == 5 else 0
+        return self._to_slices(y_pred, axis), self._to_slices(y, axis)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        p, t = self._slices(y_pred, y)
+        return compute_dice(p, t, include_background=self.include_background, ignore_empty=self.ignore_empty)
 
     def aggregate(self, reduction: MetricReduction | str | None = None):  # type: ignore[override]
         data = self.get_buffer()
@@ -89,12 +133,8 @@ class SliceIoUMetric(SliceDiceMetric):
     """IoU (Jaccard) of every 2D slice of ``B x C x X x Y x Z`` predictions; arguments as :class:`SliceDiceMetric`."""
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if y_pred.shape != y.shape:
-            raise ValueError(f"y_pred {tuple(y_pred.shape)} and y {tuple(y.shape)} must have the same shape")
-        return compute_iou(
-            self._to_slices(y_pred), self._to_slices(y), include_background=self.include_background,
-            ignore_empty=self.ignore_empty,
-        )
+        p, t = self._slices(y_pred, y)
+        return compute_iou(p, t, include_background=self.include_background, ignore_empty=self.ignore_empty)
 
 
 class SliceMeanDice(IgniteMetricHandler):
@@ -114,7 +154,7 @@ class SliceMeanDice(IgniteMetricHandler):
         include_background: bool = True,
         reduction: MetricReduction | str = MetricReduction.MEAN,
         ignore_empty: bool = True,
-        slice_axis: int = 2,
+        slice_axis: int | str = 2,
         output_transform: Callable = lambda x: x,
         save_details: bool = False,
     ) -> None:
@@ -130,7 +170,7 @@ class SliceMeanIoU(IgniteMetricHandler):
         include_background: bool = True,
         reduction: MetricReduction | str = MetricReduction.MEAN,
         ignore_empty: bool = True,
-        slice_axis: int = 2,
+        slice_axis: int | str = 2,
         output_transform: Callable = lambda x: x,
         save_details: bool = False,
     ) -> None:

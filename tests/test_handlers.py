@@ -39,6 +39,50 @@ def test_slice_iou_and_other_axis():
     assert m0.get_buffer().shape == (4, 1)
 
 
+def _reoriented(x: torch.Tensor, affine: torch.Tensor):
+    """``x`` (B x C x X x Y x Z, identity affine) in another voxel order: axes (Z, X, Y), the new Y flipped.
+
+    Returns the same voxels as a MetaTensor whose affine maps the new indices to the same world points.
+    """
+    from monai.data import MetaTensor
+
+    moved = torch.flip(x.permute(0, 1, 4, 2, 3), dims=[4])  # new (a, b, c) = old (b, Y-1-c, a)
+    ny = x.shape[3]
+    to_old = torch.tensor([[0, 1, 0, 0], [0, 0, -1, ny - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)
+    return MetaTensor(moved, affine=affine.double() @ to_old)
+
+
+def test_slice_metrics_by_anatomical_plane():
+    """``slice_axis="axial"`` cuts along the array axis pointing inferior-superior, wherever it is."""
+    p, y = _volumes()
+    eye = torch.eye(4)
+    axial = SliceDiceMetric(slice_axis="axial")
+    axial(_reoriented(p, eye), _reoriented(y, eye))  # axial is now array axis 0, and comes as a MetaTensor
+    ref = SliceDiceMetric(slice_axis=2)
+    ref(p, y)
+    torch.testing.assert_close(axial.get_buffer(), ref.get_buffer(), equal_nan=True)
+    # an oblique affine: the axis closest to superior wins; sagittal and coronal are the other two
+    theta = math.radians(20)
+    rot = torch.tensor([[1, 0, 0, 0], [0, math.cos(theta), -math.sin(theta), 0], [0, math.sin(theta), math.cos(theta), 0],
+                        [0, 0, 0, 1]]) @ torch.diag(torch.tensor([0.9, 0.9, 3.0, 1.0]))
+    for plane, n_slices in (("sagittal", 4), ("coronal", 4), ("axial", 3)):
+        m = SliceIoUMetric(slice_axis=plane)
+        m(*(_reoriented(t, rot) for t in (p, y)))
+        assert m.get_buffer().shape == (n_slices, 1), plane
+
+
+def test_slice_metric_plane_errors():
+    import pytest
+
+    with pytest.raises(ValueError, match="slice_axis must be"):
+        SliceDiceMetric(slice_axis="transverse")
+    with pytest.raises(ValueError, match="slice_axis must be"):
+        SliceDiceMetric(slice_axis=3)
+    p, y = _volumes()
+    with pytest.raises(ValueError, match="needs predictions with an affine"):
+        SliceDiceMetric(slice_axis="axial")(p, y)  # a plain tensor has no orientation
+
+
 def test_overlay_writer_3d_and_2d(tmp_path):
     from monai.data import MetaTensor
 
