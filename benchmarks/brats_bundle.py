@@ -18,8 +18,8 @@ BraTS is a stand-in for stroke (tumour, not stroke): 2 channels FLAIR + T1c, lab
 The training budget is a number of steps (``--iterations``), chosen from the step time of a short probe run
 (``--skip-eval``, which trains only and looks at no validation case); the CPU time actually used
 (``RUSAGE_CHILDREN``) and the wall time are recorded. ``evaluate.json``
-(``eval_split validation``) gives per-volume Dice/IoU (MONAI ``MeanDice`` on the bundle's 256 x 256 in-plane grid)
-and per-slice Dice/IoU (``SliceMeanDice``: mean over the slices whose ground truth has tumour). With ``--figure``
+(``eval_split validation``) gives per-volume Dice/IoU (MONAI ``MeanDice`` on each scan's own grid, against the label
+as stored) and per-slice Dice/IoU (``SliceMeanDice``: mean over the slices whose ground truth has tumour). With ``--figure``
 a few tumour slices per validation case are drawn TP green / FP red / FN white.
 
     python benchmarks/brats_bundle.py --iterations 200 --threads 2 --network-override 'small_patch=[4,2,2,2]' \

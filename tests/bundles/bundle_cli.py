@@ -66,3 +66,34 @@ def resume_keeps_best_model(train_config: str, trained_ckpt: Path, workdir: Path
     second = torch.load(ckpt / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)["best_metric"]
     assert (second["best_metric"], second["best_metric_epoch"]) == (2.0, 1), second
     return log
+
+
+def evaluate_in_process(config_files: list[str], overrides: dict, network=None):
+    """Build ``validate#evaluator`` from ``config_files`` (``train.json`` + ``evaluate.json``) with ``overrides``
+    and run it in this process; returns the evaluator and the ``pred`` / ``label`` of every item it scored.
+
+    With ``network``, that module replaces the bundle's network and no checkpoint is loaded (no handlers).
+    """
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    for k, v in overrides.items():
+        parser[k] = v
+    if network is not None:
+        parser["network"] = network
+        parser["validate#handlers"] = []
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    items: list[dict] = []
+    evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: items.extend({k: d[k] for k in ("pred", "label")} for d in e.state.output)
+    )
+    evaluator.run()
+    return evaluator, items
+
+
+def dice(p, y) -> float:
+    """Dice of two boolean numpy arrays (both empty: 1)."""
+    total = p.sum() + y.sum()
+    return float(2 * (p & y).sum() / total) if total else 1.0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_cli import FAST, REPO_ROOT, resume_keeps_best_model, run_bundle  # noqa: E402
+from bundle_cli import FAST, REPO_ROOT, dice, evaluate_in_process, resume_keeps_best_model, run_bundle  # noqa: E402
 
 BUNDLE = REPO_ROOT / "bundles" / "patcher_polyp"
 CONFIGS = BUNDLE / "configs"
@@ -84,6 +84,55 @@ def test_evaluate_writes_csv(trained, tmp_path):
     metrics = dict(line.split(",") for line in (out / "metrics.csv").read_text().split())
     assert set(metrics) == {"val_mean_dice", "val_mean_iou"}
     assert len((out / "val_mean_dice_raw.csv").read_text().splitlines()) == 1 + 2  # header + 2 val images
+
+
+class _RedLogits(torch.nn.Module):
+    """A stand-in "network" segmenting what is red (the synthetic polyps are red discs on grey noise)."""
+
+    def forward(self, x):
+        return 20.0 * (x[:, :1] - 0.6)  # ImageNet-normalised red: about 1.3 on the discs, at most 0 around them
+
+
+def _mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("L")) > 127
+
+
+def _evaluate(folder: Path, tmp_path: Path, **kw):
+    overrides = {**FAST_KW, "eval_dir": str(folder), "output_dir": str(tmp_path / "eval"), **kw.pop("override", {})}
+    return evaluate_in_process([TRAIN, str(CONFIGS / "evaluate.json")], overrides, **kw)
+
+
+def test_evaluate_scores_at_the_image_size(trained, tmp_path):
+    """Dice is computed against each mask as stored (60 x 80 and 64 x 80 here), not on the 64 x 64 network grid.
+
+    (MONAI's ``PILReader`` gives ``W x H`` arrays, hence the transposes.)
+    """
+    folder = trained["data"] / "val"
+    evaluator, items = _evaluate(folder, tmp_path, network=_RedLogits())
+    masks = [_mask(p) for p in sorted((folder / "masks").glob("*.jpg"))]
+    assert [tuple(it["label"].shape) for it in items] == [(1, *m.T.shape) for m in masks] == [(1, 80, 60), (1, 80, 64)]
+    dices = []
+    for it, m in zip(items, masks):
+        assert it["pred"].shape == it["label"].shape
+        np.testing.assert_array_equal(it["label"][0].numpy().T > 0.5, m)  # the stored mask, not a resampled one
+        dices.append(dice(it["pred"][0].numpy() > 0.5, it["label"][0].numpy() > 0.5))
+    assert min(dices) > 0.85  # the red-disc "network" finds each disc where its mask has it
+    assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(np.mean(dices), abs=1e-5)
+
+
+def test_evaluate_real_kvasir_images_at_their_size(trained, tmp_path, shared_path_fn):
+    folder = shared_path_fn("Kvasir-SEG-5-samples-original-encoding", "Kvasir-SEG")  # images/ + masks/
+    evaluator, items = _evaluate(folder, tmp_path, override={"ckpt_path": str(trained["ckpt"] / "model.pt")})
+    masks = [_mask(p) for p in sorted((folder / "masks").glob("*.jpg"))]
+    assert len(items) == len(masks) == 4
+    dices = []
+    for it, m in zip(items, masks):
+        assert it["pred"].shape == it["label"].shape
+        np.testing.assert_array_equal(it["label"][0].numpy().T > 0.5, m)  # the stored mask, not a resampled one
+        dices.append(dice(it["pred"][0].numpy() > 0.5, it["label"][0].numpy() > 0.5))
+    assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(np.mean(dices), abs=1e-5)
 
 
 def test_inference_png_masks_in_image_size(trained, tmp_path):

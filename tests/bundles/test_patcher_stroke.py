@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_cli import FAST, REPO_ROOT, resume_keeps_best_model, run_bundle  # noqa: E402
+from bundle_cli import FAST, REPO_ROOT, dice, evaluate_in_process, resume_keeps_best_model, run_bundle  # noqa: E402
 
 BUNDLE = REPO_ROOT / "bundles" / "patcher_stroke"
 CONFIGS = BUNDLE / "configs"
@@ -96,6 +96,77 @@ def test_evaluate_writes_csv(trained, tmp_path):
     raw = (out / "val_mean_dice_raw.csv").read_text().splitlines()
     assert raw[0].startswith("filename") and len(raw) == 2  # one test case
     assert (out / "val_mean_iou_summary.csv").is_file()
+
+
+class _DWILogits(torch.nn.Module):
+    """A stand-in "network" segmenting whatever is brighter than average in the normalised DWI channel."""
+
+    def forward(self, x):
+        return 20.0 * x[:, 1:2] - 1.0  # z-score 0 (outside the normalised region) -> background
+
+
+def _evaluate_in_process(tmp_path, datalist: dict, network=None, **override):
+    """``evaluate.json`` over ``train.json`` on ``datalist``, in this process (see ``bundle_cli.evaluate_in_process``)."""
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    overrides = {**FAST_KW, "dataset_dir": str(tmp_path), "datalist": str(tmp_path / "datalist.json"),
+                 "output_dir": str(tmp_path / "eval"), **override}
+    return evaluate_in_process([TRAIN, str(CONFIGS / "evaluate.json")], overrides, network)
+
+
+def test_evaluate_scores_on_the_scan_grid(tmp_path, demo_dataset):
+    """Scores are computed against the label as stored, on the scan's own grid (here 16 x 70 x 64, axial first,
+    flipped), not on the network's RAS 64 x 64 grid; the slice metrics cut along the scan's axial axis."""
+    import nibabel as nib
+
+    case = sorted(p for p in Path(demo_dataset).parent.iterdir() if p.is_dir())[0]
+    label = nib.load(str(case / "label.nii.gz"))
+    lesion = np.asanyarray(label.dataobj) > 0.5
+    assert lesion.any()
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(label.affine),
+                                           nib.orientations.axcodes2ornt(("S", "L", "P")))
+    files = {}
+    for key, arr in {"dwi": 1.0 + 2.0 * lesion, "adc": np.full(lesion.shape, 0.8), "label": lesion}.items():
+        padded = np.pad(arr.astype(np.float32), ((0, 6), (0, 0), (0, 0)))  # 70 x 64 x 16: not the network's size
+        img = nib.Nifti1Image(padded, label.affine).as_reoriented(ornt)
+        nib.save(img, str(tmp_path / f"{key}.nii.gz"))
+        files[key] = f"{key}.nii.gz"
+    scan = nib.load(str(tmp_path / "label.nii.gz"))
+    assert scan.shape == (16, 70, 64) and nib.aff2axcodes(scan.affine) == ("S", "L", "P")
+
+    evaluator, items = _evaluate_in_process(tmp_path, {"test": [files]}, network=_DWILogits())
+    (item,) = items
+    truth = np.asanyarray(scan.dataobj) > 0.5
+    assert item["label"].shape == (1, *scan.shape) and item["pred"].shape == (1, *scan.shape)
+    np.testing.assert_array_equal(item["label"][0].numpy() > 0.5, truth)  # the stored label, not a resampled one
+    np.testing.assert_allclose(np.asarray(item["pred"].affine), scan.affine, atol=1e-4)
+    pred = item["pred"][0].numpy() > 0.5
+    # the DWI-bright "network" finds the lesion where the label has it: the geometry of the way back is right
+    assert dice(pred, truth) > 0.9
+    metrics = evaluator.state.metrics
+    assert metrics["val_mean_dice"] == pytest.approx(dice(pred, truth), abs=1e-5)
+    per_slice = [dice(pred[z], truth[z]) for z in range(truth.shape[0]) if truth[z].any()]  # axial = axis 0 here
+    assert metrics["val_slice_dice"] == pytest.approx(np.mean(per_slice), abs=1e-5)
+
+
+def test_evaluate_real_brats_case_on_its_grid(trained, tmp_path, shared_path_fn):
+    """The trained demo checkpoint scored on a real BraTS volume (240 x 240 x 155, LPS) as stored."""
+    import nibabel as nib
+
+    case = shared_path_fn("BraTS2015-DeepMedic-examples", "validation", "brats_2013_pat0003_1")
+    files = {"dwi": str(case / "Flair_subtrMeanDivStd.nii.gz"), "adc": str(case / "T1c_subtrMeanDivStd.nii.gz"),
+             "label": str(case / "OTMultiClass.nii.gz")}
+    evaluator, items = _evaluate_in_process(
+        tmp_path, {"test": [files]}, ckpt_path=str(trained["ckpt"] / "model.pt"),
+        **{"train#deterministic_transforms#5": {"_target_": "CopyItemsd", "keys": "adc", "names": "eadc"}},
+    )  # BraTS has no ADC: T1c stands in and is copied as is (as benchmarks/brats_bundle.py does)
+    (item,) = items
+    ref = nib.load(files["label"])
+    truth = np.asanyarray(ref.dataobj) > 0.5
+    assert item["pred"].shape == (1, *ref.shape) == (1, 240, 240, 155)
+    np.testing.assert_array_equal(item["label"][0].numpy() > 0.5, truth)
+    np.testing.assert_allclose(np.asarray(item["pred"].affine), np.asarray(item["label"].affine), atol=1e-4)
+    pred = item["pred"][0].numpy() > 0.5
+    assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(dice(pred, truth), abs=1e-5)
 
 
 def _check_same_grid(out_file: Path, shape, affine):
