@@ -72,7 +72,9 @@ def _floats(text: str) -> np.ndarray:
     return np.asarray([float(v) for v in text.strip().split("\\")], dtype=float)
 
 
-def dicom_series_files(folder, series_uid: str | None = None) -> tuple[list[str], str]:
+def dicom_series_files(
+    folder, series_uid: str | None = None, allow_slice_gaps: bool = False
+) -> tuple[list[str], str]:
     """The files of one DICOM series in ``folder``, sorted by geometry.
 
     Slices are ordered by ``ImagePositionPatient`` projected on the slice normal (the cross product of
@@ -80,17 +82,24 @@ def dicom_series_files(folder, series_uid: str | None = None) -> tuple[list[str]
     (which scanners number in either direction). Only when a slice has no position does it fall back
     to ``InstanceNumber`` (with a warning).
 
+    A volume has one slice step: SimpleITK stacks the slices with the mean step. A step more than 1.5 times
+    the median one is a gap, most often a slice file missing from the folder (an interrupted export or copy),
+    and stacking across it would put every slice after it at the wrong position, so it is refused unless
+    ``allow_slice_gaps``. Smaller irregularities are logged.
+
     Args:
         folder: a folder holding DICOM files (not searched recursively).
         series_uid: the ``SeriesInstanceUID`` to read. If None and the folder holds several series,
             the one with the most slices is chosen and the choice is logged.
+        allow_slice_gaps: read a series with gaps anyway (with a warning); its slice positions are then
+            approximate (evenly spread between the first and the last slice).
 
     Returns:
         ``(sorted_file_names, series_uid)``.
 
     Raises:
-        DataError: no DICOM series in the folder, unknown ``series_uid``, mixed orientations, or
-            several slices at one position (several volumes in one series).
+        DataError: no DICOM series in the folder, unknown ``series_uid``, mixed orientations,
+            several slices at one position (several volumes in one series), or a gap in the slice positions.
 
     Example:
         >>> files, uid = dicom_series_files("/data/patient1/dwi_series")  # doctest: +SKIP
@@ -166,7 +175,19 @@ def dicom_series_files(folder, series_uid: str | None = None) -> tuple[list[str]
             f"{len(np.unique(np.round(dist, 4)))} positions): it holds several volumes (echoes, time points or "
             "b-values); split them into separate folders",
         )
-    if steps.size and not np.allclose(steps, steps.mean(), rtol=1e-2, atol=1e-2):
+    gaps = np.flatnonzero(steps > 1.5 * np.median(steps)) if steps.size else steps
+    if gaps.size:
+        z = dist[order]
+        where = ", ".join(f"{z[i]:.2f} -> {z[i + 1]:.2f} mm" for i in gaps[:5]) + (" ..." if gaps.size > 5 else "")
+        msg = (
+            f"series {uid} has gaps in its slice positions ({len(files)} files; step {np.median(steps):.3g} mm, "
+            f"but {where}): slice files missing from the folder? Stacked as one volume, the slices after a gap "
+            "would be placed at wrong positions"
+        )
+        if not allow_slice_gaps:
+            raise DataError.for_file(folder, msg + "; pass allow_slice_gaps=True to the reader to read it anyway")
+        logger.warning("%s: %s; read anyway (allow_slice_gaps), with the mean step", folder, msg)
+    elif steps.size and not np.allclose(steps, steps.mean(), rtol=1e-2, atol=1e-2):
         logger.warning("%s: non-uniform slice spacing %s mm; the mean step is used", folder, np.round(steps, 3))
     return [files[i] for i in order], uid
 
@@ -287,6 +308,8 @@ class SimpleITKReader(ImageReader):
             has no channel axis, a multi-component image (RGB) or a 4D NIfTI gets it last (``-1``).
         series_uid: ``SeriesInstanceUID`` to read from a folder holding several series. None: the series
             with the most slices (the choice is logged).
+        allow_slice_gaps: read DICOM series whose slice positions have gaps (see :func:`dicom_series_files`;
+            refused by default: the geometry would be wrong).
         affine_lps_to_ras: convert SimpleITK's LPS geometry to a RAS affine (MONAI's default, as
             ``ITKReader`` and ``NibabelReader`` do). Default True.
         reverse_indexing: return SimpleITK's numpy axis order ``(z, y, x)`` instead of MONAI's
@@ -295,8 +318,9 @@ class SimpleITKReader(ImageReader):
             does not fail.
 
     Raises:
-        DataError: (from ``read``) missing file, unreadable/truncated file, DICOM folder without images,
-            multi-frame DICOM without geometry; (from ``get_data``) channels with different shapes or affines.
+        DataError: (from ``get_data``: ``read`` only notes the paths) missing file, unreadable/truncated file,
+            DICOM folder without images, multi-frame DICOM without geometry, DICOM series with gaps in its slice
+            positions, channels with different shapes or affines.
     """
 
     def __init__(
@@ -305,11 +329,13 @@ class SimpleITKReader(ImageReader):
         series_uid: str | None = None,
         affine_lps_to_ras: bool = True,
         reverse_indexing: bool = False,
+        allow_slice_gaps: bool = False,
         **kwargs,
     ):
         super().__init__()
         self.channel_dim = float("nan") if channel_dim == "no_channel" else channel_dim
         self.series_uid = series_uid
+        self.allow_slice_gaps = allow_slice_gaps
         self.affine_lps_to_ras = affine_lps_to_ras
         self.reverse_indexing = reverse_indexing
         self.kwargs = kwargs
@@ -366,7 +392,7 @@ class SimpleITKReader(ImageReader):
         if not path.exists():
             raise DataError.for_file(name, "file or folder does not exist")
         if path.is_dir():
-            files, uid = dicom_series_files(name, series_uid)
+            files, uid = dicom_series_files(name, series_uid, self.allow_slice_gaps)
             try:
                 if len(files) == 1:
                     img = sitk.ReadImage(files[0])

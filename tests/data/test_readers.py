@@ -218,6 +218,23 @@ def test_dicom_folder_with_two_series(tmp_path, caplog):
     _assert_clean_error(tmp_path / "s", "no DICOM series with SeriesInstanceUID", series_uid="9.9")
 
 
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, caplog):
+    _write_dicom_series(tmp_path / "s", [0.0, 3.0, 6.0, 12.0, 15.0])  # the slice at 9 mm is missing
+    _assert_clean_error(tmp_path / "s", "gaps in its slice positions")
+    _assert_clean_error(tmp_path / "s", "6.00 -> 12.00 mm")
+    with caplog.at_level("WARNING"):
+        out = _load(tmp_path / "s", allow_slice_gaps=True)["x"]  # on request: read, with a warning
+    assert out.shape[-1] == 5 and "allow_slice_gaps" in caplog.text
+    np.testing.assert_allclose(out.meta["spacing"][2], 15.0 / 4, rtol=1e-4)  # the mean step: approximate
+
+
+def test_dicom_series_with_jittered_positions_is_read(tmp_path):
+    _write_dicom_series(tmp_path / "s", [0.0, 3.01, 5.98, 9.02, 12.0])  # rounding in the headers, not a gap
+    out = _load(tmp_path / "s")["x"]
+    assert out.shape[-1] == 5
+    np.testing.assert_allclose(out.meta["spacing"][2], 3.0, atol=1e-2)
+
+
 # ---------------------------------------------------------------- real data
 
 
@@ -246,6 +263,21 @@ def test_real_dicom_series_matches_pydicom(shared_path_fn):
     np.testing.assert_allclose(out.affine.numpy()[:3, 2] / step, normal * [-1, -1, 1], atol=1e-4)
 
 
+def test_real_dicom_series_with_a_file_removed(shared_path_fn, tmp_path):
+    """The real series minus one middle slice file (an interrupted copy): refused, naming the folder and the gap."""
+    import shutil
+
+    src = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    files, _ = dicom_series_files(src)
+    dst = tmp_path / "series"
+    dst.mkdir()
+    for f in files[:2] + files[3:]:  # the third slice in geometric order is missing
+        shutil.copy(f, dst)
+    _assert_clean_error(dst, "gaps in its slice positions")
+    out = _load(dst, allow_slice_gaps=True)["x"]
+    assert out.shape[-1] == len(files) - 1
+
+
 @pytest.mark.parametrize("name, shape", [("CT_small.dcm", (128, 128, 1)), ("MR_small.dcm", (64, 64, 1))])
 def test_real_single_dicom_files(shared_path_fn, name, shape):
     pydicom = pytest.importorskip("pydicom")
@@ -262,7 +294,9 @@ def test_real_single_dicom_files(shared_path_fn, name, shape):
 def test_real_tiny_ct_series_folder(shared_path_fn):
     pydicom = pytest.importorskip("pydicom")
     folder = shared_path_fn("package-bundled-samples", "pydicom", "data", "test_files", "dicomdirtests", "77654033", "CT2")
-    out = LoadImage(reader=SimpleITKReader(), image_only=True)(folder)
+    # 4 slices of a longer series (instances 18, 180-182: z = -99.48, 103.02, 104.27, 105.52 mm): a gap, refused
+    _assert_clean_error(folder, "-99.48 -> 103.02 mm")
+    out = LoadImage(reader=SimpleITKReader(allow_slice_gaps=True), image_only=True)(folder)
     assert tuple(out.shape) == (16, 16, 4)
     dss = [pydicom.dcmread(p) for p in folder.iterdir()]
     z = sorted(float(ds.ImagePositionPatient[2]) for ds in dss)
