@@ -335,10 +335,15 @@ def run_batch(
 ) -> list[CaseResult]:
     """Run every case of ``input_dir``; write masks and ``summary.json``/``summary.csv`` to ``output_dir``.
 
-    One case's failure (any ``Exception``, including ``MemoryError``) never stops the others.
+    One case's failure (any ``Exception``, including ``MemoryError``) never stops the others. Temporary files that
+    an interrupted earlier run left in ``output_dir`` are removed first (only those, and never one that a running
+    process may still be writing: :func:`~monai_patcher.checkpoint.remove_stale_temp_files`).
     """
+    from .checkpoint import remove_stale_temp_files
+
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out, log=logger)
     results: list[CaseResult] = []
     for case in find_cases(input_dir):
         seg = out / f"{case.name}_seg.nii.gz"

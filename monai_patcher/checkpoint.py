@@ -129,7 +129,7 @@ def atomic_save(obj: Any, path: str | os.PathLike, save_func: Callable[..., Any]
     """Write ``obj`` to ``path`` so that ``path`` is always either the old complete file or the new complete one.
 
     ``save_func(obj, fileobj, **kwargs)`` writes into a temporary file next to ``path``
-    (``.<name>.<random>.tmp``), which is flushed, ``fsync``\\ ed and renamed over ``path`` (``os.replace`` is
+    (``.<name>.<pid>-<host>.<random>.tmp``), which is flushed, ``fsync``\\ ed and renamed over ``path`` (``os.replace`` is
     atomic on POSIX and Windows); the folder is ``fsync``\\ ed too. If anything fails (an exception, a full disk),
     the temporary file is removed and ``path`` is untouched. A ``kill -9`` at any moment leaves at most a
     stray ``*.tmp`` file, never a partial file under ``path``. The file gets the permissions a plain ``open``
@@ -195,7 +195,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: s
 # temporary files this process is writing right now, as (st_dev, st_ino): never removed as stale
 _IN_FLIGHT: set[tuple[int, int]] = set()
 _IN_FLIGHT_LOCK = threading.Lock()
-_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{8})\.[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX) + "$")
+# ``.<name>.<pid>-<host>.<random>.tmp``, optionally followed by the final name's extensions (``atomic_write``'s
+# ``suffix``, e.g. ``.tmp.nii.gz`` for the batch-inference masks)
+_TMP_NAME = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{8})\.[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX)
+    + r"(\.[A-Za-z0-9]{1,8}){0,3}$"
+)
+# the scheme of version 0.1.0, without ``<pid>-<host>``: ``.<name>.<random>.tmp``; removed only by age
+_OLD_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
 
 
 def _host_tag() -> str:
@@ -223,15 +230,17 @@ def remove_stale_temp_files(
 ) -> list[Path]:
     """Delete the temporary files that :func:`atomic_save` left in ``folder`` when its process was killed.
 
-    Only files named like :func:`atomic_save`'s temporary files, ``.<name>.<pid>-<host>.<random>.tmp``, directly
-    in ``folder``, are considered (never a checkpoint, another file or a subfolder; temporary files of older
-    versions without ``<pid>-<host>`` are left alone). One is deleted when no running process can still be
-    writing it:
+    Only files named like :func:`atomic_save`'s / :func:`atomic_write`'s temporary files,
+    ``.<name>.<pid>-<host>.<random>.tmp[.<ext>]``, directly in ``folder``, are considered (never a checkpoint,
+    another file or a subfolder). One is deleted when no running process can still be writing it:
 
     - it was written on this host (same ``<host>``) by a process ``<pid>`` that no longer exists, or by this
       process's pid while this process is not writing it (an earlier process that had the same pid); or
     - it has not been modified for ``stale_after`` seconds (default :data:`STALE_TMP_SECONDS`, one hour): files
       from another host (e.g. a job moved to another node), or whose pid now belongs to another process.
+
+    Temporary files of version 0.1.0 (``.<name>.<random>.tmp``, no writer recorded) are deleted by the age rule
+    only.
 
     A writer's own temporary file therefore survives: another saver (another rank of the same host, another
     process, another thread of this process) never deletes a temporary file that is being written. This
@@ -256,7 +265,8 @@ def remove_stale_temp_files(
     removed: list[Path] = []
     for entry in entries:
         m = _TMP_NAME.match(entry.name)
-        if m is None:
+        old_scheme = m is None and _OLD_TMP_NAME.match(entry.name) is not None
+        if m is None and not old_scheme:
             continue
         with _IN_FLIGHT_LOCK:
             try:
@@ -265,14 +275,17 @@ def remove_stale_temp_files(
                 continue
             if not entry.is_file(follow_symlinks=False) or (st.st_dev, st.st_ino) in _IN_FLIGHT:
                 continue
-            pid, age = int(m["pid"]), now - st.st_mtime
+            age = now - st.st_mtime
             reason = None
-            if m["host"] == host and pid == me:
-                reason = f"left by an earlier process with this process's pid {pid}"
-            elif m["host"] == host and _pid_running(pid) is False:
-                reason = f"its writer, process {pid} of this host, is no longer running"
+            if old_scheme:
+                if age > stale_after:
+                    reason = f"not modified for {age / 60:.0f} min (an older version's temporary file)"
+            elif m["host"] == host and int(m["pid"]) == me:
+                reason = f"left by an earlier process with this process's pid {me}"
+            elif m["host"] == host and _pid_running(int(m["pid"])) is False:
+                reason = f"its writer, process {m['pid']} of this host, is no longer running"
             elif age > stale_after:
-                reason = f"not modified for {age / 60:.0f} min (written by process {pid} on host tag {m['host']})"
+                reason = f"not modified for {age / 60:.0f} min (written by process {m['pid']} on host tag {m['host']})"
             if reason is None:
                 continue
             try:
@@ -280,7 +293,7 @@ def remove_stale_temp_files(
             except FileNotFoundError:
                 continue
         removed.append(Path(entry.path))
-        log.warning(f"removed stale temporary checkpoint file {entry.path} ({reason}; a save was interrupted)")
+        log.warning(f"removed stale temporary file {entry.path} ({reason}; a save was interrupted)")
     return removed
 
 

@@ -172,6 +172,27 @@ def test_existing_outputs_are_kept_unless_overwrite(setup, tmp_path):
     assert nib.load(str(seg)).shape == SHAPE
 
 
+def test_temp_files_of_an_interrupted_run_are_removed(setup, tmp_path):
+    """A real ``kill -9`` while a mask is written leaves ``.<case>_seg.nii.gz.<pid>-<host>.<random>.tmp.nii.gz``;
+    the next run removes it (the masks already written stay, as does every other file)."""
+    root, inp, ckpt = setup
+    small = _subset(inp, tmp_path / "in", ["good_2ch.nii.gz"])
+    out = tmp_path / "out"
+    code = (
+        "import os, signal, sys; from pathlib import Path; from monai_patcher.batch_inference import _atomic_write\n"
+        "def write(tmp):\n    Path(tmp).write_bytes(b'half a mask'); os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"_atomic_write(Path({str(out / 'good_2ch_seg.nii.gz')!r}), write)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -9
+    (stray,) = list(out.iterdir())
+    assert stray.name.startswith(".good_2ch_seg.nii.gz.") and stray.name.endswith(".tmp.nii.gz")
+    (out / "notes.tmp.nii.gz").write_bytes(b"not ours")
+    assert main(["--input", str(small), "--output", str(out), "--checkpoint", str(ckpt), *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["good_2ch_seg.nii.gz", "notes.tmp.nii.gz", "summary.csv",
+                                                     "summary.json"]
+
+
 def test_exit_status_0_when_all_good_and_2_when_it_cannot_start(setup, tmp_path):
     root, inp, ckpt = setup
     good = _subset(inp, tmp_path / "good", ["good_pair_dwi.nii.gz", "good_pair_adc.nii.gz"])

@@ -391,6 +391,29 @@ def test_temp_file_of_an_earlier_process_with_this_pid_is_removed(tmp_path):
     assert remove_stale_temp_files(tmp_path) == [stale] and not stale.exists()
 
 
+def test_temp_file_with_the_final_extension_is_removed(tmp_path):
+    """``atomic_write(..., suffix=".tmp.nii.gz")`` (the batch-inference masks) names its files
+    ``.<name>.<pid>-<host>.<random>.tmp.nii.gz``: the same rules apply to them."""
+    dead = tmp_path / (_tmp_name("case_seg.nii.gz", _dead_pid()) + ".nii.gz")
+    other_host = tmp_path / (_tmp_name("case_seg.nii.gz", 12345, host="0badc0de") + ".nii.gz")
+    for p in (dead, other_host):
+        p.write_bytes(b"half")
+    assert remove_stale_temp_files(tmp_path) == [dead]
+    assert other_host.exists()
+
+
+def test_temp_files_of_version_0_1_0_are_removed_by_age_only(tmp_path):
+    """``.<name>.<random>.tmp`` (no writer recorded): kept while recent, removed after ``stale_after``."""
+    fresh, old = tmp_path / ".model.pt.abcd_123.tmp", tmp_path / ".checkpoint_epoch=2.pt.x9y8z7w6.tmp"
+    not_ours = [tmp_path / "notes.tmp", tmp_path / ".hidden.tmp", tmp_path / ".model.pt.tmp"]
+    for p in (fresh, old, *not_ours):
+        p.write_bytes(b"half")
+        _age(p, 2 * 3600)
+    _age(fresh, 60)
+    assert remove_stale_temp_files(tmp_path) == [old]
+    assert fresh.exists() and all(p.exists() for p in not_ours)
+
+
 def test_only_the_saving_rank_removes_temp_files(tmp_path, monkeypatch):
     import ignite.distributed as idist
 
