@@ -80,6 +80,8 @@ class SliceDiceMetric(CumulativeIterationMetric):
                 raise ValueError(f"slice_axis must be 0, 1, 2 or one of {list(_PLANES)}, got {slice_axis!r}.")
         elif slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1, 2 or one of {list(_PLANES)}, got {slice_axis!r}.")
+        else:
+            slice_axis = int(slice_axis)  # e.g. a numpy integer
         self.include_background = include_background
         self.reduction = reduction
         self.get_not_nans = get_not_nans
