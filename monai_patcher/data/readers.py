@@ -39,6 +39,17 @@ _TAG_POSITION = "0020|0032"  # ImagePositionPatient
 _TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient
 _TAG_INSTANCE = "0020|0013"  # InstanceNumber
 _TAG_FRAMES = "0028|0008"  # NumberOfFrames
+# tags that tell apart several volumes stored in one series (named in the error message when slices coincide)
+_VOLUME_TAGS = {
+    "0018|9087": "DiffusionBValue",
+    "0019|100c": "B_value (Siemens)",
+    "0043|1039": "Slop_int_6...9 (GE b-value)",
+    "0018|0081": "EchoTime",
+    "0018|0086": "EchoNumbers",
+    "0020|0100": "TemporalPositionIdentifier",
+    "0020|0012": "AcquisitionNumber",
+    "0008|0008": "ImageType",
+}
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -147,6 +158,7 @@ def dicom_series_files(
     if len(files) <= 1:
         return files, uid
     positions, orientations, instances = [], [], []
+    volume_tags: dict[str, set[str]] = {}
     for f in files:
         try:
             h = _header(f)
@@ -156,6 +168,8 @@ def dicom_series_files(
         positions.append(_floats(h.GetMetaData(_TAG_POSITION)) if _TAG_POSITION in keys else None)
         orientations.append(_floats(h.GetMetaData(_TAG_ORIENTATION)) if _TAG_ORIENTATION in keys else None)
         instances.append(int(float(h.GetMetaData(_TAG_INSTANCE))) if _TAG_INSTANCE in keys else 0)
+        for tag in _VOLUME_TAGS:
+            volume_tags.setdefault(tag, set()).add(h.GetMetaData(tag).strip() if tag in keys else "")
     if any(p is None or o is None or p.size != 3 or o.size != 6 for p, o in zip(positions, orientations)):
         logger.warning("%s: some slices have no ImagePositionPatient/Orientation; ordering by InstanceNumber", folder)
         order = np.argsort(instances, kind="stable")
@@ -169,11 +183,17 @@ def dicom_series_files(
     order = np.argsort(dist, kind="stable")
     steps = np.diff(dist[order])
     if np.any(np.abs(steps) < 1e-4):
+        varying = [
+            f"{name} {sorted(v or '(none)' for v in volume_tags[tag])}"
+            for tag, name in _VOLUME_TAGS.items() if len(volume_tags[tag]) > 1
+        ]  # fmt: skip
         raise DataError.for_file(
             folder,
             f"series {uid} has several slices at the same position ({len(files)} files, "
             f"{len(np.unique(np.round(dist, 4)))} positions): it holds several volumes (echoes, time points or "
-            "b-values); split them into separate folders",
+            "b-values; "
+            + (f"these tags differ between its files: {'; '.join(varying)}" if varying else "no tag tells them apart")
+            + "); split them into separate folders, one volume each (e.g. the b = 1000 images of a DWI series)",
         )
     gaps = np.flatnonzero(steps > 1.5 * np.median(steps)) if steps.size else steps
     if gaps.size:

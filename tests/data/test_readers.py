@@ -171,8 +171,8 @@ def test_dicom_folder_without_images(tmp_path):
     _assert_clean_error(tmp_path, "no DICOM images")
 
 
-def _write_dicom_series(folder, positions, uid="1.2.3.4", size=(8, 6), start=0):
-    """Tiny synthetic DICOM series via SimpleITK; slice value = its index in ``positions``."""
+def _write_dicom_series(folder, positions, uid="1.2.3.4", size=(8, 6), start=0, extra=None, prefix="im"):
+    """Tiny synthetic DICOM series via SimpleITK; slice value = its index in ``positions``; ``extra``: more tags."""
     folder.mkdir(parents=True, exist_ok=True)
     w = sitk.ImageFileWriter()
     w.KeepOriginalImageUIDOn()
@@ -187,10 +187,11 @@ def _write_dicom_series(folder, positions, uid="1.2.3.4", size=(8, 6), start=0):
             "0020|0032": f"0\\0\\{z}",
             "0020|0037": "1\\0\\0\\0\\1\\0",
             "0028|0030": "0.9\\0.8",
-            "0008|0018": f"{uid}.{i}",
+            "0008|0018": f"{uid}.{start}.{i}",
+            **(extra or {}),
         }.items():
             img.SetMetaData(tag, val)
-        w.SetFileName(str(folder / f"im{i:02d}_{uid[-1]}.dcm"))
+        w.SetFileName(str(folder / f"{prefix}{i:02d}_{uid[-1]}.dcm"))
         w.Execute(img)
 
 
@@ -216,6 +217,16 @@ def test_dicom_folder_with_two_series(tmp_path, caplog):
     out = _load(tmp_path / "s", series_uid="1.2.3.4.2")["x"]
     assert out.shape[-1] == 2
     _assert_clean_error(tmp_path / "s", "no DICOM series with SeriesInstanceUID", series_uid="9.9")
+
+
+def test_dicom_series_holding_two_b_values_names_them(tmp_path):
+    """A DWI series with its b = 0 and b = 1000 images (same positions) is refused; the message says which tag
+    tells the volumes apart, so the user knows how to split them."""
+    positions = [0.0, 3.0, 6.0]
+    _write_dicom_series(tmp_path / "s", positions, extra={"0018|9087": "0"}, start=0)
+    _write_dicom_series(tmp_path / "s", positions, extra={"0018|9087": "1000"}, start=10, prefix="b1000_")
+    _assert_clean_error(tmp_path / "s", "several slices at the same position (6 files, 3 positions)")
+    _assert_clean_error(tmp_path / "s", "DiffusionBValue ['0', '1000']")
 
 
 def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, caplog):
