@@ -42,8 +42,8 @@ _TAG_FRAMES = "0028|0008"  # NumberOfFrames
 # tags that tell apart several volumes stored in one series (named in the error message when slices coincide)
 _VOLUME_TAGS = {
     "0018|9087": "DiffusionBValue",
-    "0019|100c": "B_value (Siemens)",
-    "0043|1039": "Slop_int_6...9 (GE b-value)",
+    "0019|100c": "Siemens b-value (0019,100C)",
+    "0043|1039": "GE b-value (0043,1039)",
     "0018|0081": "EchoTime",
     "0018|0086": "EchoNumbers",
     "0020|0100": "TemporalPositionIdentifier",
