@@ -94,7 +94,7 @@ def dicom_series_files(
     to ``InstanceNumber`` (with a warning).
 
     A volume has one slice step: SimpleITK stacks the slices with the mean step. A step more than 1.5 times
-    the median one is a gap, most often a slice file missing from the folder (an interrupted export or copy),
+    the smallest one is a gap, most often a slice file missing from the folder (an interrupted export or copy),
     and stacking across it would put every slice after it at the wrong position, so it is refused unless
     ``allow_slice_gaps``. Smaller irregularities are logged.
 
@@ -195,12 +195,13 @@ def dicom_series_files(
             + (f"these tags differ between its files: {'; '.join(varying)}" if varying else "no tag tells them apart")
             + "); split them into separate folders, one volume each (e.g. the b = 1000 images of a DWI series)",
         )
-    gaps = np.flatnonzero(steps > 1.5 * np.median(steps)) if steps.size else steps
+    # the smallest step is the regular one (a median would miss the gap of a 3-slice series)
+    gaps = np.flatnonzero(steps > 1.5 * steps.min()) if steps.size else steps
     if gaps.size:
         z = dist[order]
         where = ", ".join(f"{z[i]:.2f} -> {z[i + 1]:.2f} mm" for i in gaps[:5]) + (" ..." if gaps.size > 5 else "")
         msg = (
-            f"series {uid} has gaps in its slice positions ({len(files)} files; step {np.median(steps):.3g} mm, "
+            f"series {uid} has gaps in its slice positions ({len(files)} files; step {steps.min():.3g} mm, "
             f"but {where}): slice files missing from the folder? Stacked as one volume, the slices after a gap "
             "would be placed at wrong positions"
         )
@@ -328,12 +329,12 @@ class SimpleITKReader(ImageReader):
             has no channel axis, a multi-component image (RGB) or a 4D NIfTI gets it last (``-1``).
         series_uid: ``SeriesInstanceUID`` to read from a folder holding several series. None: the series
             with the most slices (the choice is logged).
-        allow_slice_gaps: read DICOM series whose slice positions have gaps (see :func:`dicom_series_files`;
-            refused by default: the geometry would be wrong).
         affine_lps_to_ras: convert SimpleITK's LPS geometry to a RAS affine (MONAI's default, as
             ``ITKReader`` and ``NibabelReader`` do). Default True.
         reverse_indexing: return SimpleITK's numpy axis order ``(z, y, x)`` instead of MONAI's
             ``(x, y, z)``. Default False. It does not change the metadata.
+        allow_slice_gaps: read DICOM series whose slice positions have gaps (see :func:`dicom_series_files`;
+            refused by default: the geometry would be wrong).
         kwargs: ignored; accepted so that ``LoadImage(reader=..., **kwargs)`` meant for another reader
             does not fail.
 

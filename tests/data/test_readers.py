@@ -237,6 +237,8 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, caplog):
         out = _load(tmp_path / "s", allow_slice_gaps=True)["x"]  # on request: read, with a warning
     assert out.shape[-1] == 5 and "allow_slice_gaps" in caplog.text
     np.testing.assert_allclose(out.meta["spacing"][2], 15.0 / 4, rtol=1e-4)  # the mean step: approximate
+    _write_dicom_series(tmp_path / "three", [0.0, 3.0, 9.0])  # 3 slices, the middle step missing one
+    _assert_clean_error(tmp_path / "three", "3.00 -> 9.00 mm")
 
 
 def test_dicom_series_with_jittered_positions_is_read(tmp_path):
