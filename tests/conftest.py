@@ -51,3 +51,24 @@ def demo_dataset(tmp_path_factory) -> Path:
     from monai_patcher.data.demo import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("demo"), num_cases=3, seed=0)
+
+
+@pytest.fixture
+def two_b_value_dwi_series(tmp_path) -> Path:
+    """The real 6-slice MR series (``DICOM-MR-brain-babymri``) written twice into one series folder, like a scanner's
+    DWI series: tagged ``DiffusionBValue`` 0 (pixels as they are) and 1000 (pixels halved, new SOP instance UIDs).
+    Skips when the real data or pydicom is absent."""
+    pydicom = pytest.importorskip("pydicom")
+    src = shared_path("DICOM-MR-brain-babymri", "tests", "data")
+    dst = tmp_path / "dwi_b0_b1000"
+    dst.mkdir()
+    for f in sorted(src.glob("*.dcm")):
+        for b in (0, 1000):
+            ds = pydicom.dcmread(f)
+            ds.add_new(0x00189087, "FD", float(b))  # DiffusionBValue
+            if b:
+                ds.SOPInstanceUID = ds.SOPInstanceUID + ".1000"
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
+            ds.save_as(dst / f"b{b}_{f.name}")
+    return dst

@@ -44,12 +44,27 @@ _VOLUME_TAGS = {
     "0018|9087": "DiffusionBValue",
     "0019|100c": "Siemens b-value (0019,100C)",
     "0043|1039": "GE b-value (0043,1039)",
+    "2001|1003": "Philips b-value (2001,1003)",
     "0018|0081": "EchoTime",
     "0018|0086": "EchoNumbers",
     "0020|0100": "TemporalPositionIdentifier",
     "0020|0012": "AcquisitionNumber",
     "0008|0008": "ImageType",
 }
+
+
+def _b_value(tags: dict[str, str]) -> float | None:
+    """The diffusion b-value of a DICOM slice from its standard or vendor tag (None: no b-value tag)."""
+    for tag in ("0018|9087", "0019|100c", "2001|1003", "0043|1039"):
+        text = tags.get(tag, "").strip()
+        if not text:
+            continue
+        try:
+            value = float(text.split("\\")[0])
+        except ValueError:
+            continue
+        return value % 1e9 if tag == "0043|1039" else value  # GE may add 10^9 to flag the b-value
+    return None
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -84,7 +99,7 @@ def _floats(text: str) -> np.ndarray:
 
 
 def dicom_series_files(
-    folder, series_uid: str | None = None, allow_slice_gaps: bool = False
+    folder, series_uid: str | None = None, allow_slice_gaps: bool = False, b_value: float | None = None
 ) -> tuple[list[str], str]:
     """The files of one DICOM series in ``folder``, sorted by geometry.
 
@@ -104,13 +119,17 @@ def dicom_series_files(
             the one with the most slices is chosen and the choice is logged.
         allow_slice_gaps: read a series with gaps anyway (with a warning); its slice positions are then
             approximate (evenly spread between the first and the last slice).
+        b_value: in a series holding images of several diffusion b-values (e.g. a DWI series with its b = 0 and
+            b = 1000 images at the same positions), read those of this b-value (from ``DiffusionBValue`` or the
+            Siemens, GE or Philips b-value tag). Ignored for series of one b-value or none (an ADC map, a T1).
 
     Returns:
         ``(sorted_file_names, series_uid)``.
 
     Raises:
         DataError: no DICOM series in the folder, unknown ``series_uid``, mixed orientations,
-            several slices at one position (several volumes in one series), or a gap in the slice positions.
+            several slices at one position (several volumes in one series), a gap in the slice positions, or
+            a ``b_value`` the series does not hold.
 
     Example:
         >>> files, uid = dicom_series_files("/data/patient1/dwi_series")  # doctest: +SKIP
@@ -157,8 +176,7 @@ def dicom_series_files(
     files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
     if len(files) <= 1:
         return files, uid
-    positions, orientations, instances = [], [], []
-    volume_tags: dict[str, set[str]] = {}
+    positions, orientations, instances, volume_tags = [], [], [], []
     for f in files:
         try:
             h = _header(f)
@@ -168,8 +186,22 @@ def dicom_series_files(
         positions.append(_floats(h.GetMetaData(_TAG_POSITION)) if _TAG_POSITION in keys else None)
         orientations.append(_floats(h.GetMetaData(_TAG_ORIENTATION)) if _TAG_ORIENTATION in keys else None)
         instances.append(int(float(h.GetMetaData(_TAG_INSTANCE))) if _TAG_INSTANCE in keys else 0)
-        for tag in _VOLUME_TAGS:
-            volume_tags.setdefault(tag, set()).add(h.GetMetaData(tag).strip() if tag in keys else "")
+        volume_tags.append({t: h.GetMetaData(t).strip() for t in _VOLUME_TAGS if t in keys})
+    b_values = [_b_value(t) for t in volume_tags]
+    held = sorted({round(b, 3) for b in b_values if b is not None})
+    if b_value is not None and len(held) > 1:
+        keep = [i for i, b in enumerate(b_values) if b is not None and abs(b - b_value) < 0.5]
+        if not keep:
+            raise DataError.for_file(
+                folder, f"series {uid} holds images of the b-values {[f'{b:g}' for b in held]}, none of b = {b_value:g}"
+            )
+        logger.info("%s: series %s holds the b-values %s; reading the %d images of b = %g",
+                    folder, uid, [f"{b:g}" for b in held], len(keep), b_value)  # fmt: skip
+        files, positions, orientations, instances, volume_tags = (
+            [seq[i] for i in keep] for seq in (files, positions, orientations, instances, volume_tags)
+        )
+        if len(files) <= 1:
+            return files, uid
     if any(p is None or o is None or p.size != 3 or o.size != 6 for p, o in zip(positions, orientations)):
         logger.warning("%s: some slices have no ImagePositionPatient/Orientation; ordering by InstanceNumber", folder)
         order = np.argsort(instances, kind="stable")
@@ -183,17 +215,21 @@ def dicom_series_files(
     order = np.argsort(dist, kind="stable")
     steps = np.diff(dist[order])
     if np.any(np.abs(steps) < 1e-4):
+        values = {tag: {t.get(tag, "") for t in volume_tags} for tag in _VOLUME_TAGS}
         varying = [
-            f"{name} {sorted(v or '(none)' for v in volume_tags[tag])}"
-            for tag, name in _VOLUME_TAGS.items() if len(volume_tags[tag]) > 1
+            f"{name} {sorted(v or '(none)' for v in values[tag])}" for tag, name in _VOLUME_TAGS.items() if len(values[tag]) > 1
         ]  # fmt: skip
+        hint = (
+            f"pass b_value= one of {[f'{b:g}' for b in held]} to the reader to read one of them, or split them"
+            if len(held) > 1 and b_value is None else "split them"
+        )
         raise DataError.for_file(
             folder,
             f"series {uid} has several slices at the same position ({len(files)} files, "
             f"{len(np.unique(np.round(dist, 4)))} positions): it holds several volumes (echoes, time points or "
             "b-values; "
             + (f"these tags differ between its files: {'; '.join(varying)}" if varying else "no tag tells them apart")
-            + "); split them into separate folders, one volume each (e.g. the b = 1000 images of a DWI series)",
+            + f"); {hint} into separate folders, one volume each",
         )
     # the smallest step is the regular one (a median would miss the gap of a 3-slice series)
     gaps = np.flatnonzero(steps > 1.5 * steps.min()) if steps.size else steps
@@ -335,6 +371,8 @@ class SimpleITKReader(ImageReader):
             ``(x, y, z)``. Default False. It does not change the metadata.
         allow_slice_gaps: read DICOM series whose slice positions have gaps (see :func:`dicom_series_files`;
             refused by default: the geometry would be wrong).
+        b_value: from a DICOM series holding images of several diffusion b-values, read those of this one
+            (see :func:`dicom_series_files`; no effect on other series and files).
         kwargs: ignored; accepted so that ``LoadImage(reader=..., **kwargs)`` meant for another reader
             does not fail.
 
@@ -351,12 +389,14 @@ class SimpleITKReader(ImageReader):
         affine_lps_to_ras: bool = True,
         reverse_indexing: bool = False,
         allow_slice_gaps: bool = False,
+        b_value: float | None = None,
         **kwargs,
     ):
         super().__init__()
         self.channel_dim = float("nan") if channel_dim == "no_channel" else channel_dim
         self.series_uid = series_uid
         self.allow_slice_gaps = allow_slice_gaps
+        self.b_value = b_value
         self.affine_lps_to_ras = affine_lps_to_ras
         self.reverse_indexing = reverse_indexing
         self.kwargs = kwargs
@@ -413,7 +453,7 @@ class SimpleITKReader(ImageReader):
         if not path.exists():
             raise DataError.for_file(name, "file or folder does not exist")
         if path.is_dir():
-            files, uid = dicom_series_files(name, series_uid, self.allow_slice_gaps)
+            files, uid = dicom_series_files(name, series_uid, self.allow_slice_gaps, self.b_value)
             try:
                 if len(files) == 1:
                     img = sitk.ReadImage(files[0])

@@ -151,8 +151,9 @@ class ComputeEADCd(MapTransform):
         return d
 
 
-def _reader(reader):
-    return SimpleITKReader() if reader is None else reader
+def _reader(reader, b_value: float):
+    # a DWI DICOM series may hold several b-values: the reader takes the one the eADC is computed for
+    return SimpleITKReader(b_value=b_value) if reader is None else reader
 
 
 def stroke_volume_transforms(
@@ -185,16 +186,16 @@ def stroke_volume_transforms(
         spatial_size: in-plane size after resizing (the paper: 256).
         axis: slice axis (spatial, after RAS orientation; 2 = axial).
         pixdim: optional resampling to this voxel size (mm) before anything else is computed.
-        b_value: b for eADC.
+        b_value: b for eADC, and the b-value the default reader takes from a DICOM series holding several.
         adc_unit: ADC unit (``"auto"`` to detect).
-        reader: the image reader (default ``SimpleITKReader()``).
+        reader: the image reader (default ``SimpleITKReader(b_value=b_value)``).
     """
     img_keys = [dwi_key, adc_key]
     all_keys = img_keys + ([label_key] if label_key else [])
     size = [spatial_size] * 3
     size[axis] = -1
     xs = [
-        LoadImaged(all_keys, reader=_reader(reader), image_only=True),
+        LoadImaged(all_keys, reader=_reader(reader, b_value), image_only=True),
         EnsureChannelFirstd(all_keys),
         CheckVolumed(img_keys, spatial_dims=3),
     ]

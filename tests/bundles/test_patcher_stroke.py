@@ -215,6 +215,24 @@ def test_inference_real_dicom_series(trained, tmp_path, shared_path_fn):
     np.testing.assert_allclose(seg.affine, np.asarray(ref.affine), atol=1e-3)
 
 
+def test_inference_dwi_series_holding_b0_and_b1000(trained, tmp_path, shared_path_fn, two_b_value_dwi_series):
+    """A DWI DICOM series with its b = 0 and b = 1000 images (the real MR series, retagged: conftest): the bundle
+    reads the b = 1000 images (its ``b_value``) and writes the mask in their grid."""
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    from monai_patcher.data import SimpleITKReader
+
+    adc = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    out = tmp_path / "pred"
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(two_b_value_dwi_series), input_adc=str(adc),
+                  ckpt_path=str(trained["ckpt"] / "model.pt"), output_dir=str(out))
+    ref = LoadImage(reader=SimpleITKReader(b_value=1000), image_only=True)(two_b_value_dwi_series)
+    (seg,) = [nib.load(str(f)) for f in out.glob("*_seg.nii.gz")]
+    assert seg.shape == tuple(ref.shape) == (256, 256, 6)
+    np.testing.assert_allclose(seg.affine, np.asarray(ref.affine), atol=1e-3)
+
+
 def test_inference_geometry_round_trip(shared_path_fn):
     """The configured preprocessing + Invertd bring a network-space volume back onto the input DWI voxels."""
     from monai.bundle import ConfigParser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -227,6 +228,28 @@ def test_dicom_series_holding_two_b_values_names_them(tmp_path):
     _write_dicom_series(tmp_path / "s", positions, extra={"0018|9087": "1000"}, start=10, prefix="b1000_")
     _assert_clean_error(tmp_path / "s", "several slices at the same position (6 files, 3 positions)")
     _assert_clean_error(tmp_path / "s", "DiffusionBValue ['0', '1000']")
+    _assert_clean_error(tmp_path / "s", "pass b_value= one of ['0', '1000']")
+
+
+def test_dicom_series_b_value_selects_one_volume(tmp_path):
+    positions = [0.0, 3.0, 6.0]
+    _write_dicom_series(tmp_path / "s", positions, extra={"0018|9087": "0"}, start=0)
+    _write_dicom_series(tmp_path / "s", positions, extra={"0018|9087": "1000"}, start=10, prefix="b1000_")
+    for b in (0, 1000):
+        files, _ = dicom_series_files(tmp_path / "s", b_value=b)
+        assert len(files) == 3 and all(Path(f).name.startswith("b1000_") == (b == 1000) for f in files)
+        out = _load(tmp_path / "s", b_value=b)["x"]
+        assert tuple(out.shape) == (8, 6, 3)
+        np.testing.assert_allclose(out.meta["spacing"][2], 3.0, atol=1e-4)
+    _assert_clean_error(tmp_path / "s", "holds images of the b-values ['0', '1000'], none of b = 500", b_value=500)
+    # vendor tags: Siemens B_value, Philips, GE (first value; 10^9 added by some versions)
+    from monai_patcher.data.readers import _b_value
+
+    assert _b_value({"0019|100c": "1000 "}) == 1000 and _b_value({"2001|1003": "500.0"}) == 500
+    assert _b_value({"0043|1039": "1000000800\\8\\0\\0"}) == 800 and _b_value({"0008|0008": "ORIGINAL"}) is None
+    # a series of one volume: b_value has no effect (an ADC map read with the DWI's reader settings)
+    _write_dicom_series(tmp_path / "adc", positions, extra={"0018|9087": "1000"})
+    assert tuple(_load(tmp_path / "adc", b_value=0)["x"].shape) == (8, 6, 3)
 
 
 def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, caplog):
@@ -274,6 +297,18 @@ def test_real_dicom_series_matches_pydicom(shared_path_fn):
     # InstanceNumber order would differ from geometric order here only by direction; check the axis
     # points along +normal (LPS) in RAS
     np.testing.assert_allclose(out.affine.numpy()[:3, 2] / step, normal * [-1, -1, 1], atol=1e-4)
+
+
+def test_real_dicom_series_as_a_two_b_value_dwi_series(shared_path_fn, two_b_value_dwi_series):
+    """The real MR series as a two-b-value DWI series (conftest): refused without ``b_value``, each volume with it."""
+    src = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    reference = LoadImage(reader=SimpleITKReader(), image_only=True)(src).numpy()
+    dst = two_b_value_dwi_series
+    _assert_clean_error(dst, "pass b_value= one of ['0', '1000']")
+    b0 = LoadImage(reader=SimpleITKReader(b_value=0), image_only=True)(dst).numpy()
+    b1000 = LoadImage(reader=SimpleITKReader(b_value=1000), image_only=True)(dst).numpy()
+    np.testing.assert_array_equal(b0, reference)
+    np.testing.assert_array_equal(b1000, reference // 2)
 
 
 def test_real_dicom_series_with_a_file_removed(shared_path_fn, tmp_path):
