@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from brats_bundle import run  # noqa: E402  (runs a bundle command, logs it, times it)
 from models import PATCHER_VARIANTS  # noqa: E402
 
 CONFIGS = ROOT / "bundles" / "patcher_polyp" / "configs"
@@ -69,21 +67,14 @@ def main(argv: list[str] | None = None) -> int:
            f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']", "--dataset_dir", str(args.data.parent),
            "--eval_dir", str(args.data), "--ckpt_path", str(args.out / "model.pt"),
            "--output_dir", str(args.out / "eval"), "--num_workers", "0", *overrides]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    (args.out / "evaluate.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        print(proc.stderr[-4000:])
-        return proc.returncode
+    timing = run(cmd, args.out / "evaluate.log", args.threads)  # exits with the log's name if the bundle fails
 
     with open(args.out / "eval" / "val_mean_dice_raw.csv") as f:
         bundle = {Path(r["filename"]).stem: float(r["mean"]) for r in csv.DictReader(f)}
     ref_file = args.checkpoint.parent / "best_per_image.json"
     ref = json.loads(ref_file.read_text()) if ref_file.is_file() else None
-    summary = {"checkpoint": str(args.checkpoint), "model": name, "images": len(bundle), "wall_s": round(wall, 1),
-               "cmd": " ".join(cmd), "bundle_dice_mean": round(float(np.mean(list(bundle.values()))), 4)}
+    summary = {"checkpoint": str(args.checkpoint), "model": name, "images": len(bundle), **timing,
+               "bundle_dice_mean": round(float(np.mean(list(bundle.values()))), 4)}
     if ref is not None:
         full = dict(zip(ref["names"], ref["per_image_dice_full"]))
         common = sorted(set(full) & set(bundle))

@@ -49,7 +49,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from monai_patcher.allocator import keep_freed_memory
+from .allocator import keep_freed_memory
 
 __all__ = ["Case", "CaseResult", "find_cases", "BatchPredictor", "run_batch", "main"]
 

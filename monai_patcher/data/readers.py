@@ -39,12 +39,16 @@ _TAG_POSITION = "0020|0032"  # ImagePositionPatient
 _TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient
 _TAG_INSTANCE = "0020|0013"  # InstanceNumber
 _TAG_FRAMES = "0028|0008"  # NumberOfFrames
-# tags that tell apart several volumes stored in one series (named in the error message when slices coincide)
-_VOLUME_TAGS = {
+# diffusion b-value tags, standard first (read by _b_value in this order)
+_B_VALUE_TAGS = {
     "0018|9087": "DiffusionBValue",
     "0019|100c": "Siemens b-value (0019,100C)",
-    "0043|1039": "GE b-value (0043,1039)",
     "2001|1003": "Philips b-value (2001,1003)",
+    "0043|1039": "GE b-value (0043,1039)",
+}
+# tags that tell apart several volumes stored in one series (named in the error message when slices coincide)
+_VOLUME_TAGS = {
+    **_B_VALUE_TAGS,
     "0018|0081": "EchoTime",
     "0018|0086": "EchoNumbers",
     "0020|0100": "TemporalPositionIdentifier",
@@ -55,7 +59,7 @@ _VOLUME_TAGS = {
 
 def _b_value(tags: dict[str, str]) -> float | None:
     """The diffusion b-value of a DICOM slice from its standard or vendor tag (None: no b-value tag)."""
-    for tag in ("0018|9087", "0019|100c", "2001|1003", "0043|1039"):
+    for tag in _B_VALUE_TAGS:
         text = tags.get(tag, "").strip()
         if not text:
             continue
