@@ -45,12 +45,16 @@ class BCEIoULoss(_Loss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            input: logits ``B x C x H x W`` (any number of spatial dims).
+            input: logits ``B x C x H x W`` (any number of spatial dims), of any floating dtype.
             target: binary targets of the same shape.
+
+        Returns:
+            the loss in float32, also for half-precision logits (mixed precision): its per-image sums of weights
+            exceed float16's range (65504) from about 128 x 128 pixels on.
         """
         if input.shape != target.shape:
             raise ValueError(f"input {tuple(input.shape)} and target {tuple(target.shape)} must have the same shape.")
-        target = target.to(input.dtype)
+        input, target = input.float(), target.float()  # sums over an image overflow in float16 (autocast)
         if self.boundary_weight > 0:
             pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[input.ndim - 2]
             local_mean = pool(target, self.kernel_size, stride=1, padding=self.kernel_size // 2, count_include_pad=False)

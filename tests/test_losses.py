@@ -48,3 +48,20 @@ def test_bad_arguments_raise(kwargs):
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="same shape"):
         BCEIoULoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_give_the_float32_loss(dtype):
+    """Mixed precision hands the loss float16 (CUDA) or bfloat16 (CPU) logits; at 256 x 256 the per-image sums
+    of the boundary weights exceed float16's range, which made the loss inf/NaN (or a constant 1 with no gradient)."""
+    torch.manual_seed(0)
+    y = torch.zeros(2, 1, 256, 256)
+    y[:, :, 60:200, 40:180] = 1
+    x32 = torch.randn(2, 1, 256, 256) * 3
+    x = x32.to(dtype).requires_grad_()
+    loss = BCEIoULoss()(x, y.to(dtype))
+    assert loss.dtype == torch.float32
+    expected = BCEIoULoss()(x.detach().float(), y)  # the same (rounded) logits in float32
+    assert torch.isfinite(loss) and torch.allclose(loss, expected, rtol=1e-5), (loss, expected)
+    loss.backward()
+    assert torch.isfinite(x.grad.float()).all() and x.grad.float().abs().sum() > 0
