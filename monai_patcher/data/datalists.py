@@ -4,6 +4,10 @@ A datalist is ``{"training": [...], "validation": [...], "test": [...]}``, each 
 paths (relative to the JSON file's folder when ``relative=True``, so the JSON can move with the data)
 plus ``"case"``. Splits are always by case (never by slice), reproducible from ``seed``.
 
+Symbolic links are kept as they are: case folders linked into a subset folder are searched (symlink loops
+and folders reached twice are visited once), and a linked file is written under its link's path, not its
+target's (a DVC / git-annex / datalad blob has no file name, so no extension for ``LoadImage``).
+
 CLI::
 
     python -m monai_patcher.data.datalists isles22 /data/ISLES-2022 --out datalist.json --val 0.2 --test 0.1
@@ -68,7 +72,27 @@ def split_cases(cases: Sequence, val_fraction: float, test_fraction: float, seed
     }
 
 
-def _relativize(split: dict, base: Path, relative: bool) -> dict:
+def _files_below(root: Path) -> list[Path]:
+    """Files below ``root`` (sorted), following symlinked folders; each real folder is visited once.
+
+    ``Path.rglob`` (Python < 3.13) does not descend into symlinked folders. Paths go through the links as
+    found (not resolved); a folder reached twice (a symlink loop, two links to one folder) is read at its
+    first path in sorted top-down order, so the result does not depend on file-system order.
+    """
+    seen: set[str] = set()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        files += [p for p in (Path(dirpath, f) for f in sorted(filenames)) if p.is_file()]
+    return sorted(files)
+
+
+def _relativize(split: dict, base: str, relative: bool) -> dict:
     out = {}
     for name, items in split.items():
         out[name] = []
@@ -76,8 +100,8 @@ def _relativize(split: dict, base: Path, relative: bool) -> dict:
             new = {}
             for k, v in item.items():
                 if k != "case" and isinstance(v, str):
-                    p = Path(v).resolve()
-                    v = os.path.relpath(p, base) if relative else str(p)
+                    p = os.path.abspath(v)  # not resolve(): a symlink keeps its own name and folder
+                    v = os.path.relpath(p, base) if relative else p
                 new[k] = v
             out[name].append(new)
     return out
@@ -89,13 +113,14 @@ def write_datalist(split: dict, out_json, relative: bool = True, extra: dict | N
     Args:
         split: ``{"training": [...], "validation": [...], "test": [...]}`` with absolute or cwd-relative paths.
         out_json: output file (its folder is created).
-        relative: store paths relative to the JSON's folder (default) or absolute.
+        relative: store paths relative to the JSON's folder (default) or absolute. Paths are normalised
+            without resolving symbolic links (``os.path.abspath``), as ``load_decathlon_datalist`` joins them.
         extra: extra top-level entries (e.g. ``"description"``).
     """
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     data = dict(extra or {})
-    data.update(_relativize(split, out_json.parent.resolve(), relative))
+    data.update(_relativize(split, os.path.abspath(out_json.parent), relative))
     out_json.write_text(json.dumps(data, indent=2) + "\n")
     return out_json
 
@@ -151,7 +176,7 @@ def build_isles22_datalist(
     root = Path(root)
     if not root.is_dir():
         raise DataError.for_file(root, "ISLES'22 root folder does not exist")
-    files = sorted(p for p in root.rglob("*.nii*") if p.is_file())
+    files = [p for p in _files_below(root) if fnmatch.fnmatch(p.name, "*.nii*")]
     cases: dict[str, dict] = {}
     for p in files:
         m = re.match(r"(sub-strokecase\d+)_.*_(dwi|adc|msk)\.nii(\.gz)?$", p.name)
@@ -184,8 +209,8 @@ def build_case_folder_datalist(
 ) -> dict:
     """"One folder per case" layout -> datalist, split by case.
 
-    Every folder below ``root`` that holds a file matching each (non-optional) pattern is a case; the
-    case name is the folder's path relative to ``root``. E.g. the BraTS examples::
+    Every folder below ``root`` (symlinked folders included) that holds a file matching each (non-optional)
+    pattern is a case; the case name is the folder's path relative to ``root`` (through the links). E.g. the BraTS examples::
 
         build_case_folder_datalist("BraTS2015", {"dwi": "Flair*.nii.gz", "adc": "T1c*.nii.gz",
                                                  "label": "OTMultiClass*.nii.gz"})
@@ -202,7 +227,7 @@ def build_case_folder_datalist(
     if not root.is_dir():
         raise DataError.for_file(root, "folder does not exist")
     first_key = next(k for k in patterns if k not in optional)
-    folders = sorted({p.parent for p in root.rglob("*") if p.is_file() and fnmatch.fnmatch(p.name, patterns[first_key])})
+    folders = sorted({p.parent for p in _files_below(root) if fnmatch.fnmatch(p.name, patterns[first_key])})
     if not folders:
         raise DataError.for_file(root, f"no case folder with a file matching {patterns[first_key]!r}")
     cases = []

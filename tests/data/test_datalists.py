@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from monai.data import load_decathlon_datalist
@@ -107,3 +108,90 @@ def test_real_brats_case_folders(shared_path_fn):
                                               "label": "OTMultiClass*.nii.gz"}, val_fraction=0.25, test_fraction=0.25)
     cases = sorted(c["case"] for v in split.values() for c in v)
     assert len(cases) == 4 and all("brats_2013_pat000" in c for c in cases)
+
+
+def _case_tree(root, names, files=("Flair.nii.gz", "seg.nii.gz")):
+    for n in names:
+        for f in files:
+            _touch(root / n / f)
+    return root
+
+
+def test_symlinked_case_folders_are_found(tmp_path):
+    # a subset made of `ln -s /big/dataset/case_x subset/` (Path.rglob of Python 3.11 does not descend into these)
+    store = _case_tree(tmp_path / "store", ["caseA", "caseB", "caseC"])
+    sub = tmp_path / "subset"
+    sub.mkdir()
+    for n in ("caseA", "caseB"):
+        (sub / n).symlink_to(store / n, target_is_directory=True)
+    (sub / "twin").symlink_to(store / "caseA", target_is_directory=True)  # same real folder twice: kept once
+    (sub / "local").mkdir()
+    for f in ("Flair.nii.gz", "seg.nii.gz"):
+        (sub / "local" / f).symlink_to(store / "caseC" / f)
+    (sub / "local" / "loop").symlink_to(sub, target_is_directory=True)  # a symlink loop must not hang or duplicate
+    split = build_case_folder_datalist(sub, {"image": "Flair*", "label": "seg*"}, val_fraction=0, test_fraction=0)
+    items = sorted(split["training"], key=lambda c: c["case"])
+    assert [c["case"] for c in items] == ["caseA", "caseB", "local"]
+    assert all(c["image"].startswith(str(sub)) for c in items)  # paths through the subset, as the user laid it out
+    assert build_case_folder_datalist(sub, {"image": "Flair*", "label": "seg*"}, seed=3) == \
+        build_case_folder_datalist(sub, {"image": "Flair*", "label": "seg*"}, seed=3)
+
+
+def test_isles22_symlinked_case_folders(bids, tmp_path):
+    sub = tmp_path / "isles_subset"
+    (sub / "derivatives").mkdir(parents=True)
+    for c in ("sub-strokecase0002", "sub-strokecase0005"):
+        (sub / c).symlink_to(bids / c, target_is_directory=True)
+        (sub / "derivatives" / c).symlink_to(bids / "derivatives" / c, target_is_directory=True)
+    split = build_isles22_datalist(sub, val_fraction=0, test_fraction=0)
+    assert sorted(c["case"] for c in split["training"]) == ["sub-strokecase0002", "sub-strokecase0005"]
+
+
+def test_real_brats_symlinked_subset(shared_path_fn, tmp_path):
+    src = shared_path_fn("BraTS2015-DeepMedic-examples")
+    sub = tmp_path / "subset"
+    sub.mkdir()
+    cases = sorted(src.glob("*/brats_*"))
+    for c in cases:
+        (sub / c.name).symlink_to(c, target_is_directory=True)
+    split = build_case_folder_datalist(sub, {"flair": "Flair*.nii.gz", "label": "OTMultiClass*.nii.gz"},
+                                       val_fraction=0, test_fraction=0)
+    assert sorted(c["case"] for c in split["training"]) == sorted(c.name for c in cases) and len(cases) == 4
+
+
+@pytest.fixture
+def annexed(tmp_path):
+    """Case folders whose files are relative symlinks to extension-less blobs (DVC / git-annex / datalad)."""
+    import nibabel as nib
+    import numpy as np
+
+    store = tmp_path / ".annex" / "objects"
+    store.mkdir(parents=True)
+    root = tmp_path / "ds"
+    for i in range(3):
+        for k in ("Flair", "seg"):
+            blob = store / f"MD5E-s{i}{k}--0a1b2c"
+            nib.save(nib.Nifti1Image(np.full((4, 5, 3), i, np.float32), np.eye(4)), str(blob) + ".nii.gz")
+            (store / f"MD5E-s{i}{k}--0a1b2c.nii.gz").rename(blob)  # the blob keeps no name or extension
+            (root / f"case{i}").mkdir(parents=True, exist_ok=True)
+            (root / f"case{i}" / f"{k}.nii.gz").symlink_to(os.path.relpath(blob, root / f"case{i}"))
+    return root
+
+
+def test_symlinked_files_keep_their_names(annexed, tmp_path):
+    from monai.transforms import LoadImaged
+
+    pats = {"image": "Flair*.nii.gz", "label": "seg*.nii.gz"}
+    out = annexed / "lists" / "dl.json"
+    build_case_folder_datalist(annexed, pats, out_json=out, val_fraction=0, test_fraction=0)
+    raw = json.loads(out.read_text())["training"]
+    assert {c["image"] for c in raw} == {f"../case{i}/Flair.nii.gz" for i in range(3)}  # relative, via the links
+    absolute = tmp_path / "abs.json"
+    build_case_folder_datalist(annexed, pats, out_json=absolute, val_fraction=0, test_fraction=0, relative=False)
+    assert {c["label"] for c in json.loads(absolute.read_text())["training"]} == \
+        {str(annexed / f"case{i}" / "seg.nii.gz") for i in range(3)}
+    loaded = load_decathlon_datalist(out, data_list_key="training")
+    assert all(v["image"].endswith(".nii.gz") and ".annex" not in v["image"] for v in loaded)
+    d = LoadImaged(["image", "label"], image_only=True)(loaded[0])  # a reader is chosen by the .nii.gz suffix
+    assert tuple(d["image"].shape) == (4, 5, 3)
+
