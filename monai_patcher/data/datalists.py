@@ -8,6 +8,10 @@ Symbolic links are kept as they are: case folders linked into a subset folder ar
 and folders reached twice are visited once), and a linked file is written under its link's path, not its
 target's (a DVC / git-annex / datalad blob has no file name, so no extension for ``LoadImage``).
 
+Read a datalist with :func:`load_datalist` (MONAI's ``load_decathlon_datalist``, keeping ``"case"`` an id):
+``load_decathlon_datalist`` makes any string value that exists as a path below the JSON's folder absolute,
+``"case"`` included, e.g. when the JSON sits in the dataset root next to the case folders.
+
 CLI::
 
     python -m monai_patcher.data.datalists isles22 /data/ISLES-2022 --out datalist.json --val 0.2 --test 0.1
@@ -35,6 +39,7 @@ __all__ = [
     "build_isles22_datalist",
     "build_case_folder_datalist",
     "build_kvasir_datalist",
+    "load_datalist",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -295,6 +300,41 @@ def build_kvasir_datalist(
         if not found:
             raise DataError.for_file(root, "neither images/ + masks/ nor train/ val/ sub-folders with them")
     return _written(split, out_json, relative, f"Kvasir-SEG style folders {root}")
+
+
+def load_datalist(
+    data_list_file_path,
+    data_list_key: str = "training",
+    base_dir=None,
+    is_segmentation: bool = True,
+    id_keys: Sequence[str] = ("case",),
+) -> list[dict]:
+    """``monai.data.load_decathlon_datalist``, with the ``id_keys`` values kept as written (ids, not paths).
+
+    MONAI 1.6.1 joins ``image`` (and ``label`` when ``is_segmentation``) with ``base_dir`` always, and every
+    other string (or list of strings) when the joined path exists. So a case id that names a file or folder
+    next to the JSON (a case-folder or ISLES'22 datalist saved in the dataset root) comes back as an absolute
+    path. This function returns the same items with ``id_keys`` restored from the JSON.
+
+    Args:
+        data_list_file_path: the datalist JSON.
+        data_list_key: ``"training"``, ``"validation"``, ``"test"``...
+        base_dir: folder the paths are relative to (default: the JSON's folder).
+        is_segmentation: as in ``load_decathlon_datalist``.
+        id_keys: keys that are ids, never paths.
+
+    Example (bundle config)::
+
+        "train_datalist": "$monai_patcher.data.datalists.load_datalist(@datalist, 'training', @dataset_dir)"
+    """
+    from monai.data import load_decathlon_datalist
+
+    items = load_decathlon_datalist(data_list_file_path, is_segmentation, data_list_key, base_dir)
+    raw = json.loads(Path(data_list_file_path).read_text())[data_list_key]
+    for item, written in zip(items, raw):
+        if isinstance(written, Mapping):
+            item.update({k: written[k] for k in id_keys if k in written})
+    return items
 
 
 def main(argv: Sequence[str] | None = None) -> None:

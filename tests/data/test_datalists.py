@@ -195,3 +195,21 @@ def test_symlinked_files_keep_their_names(annexed, tmp_path):
     d = LoadImaged(["image", "label"], image_only=True)(loaded[0])  # a reader is chosen by the .nii.gz suffix
     assert tuple(d["image"].shape) == (4, 5, 3)
 
+
+def test_case_id_stays_an_id_after_loading(tmp_path):
+    from monai_patcher.data.datalists import load_datalist
+
+    root = _case_tree(tmp_path / "BraTS", ["pat1", "pat2", "pat3"])
+    out = root / "datalist.json"  # the JSON in the dataset root: "case" == a folder name next to it
+    build_case_folder_datalist(root, {"image": "Flair*", "label": "seg*"}, out_json=out, val_fraction=0,
+                               test_fraction=0)
+    # MONAI 1.6.1 load_decathlon_datalist joins every string that exists as a path below the JSON's folder
+    # (image/label always), so there the case id becomes a path; documented in docs/data.md
+    monai_items = load_decathlon_datalist(out, data_list_key="training")
+    assert {v["case"] for v in monai_items} == {str(root / f"pat{i}") for i in (1, 2, 3)}
+    items = load_datalist(out, "training")
+    assert sorted(v["case"] for v in items) == ["pat1", "pat2", "pat3"]
+    assert [{k: v for k, v in a.items() if k != "case"} for a in items] == \
+        [{k: v for k, v in a.items() if k != "case"} for a in monai_items]  # the file paths as MONAI makes them
+    other = tmp_path / "elsewhere"
+    assert load_datalist(out, "training", base_dir=other)[0]["image"].startswith(str(other))
