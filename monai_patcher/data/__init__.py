@@ -18,6 +18,7 @@ _LAZY = {
     "build_kvasir_datalist": "datalists",
     "split_cases": "datalists",
     "write_datalist": "datalists",
+    "load_datalist": "datalists",
     "make_demo_case": "demo",
     "write_demo_dataset": "demo",
 }

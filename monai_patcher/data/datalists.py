@@ -178,7 +178,7 @@ def build_isles22_datalist(
     Raises:
         DataError: no case found, a case without DWI/ADC (or mask when required), several candidates.
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))  # absolute (lexically: links are kept)
     if not root.is_dir():
         raise DataError.for_file(root, "ISLES'22 root folder does not exist")
     files = [p for p in _files_below(root) if fnmatch.fnmatch(p.name, "*.nii*")]
@@ -228,7 +228,7 @@ def build_case_folder_datalist(
         optional: keys that may be missing in a case.
         relative: store paths relative to the JSON's folder.
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))  # absolute (lexically: links are kept)
     if not root.is_dir():
         raise DataError.for_file(root, "folder does not exist")
     first_key = next(k for k in patterns if k not in optional)
@@ -283,7 +283,7 @@ def build_kvasir_datalist(
         val_fraction, test_fraction, seed: for the unsplit layout (see :func:`split_cases`).
         relative: store paths relative to the JSON's folder.
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))  # absolute (lexically: links are kept)
     if not root.is_dir():
         raise DataError.for_file(root, "folder does not exist")
     if (root / "images").is_dir():

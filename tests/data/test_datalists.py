@@ -213,3 +213,20 @@ def test_case_id_stays_an_id_after_loading(tmp_path):
         [{k: v for k, v in a.items() if k != "case"} for a in monai_items]  # the file paths as MONAI makes them
     other = tmp_path / "elsewhere"
     assert load_datalist(out, "training", base_dir=other)[0]["image"].startswith(str(other))
+
+
+def test_builders_return_absolute_paths_for_a_relative_root(bids, tmp_path, monkeypatch):
+    """The builders document absolute paths; a relative root gave cwd-relative ones (wrong once the cwd changes)."""
+    for i in range(3):
+        _touch(tmp_path / "cases" / f"p{i}" / "Flair.nii.gz")
+        _touch(tmp_path / "kv" / "images" / f"im{i}.jpg")
+        _touch(tmp_path / "kv" / "masks" / f"im{i}.jpg")
+    monkeypatch.chdir(tmp_path)
+    splits = [
+        build_isles22_datalist(os.path.relpath(bids, tmp_path)),
+        build_case_folder_datalist("cases", {"image": "Flair*"}, val_fraction=0, test_fraction=0),
+        build_kvasir_datalist("kv", val_fraction=0, test_fraction=0),
+    ]
+    paths = [v for split in splits for items in split.values() for item in items for k, v in item.items() if k != "case"]
+    assert len(paths) == 10 * 3 + 3 + 3 * 2
+    assert all(os.path.isabs(p) and os.path.exists(p) for p in paths)
