@@ -23,7 +23,7 @@ What MONAI 1.6.1 / ignite 0.5 already give, and what this module adds:
 - Exact resume: ignite restores the epoch/iteration counters (``"trainer"`` in the checkpoint), the optimizer and
   the LR scheduler, but not the random streams, and MONAI's ``DataLoader`` seeds the transforms' random states
   once, when it is built. :class:`EpochSeedHandler` re-seeds everything at the start of every epoch from
-  ``(seed, epoch)``: Python/NumPy/torch global generators (so the shuffling order, dropout and drop-path)
+  ``(seed, epoch)`` (without touching the cuDNN flags, unlike ``set_determinism``): Python/NumPy/torch global generators (so the shuffling order, dropout and drop-path)
   and the random state of every randomizable transform of the dataset. An epoch's randomness is therefore a
   function of ``(seed, epoch)`` only, and a run killed in epoch ``e`` and resumed from the checkpoint of epoch
   ``e - 1`` redoes epoch ``e`` exactly. :class:`RNGState` additionally carries the generators' states in the
@@ -42,13 +42,13 @@ Bundle use (``train.json``)::
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
 import random
 import re
 import socket
-import tempfile
 import threading
 import time
 import zipfile
@@ -68,6 +68,8 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
+    "CheckpointMismatchError",
+    "load_error_details",
     "atomic_save",
     "atomic_write",
     "remove_stale_temp_files",
@@ -80,6 +82,7 @@ __all__ = [
     "RNGState",
     "BestMetricState",
     "epoch_seed",
+    "seed_everything",
     "TMP_SUFFIX",
     "STALE_TMP_SECONDS",
 ]
@@ -103,6 +106,12 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds pickled objects other than tensors/containers (possibly code); it was not loaded."""
 
 
+class CheckpointMismatchError(CheckpointError, RuntimeError):
+    """A readable checkpoint does not fit what it is loaded into (missing/unexpected keys, other tensor shapes, a
+    required entry missing); the message names the file and the first mismatches. Also a ``RuntimeError``, the type
+    ``load_state_dict`` raises for these, so existing ``except RuntimeError`` handlers still catch it."""
+
+
 # --------------------------------------------------------------------------------------------------- writing
 
 
@@ -119,10 +128,26 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# the characters of ``tempfile``'s random names (8 of them; also those of version 0.1.0's temporary files)
+_RANDOM_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _create_temp(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """Create ``folder/<prefix><8 random chars><suffix>`` exclusively, with mode ``0o666`` minus the umask.
+
+    Like ``tempfile.mkstemp`` (same names), except that the permissions are those a plain ``open`` gives: the
+    kernel applies the process umask, which therefore never has to be read (``os.umask`` can only read it by
+    setting it, and a file another thread created meanwhile would get the wrong mode).
+    """
+    rng = random.SystemRandom()
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(10000):
+        name = os.path.join(folder, prefix + "".join(rng.choice(_RANDOM_CHARS) for _ in range(8)) + suffix)
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no usable temporary file name {prefix}XXXXXXXX{suffix}")  # pragma: no cover
 
 
 def atomic_save(obj: Any, path: str | os.PathLike, save_func: Callable[..., Any] | None = None, **kwargs: Any) -> Path:
@@ -155,30 +180,43 @@ def atomic_save(obj: Any, path: str | os.PathLike, save_func: Callable[..., Any]
     return atomic_write(path, write)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: str = TMP_SUFFIX) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], Any], suffix: str = TMP_SUFFIX, overwrite: bool = True
+) -> Path:
     """``write(tmp_path)`` into a temporary file next to ``path``, then rename it over ``path`` (see :func:`atomic_save`).
 
     Args:
         path: final file name.
         write: writes the whole file to the path it is given.
         suffix: ending of the temporary name (e.g. keep ``.nii.gz`` for writers that choose a format by extension).
+        overwrite: False: never replace an existing ``path``, not even one another process creates while
+            ``write`` runs: the file is published with ``os.link`` (which fails if ``path`` exists) instead of
+            ``os.replace``; on file systems without hard links, an existence check just before ``os.replace``
+            (a narrow race remains there). The temporary file is removed in every case.
 
     Returns:
         ``path`` as a ``Path``.
+
+    Raises:
+        FileExistsError: ``overwrite=False`` and ``path`` exists (it is left untouched).
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, "file exists (not overwritten)", str(path))
     with _IN_FLIGHT_LOCK:  # registered before any other thread's remove_stale_temp_files can see it
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.", suffix=suffix, dir=folder)
+        fd, tmp = _create_temp(folder, f".{path.name}.{os.getpid()}-{_host_tag()}.", suffix)
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         _IN_FLIGHT.add(key)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     except BaseException:
         try:
             os.remove(tmp)
@@ -192,17 +230,66 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: s
     return path
 
 
+def _publish_new(tmp: str, path: Path) -> None:
+    """Give the complete file ``tmp`` the name ``path`` only if ``path`` does not exist (atomically where hard links
+    exist); ``tmp`` is gone afterwards unless an exception is raised."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "file exists (created while this one was written; not overwritten)",
+                              str(path)) from None
+    except OSError as e:  # no hard links here (FAT/exFAT, some network file systems): check, then rename
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV, errno.ENOSYS):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "file exists (created while this one was written; not overwritten)",
+                                  str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
+
+
 # temporary files this process is writing right now, as (st_dev, st_ino): never removed as stale
 _IN_FLIGHT: set[tuple[int, int]] = set()
 _IN_FLIGHT_LOCK = threading.Lock()
 # ``.<name>.<pid>-<host>.<random>.tmp``, optionally followed by the final name's extensions (``atomic_write``'s
-# ``suffix``, e.g. ``.tmp.nii.gz`` for the batch-inference masks)
+# ``suffix``, e.g. ``.tmp.nii.gz`` for the batch-inference masks); ``<random>``: 8 of ``_RANDOM_CHARS``
 _TMP_NAME = re.compile(
-    r"^\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{8})\.[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX)
-    + r"(\.[A-Za-z0-9]{1,8}){0,3}$"
+    r"^\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{8})\.[a-z0-9_]{8}" + re.escape(TMP_SUFFIX)
+    + r"(?P<ext>(\.[A-Za-z0-9]{1,8}){0,3})$"
 )
-# the scheme of version 0.1.0, without ``<pid>-<host>``: ``.<name>.<random>.tmp``; removed only by age
-_OLD_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+# Version 0.1.0 named its temporary files ``tempfile.mkstemp(prefix=".<name>.", suffix=...)``, without pid and host:
+# ``.<name>.<8 of [a-z0-9_]><suffix>``. Such a name says nothing about its writer, and users keep files named like
+# that too, so only the kinds 0.1.0 wrote are considered: checkpoints (``atomic_save``: ``<name>.pt``/``.pth`` +
+# ``.tmp``), batch-inference masks (``<case>_seg.nii.gz``/``<case>_prob.nii.gz`` + ``.tmp.nii.gz``) and its
+# summaries (``summary.json``/``summary.csv`` + ``.tmp.json``/``.tmp.csv``); and only if the content starts like
+# that kind (or the file is empty: killed before writing anything). Removed by age only.
+_OLD_TMP_NAME = re.compile(
+    r"^\.(?:(?P<pt>.+\.pth?)\.[a-z0-9_]{8}\.tmp"
+    r"|(?P<nii>.+_(?:seg|prob)\.nii\.gz)\.[a-z0-9_]{8}\.tmp\.nii\.gz"
+    r"|summary\.(?P<summary>json|csv)\.[a-z0-9_]{8}\.tmp\.(?P=summary))$"
+)
+# how a (partial) file of each kind starts: torch.save's zip archive or a legacy pickle; gzip; our summary.json/csv
+_OLD_TMP_MAGIC = {"pt": (b"PK\x03\x04", b"\x80"), "nii": (b"\x1f\x8b",), "json": (b"{",), "csv": (b"case,",)}
+
+
+def _is_our_old_temp_file(name: str, path: str) -> bool:
+    """Whether ``name`` is a temporary file version 0.1.0 of this package wrote (see ``_OLD_TMP_NAME``)."""
+    m = _OLD_TMP_NAME.match(name)
+    if m is None:
+        return False
+    kind = "pt" if m["pt"] else "nii" if m["nii"] else m["summary"]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return not head or head.startswith(_OLD_TMP_MAGIC[kind])
+
+
+def _is_our_temp_name(m: re.Match) -> bool:
+    """The extension after ``.tmp`` is empty or the final name's own (what ``atomic_write`` callers here pass)."""
+    return not m["ext"] or m["ext"] == "".join(Path(m["name"]).suffixes)
 
 
 def _host_tag() -> str:
@@ -230,8 +317,9 @@ def remove_stale_temp_files(
 ) -> list[Path]:
     """Delete the temporary files that :func:`atomic_save` left in ``folder`` when its process was killed.
 
-    Only files named like :func:`atomic_save`'s / :func:`atomic_write`'s temporary files,
-    ``.<name>.<pid>-<host>.<random>.tmp[.<ext>]``, directly in ``folder``, are considered (never a checkpoint,
+    Only files named exactly like :func:`atomic_save`'s / :func:`atomic_write`'s temporary files,
+    ``.<name>.<pid>-<host>.<random>.tmp[<ext>]`` (``<random>``: 8 of ``[a-z0-9_]``; ``<ext>``: nothing or the
+    extensions of ``<name>``, e.g. ``.nii.gz``), directly in ``folder``, are considered (never a checkpoint,
     another file or a subfolder). One is deleted when no running process can still be writing it:
 
     - it was written on this host (same ``<host>``) by a process ``<pid>`` that no longer exists, or by this
@@ -239,8 +327,11 @@ def remove_stale_temp_files(
     - it has not been modified for ``stale_after`` seconds (default :data:`STALE_TMP_SECONDS`, one hour): files
       from another host (e.g. a job moved to another node), or whose pid now belongs to another process.
 
-    Temporary files of version 0.1.0 (``.<name>.<random>.tmp``, no writer recorded) are deleted by the age rule
-    only.
+    Temporary files of version 0.1.0 (``.<name>.<random><suffix>``, no writer recorded) are deleted by the age rule
+    only, and only of the kinds 0.1.0 wrote, with the content that kind starts with (or empty): checkpoints
+    ``.<name>.pt.<random>.tmp`` (zip or pickle data), masks ``.<case>_seg.nii.gz.<random>.tmp.nii.gz`` /
+    ``_prob`` (gzip data), ``.summary.json.<random>.tmp.json`` / ``.summary.csv.<random>.tmp.csv``. A user's
+    ``.thesis.docx.backup01.tmp`` or ``.results.csv.20240611.tmp`` is never touched, however old.
 
     A writer's own temporary file therefore survives: another saver (another rank of the same host, another
     process, another thread of this process) never deletes a temporary file that is being written. This
@@ -265,6 +356,8 @@ def remove_stale_temp_files(
     removed: list[Path] = []
     for entry in entries:
         m = _TMP_NAME.match(entry.name)
+        if m is not None and not _is_our_temp_name(m):
+            m = None
         old_scheme = m is None and _OLD_TMP_NAME.match(entry.name) is not None
         if m is None and not old_scheme:
             continue
@@ -278,7 +371,7 @@ def remove_stale_temp_files(
             age = now - st.st_mtime
             reason = None
             if old_scheme:
-                if age > stale_after:
+                if age > stale_after and _is_our_old_temp_file(entry.name, entry.path):
                     reason = f"not modified for {age / 60:.0f} min (an older version's temporary file)"
             elif m["host"] == host and int(m["pid"]) == me:
                 reason = f"left by an earlier process with this process's pid {me}"
@@ -440,6 +533,20 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def load_error_details(e: BaseException, max_lines: int = 3, max_chars: int = 300) -> str:
+    """The useful part of a ``load_state_dict`` error, on one line: its first ``max_lines`` missing-key /
+    unexpected-key / size-mismatch lines (each cut to ``max_chars``), without PyTorch's
+    ``Error(s) in loading state_dict for ...:`` header; other errors: their first line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    if not lines:
+        return type(e).__name__
+    shown = [ln if len(ln) <= max_chars else ln[: max_chars - 3] + "..." for ln in lines[:max_lines]]
+    more = f" (and {len(lines) - max_lines} more)" if len(lines) > max_lines else ""
+    return "; ".join(shown) + more
+
+
 def _unpickling_error(path: str, e: BaseException) -> CheckpointError:
     """A refused global/callable -> UnsafeCheckpointError; a malformed pickle stream -> CheckpointError."""
     msg = str(e)
@@ -500,9 +607,23 @@ class SafeCheckpointLoader(CheckpointLoader):
             raise _unpickling_error(p, e) from None
         except (EOFError, zipfile.BadZipFile) as e:
             raise _corrupt(p, e) from None
+        except CheckpointError:
+            raise
         except RuntimeError as e:
             if "PytorchStreamReader" in str(e) or "zip archive" in str(e):
                 raise _corrupt(p, e) from None
+            if "state_dict" in str(e):  # load_state_dict: missing/unexpected keys, size mismatch
+                raise CheckpointMismatchError(
+                    f"{p}: this checkpoint's weights do not fit the objects to load ({load_error_details(e)})"
+                ) from e
+            raise
+        except ValueError as e:  # ignite's Checkpoint.load_objects: "Key 'x' from ... is not found in ..."
+            m = re.search(r"Key '(?P<key>.+?)' from .* is not found in \S+: (?P<have>.*)", str(e))
+            if m is not None:
+                raise CheckpointMismatchError(
+                    f"{p}: the checkpoint has no entry {m['key']!r} to load (it holds {m['have'][:300]}); "
+                    "list the key in optional_keys if checkpoints may lack it"
+                ) from e
             raise
         finally:
             self.load_dict = load_dict
@@ -521,11 +642,32 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0] >> 1)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device) global generators with ``seed``.
+
+    The same random streams as ``monai.utils.set_determinism(seed=seed)`` (same calls, same order; MONAI's
+    ``get_seed()`` returns ``seed`` afterwards too), but without its side effects on cuDNN:
+    ``set_determinism`` also sets ``torch.backends.cudnn.deterministic = True`` and ``benchmark = False``, which
+    would override a user's ``cudnn.benchmark = True`` at every epoch. Determinism settings are the user's choice
+    (``torch.use_deterministic_algorithms``, ``set_determinism`` once at start-up).
+    """
+    from monai.utils import misc as monai_misc
+    from monai.utils.misc import MAX_SEED
+
+    seed = int(seed) % MAX_SEED
+    torch.manual_seed(seed)  # CPU and all CUDA devices
+    if hasattr(monai_misc, "_seed"):
+        monai_misc._seed = seed  # what monai.utils.get_seed() returns (Compose/Dataset built later seed from it)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 class EpochSeedHandler:
     """Make every epoch's randomness a function of ``(seed, epoch)``, so resuming from an epoch checkpoint is exact.
 
-    At ``EPOCH_STARTED`` it calls ``monai.utils.set_determinism(epoch_seed(seed, epoch))`` (Python, NumPy and
-    torch global generators: the ``DataLoader`` shuffling order and the worker seeds, dropout, drop-path) and
+    At ``EPOCH_STARTED`` it calls :func:`seed_everything` ``(epoch_seed(seed, epoch))`` (Python, NumPy and torch
+    global generators, seeded as ``monai.utils.set_determinism`` seeds them but leaving the cuDNN flags as the
+    user set them: the ``DataLoader`` shuffling order and the worker seeds, dropout, drop-path) and
     ``monai.data.utils.set_rnd`` on the training dataset (the random state of every randomizable transform,
     which MONAI's ``DataLoader`` otherwise seeds only once, when it is built). ignite creates the epoch's data
     iterator after ``EPOCH_STARTED``, so the batches are re-seeded too; with ``num_workers > 0`` MONAI's
@@ -556,10 +698,8 @@ class EpochSeedHandler:
         return getattr(loader, "dataset", None)
 
     def __call__(self, engine: Engine) -> None:
-        from monai.utils import set_determinism
-
         s = epoch_seed(self.seed, engine.state.epoch, idist.get_rank())
-        set_determinism(seed=s)
+        seed_everything(s)
         dataset = self._dataset(engine)
         if dataset is not None:
             set_rnd(dataset, s)

@@ -152,6 +152,29 @@ def test_safe_loader_loads_a_normal_checkpoint(tmp_path):
     assert torch.equal(src.weight, dst.weight)
 
 
+def test_safe_loader_names_the_file_for_a_checkpoint_that_does_not_fit(tmp_path):
+    """Other shapes (PyTorch's RuntimeError) or a missing required entry (ignite's ValueError): the error names
+    the file and says what does not fit, not only PyTorch's header line."""
+    from monai_patcher.checkpoint import CheckpointMismatchError
+
+    path = tmp_path / "linear.pt"
+    torch.save({"model": torch.nn.Linear(2, 1).state_dict()}, path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        SafeCheckpointLoader(str(path), {"model": torch.nn.Linear(3, 1)})(Engine(lambda e, b: None))
+    msg = str(info.value)
+    assert str(path) in msg and "size mismatch for weight" in msg and "torch.Size([1, 2])" in msg, msg
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value, CheckpointError)  # both old and new handlers
+    net = torch.nn.Linear(2, 1)
+    with pytest.raises(CheckpointMismatchError) as info:
+        SafeCheckpointLoader(str(path), {"model": net, "optimizer": torch.optim.SGD(net.parameters(), 0.1)})(
+            Engine(lambda e, b: None))
+    msg = str(info.value)
+    assert str(path) in msg and "'optimizer'" in msg and "optional_keys" in msg, msg
+    torch.save({"model": {"weight": torch.zeros(1, 2)}}, path)  # a missing key (strict=True)
+    with pytest.raises(CheckpointMismatchError, match=r"Missing key\(s\) in state_dict: \"bias\""):
+        SafeCheckpointLoader(str(path), {"model": torch.nn.Linear(2, 1)})(Engine(lambda e, b: None))
+
+
 def test_rng_state_round_trip_is_weights_only(tmp_path):
     import random
 
@@ -196,6 +219,61 @@ def _umask() -> int:
     return m
 
 
+def test_atomic_write_never_changes_the_umask(tmp_path, monkeypatch):
+    """Reading the umask with ``os.umask`` means setting it: a file another thread creates meanwhile gets
+    0o666. atomic_write never calls it, and its file still gets ``0o666 & ~umask``."""
+    from monai_patcher.checkpoint import atomic_write
+
+    old = os.umask(0o027)
+    calls = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or real(m))
+    try:
+        atomic_write(tmp_path / "a.pt", lambda tmp: Path(tmp).write_bytes(b"x"))
+        atomic_save({"v": torch.zeros(1)}, tmp_path / "b.pt")
+    finally:
+        real(old)
+    assert calls == [], f"the process umask was changed: {calls}"
+    assert (os.stat(tmp_path / "a.pt").st_mode & 0o777) == 0o640
+    assert (os.stat(tmp_path / "b.pt").st_mode & 0o777) == 0o640
+
+
+def test_atomic_write_without_overwrite_never_replaces_a_file(tmp_path, monkeypatch):
+    """``overwrite=False``: a file that exists, or that another process creates while the new one is written,
+    is kept (``FileExistsError``), and no temporary file is left; with hard links unsupported, the same."""
+    import errno
+
+    from monai_patcher.checkpoint import atomic_write
+
+    path = tmp_path / "case_seg.nii.gz"
+
+    def racing_write(tmp: str) -> None:
+        Path(tmp).write_bytes(b"this run")
+        path.write_bytes(b"another run")  # the other run finishes first
+
+    with pytest.raises(FileExistsError):
+        atomic_write(path, racing_write, overwrite=False)
+    assert path.read_bytes() == b"another run"
+    with pytest.raises(FileExistsError):
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"this run"), overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_seg.nii.gz"]
+    atomic_write(tmp_path / "new.nii.gz", lambda tmp: Path(tmp).write_bytes(b"new"), overwrite=False)
+    assert (tmp_path / "new.nii.gz").read_bytes() == b"new"
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # e.g. exFAT: falls back to check + rename
+    with pytest.raises(FileExistsError):
+        atomic_write(path, racing_write, overwrite=False)
+    assert path.read_bytes() == b"another run"
+    atomic_write(tmp_path / "fat.nii.gz", lambda tmp: Path(tmp).write_bytes(b"fat"), overwrite=False)
+    assert (tmp_path / "fat.nii.gz").read_bytes() == b"fat"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_seg.nii.gz", "fat.nii.gz", "new.nii.gz"]
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"replaced"))  # overwrite=True (default): replaced
+    assert path.read_bytes() == b"replaced"
+
+
 def _save_then_die_half_way(path: str) -> None:
     def half_then_die(obj, f):
         f.write(b"PK\x03\x04" + bytes(50000))
@@ -213,7 +291,7 @@ def _checkpoint_then_killed_save(folder):
     atomic_save({"v": torch.arange(1000.0)}, path)
     child = multiprocessing.get_context("fork").Process(target=_save_then_die_half_way, args=(str(path),))
     child.start()
-    child.join(60)
+    child.join(600)  # generous: a shared, loaded machine
     assert child.exitcode == -signal.SIGKILL
     return path, child.pid
 
@@ -325,6 +403,7 @@ def test_saver_removes_temp_file_of_a_killed_save_and_logs_it(tmp_path, caplog):
     keep = ["notes.tmp", ".ckpt.pt.abcdefgh.tmp", ".ckpt.pt.tmp", "checkpoint_epoch=1.pt.tmp", "x.123-0000abcd.k.tmp"]
     for n in keep:
         (tmp_path / n).write_bytes(b"not ours")
+        _age(tmp_path / n, 2 * 3600)  # old: they stay because they are not ours, not because they are recent
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / _tmp_name("ckpt.pt", _dead_pid())).write_bytes(b"in a subfolder: not ours")
 
@@ -346,7 +425,8 @@ def test_saver_removes_temp_file_of_a_killed_save_and_logs_it(tmp_path, caplog):
 def test_live_writers_temp_files_are_kept(tmp_path):
     """Temporary files another live saver may be writing stay: a live process of this host (another rank), a
     fresh file of another host, a file this process is writing right now (another thread)."""
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a live process for the whole test, however slow the machine (killed in ``finally``)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
         live = tmp_path / _tmp_name("checkpoint_epoch=3.pt", sleeper.pid)
         other_host = tmp_path / _tmp_name("model.pt", _dead_pid(), host="0badc0de")
@@ -407,11 +487,45 @@ def test_temp_files_of_version_0_1_0_are_removed_by_age_only(tmp_path):
     fresh, old = tmp_path / ".model.pt.abcd_123.tmp", tmp_path / ".checkpoint_epoch=2.pt.x9y8z7w6.tmp"
     not_ours = [tmp_path / "notes.tmp", tmp_path / ".hidden.tmp", tmp_path / ".model.pt.tmp"]
     for p in (fresh, old, *not_ours):
-        p.write_bytes(b"half")
+        p.write_bytes(b"PK\x03\x04half")  # how a half-written torch.save file starts
         _age(p, 2 * 3600)
     _age(fresh, 60)
     assert remove_stale_temp_files(tmp_path) == [old]
     assert fresh.exists() and all(p.exists() for p in not_ours)
+
+
+def test_old_user_files_named_like_temp_files_are_never_removed(tmp_path):
+    """Users' own hidden ``*.tmp`` files, however old, stay (the rule of version 0.1.0 used to delete any
+    ``.<anything>.<8 alnum>.tmp`` older than an hour, e.g. in the batch-inference ``--output`` folder); our own
+    stale temporary files, of both naming schemes, go."""
+    users = {
+        ".thesis.docx.backup01.tmp": b"user data",
+        ".results.csv.20240611.tmp": b"case,1",
+        ".ckpt.pt.abcdefgh.tmp": b"user data",  # a 0.1.0 checkpoint name, but not a checkpoint's content
+        ".model.pt.ABCDEFGH.tmp": b"PK\x03\x04",  # tempfile never makes upper-case names
+        ".notes.txt.abcdefgh.tmp": b"",
+        ".scan_seg.nii.gz.abcdefgh.tmp": b"\x1f\x8b",  # 0.1.0 masks ended in .tmp.nii.gz
+        ".summary.json.abcdefgh.tmp.csv": b"{",
+        ".x.1-0badc0de.k3j_9xq2.tmp.docx": b"",  # our scheme only ends in the final name's own extensions
+        ".backup.7-20240611.v1.tmp": b"",  # ours have 8 random characters
+    }
+    ours = {
+        ".model.pt.abcd_123.tmp": b"PK\x03\x04 half",  # 0.1.0 (tempfile names): checkpoint
+        ".checkpoint_epoch=2.pt.x9y8z7w6.tmp": b"",  # killed before writing a byte
+        ".old.pt.k3j_9xq2.tmp": b"\x80\x02 legacy pickle",
+        ".case1_seg.nii.gz.abcdefgh.tmp.nii.gz": b"\x1f\x8b half",  # 0.1.0 batch inference
+        ".case1_prob.nii.gz.a_b_c_d_.tmp.nii.gz": b"\x1f\x8b",
+        ".summary.json.q1w2e3r4.tmp.json": b'{"counts"',
+        ".summary.csv.q1w2e3r4.tmp.csv": b"case,file,status",
+        _tmp_name("model.pt", 12345, host="0badc0de"): b"half",  # current scheme, another host
+        _tmp_name("c_seg.nii.gz", 12345, host="0badc0de") + ".nii.gz": b"half",
+    }
+    for n, content in {**users, **ours}.items():
+        (tmp_path / n).write_bytes(content)
+        _age(tmp_path / n, 2 * 3600)
+    assert sorted(p.name for p in remove_stale_temp_files(tmp_path)) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users)
+    assert all((tmp_path / n).read_bytes() == c for n, c in users.items())
 
 
 def test_only_the_saving_rank_removes_temp_files(tmp_path, monkeypatch):
@@ -586,7 +700,7 @@ def _train(tmp_path: Path, name: str, kill_at: int = -1, resume: bool = False, w
     args = [str(ckpt), str(log), "3", str(kill_at), "1" if resume else "0", str(workers)]
     if subprocess_run:
         code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_checkpoint as t; t._train_main(*sys.argv[1:])"
-        proc = subprocess.run([sys.executable, "-c", code, *args], env=ENV, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=ENV, capture_output=True, encoding="utf-8", errors="replace", timeout=1800)
         rc, err = proc.returncode, proc.stderr[-3000:]
     else:
         _train_main(*args, n_saved=n_saved)
@@ -673,6 +787,33 @@ def test_epoch_seed_handler_reseeds_dataset_transforms():
     assert not torch.equal(outs[0], outs[1])
 
 
+def test_epoch_seed_handler_keeps_cudnn_flags_and_set_determinism_streams():
+    """The handler seeds the generators exactly as ``set_determinism`` did (the exact-resume tests depend on these
+    streams) but leaves the user's cuDNN flags (``set_determinism`` forced ``benchmark=False`` every epoch)."""
+    import random
+
+    import numpy as np
+    from monai.utils import get_seed, set_determinism
+
+    from monai_patcher.checkpoint import epoch_seed
+
+    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        s = epoch_seed(5, 2)
+        set_determinism(seed=s)
+        expected = (random.random(), float(np.random.rand()), float(torch.rand(1)), get_seed())
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)
+        engine = Engine(lambda e, b: None)
+        engine.state.epoch = 2
+        EpochSeedHandler(seed=5)(engine)
+        assert torch.backends.cudnn.benchmark is True and torch.backends.cudnn.deterministic is False
+        assert (random.random(), float(np.random.rand()), float(torch.rand(1)), get_seed()) == expected
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags
+        set_determinism(seed=None)
+
+
 # ------------------------------------------------------------------------------------------ the stroke bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -701,21 +842,22 @@ def test_bundle_training_kill_9_then_resume_matches_uninterrupted_run(tmp_path, 
     assert any(str(h.get("_target_", "")).endswith("EpochSeedHandler") for h in cfg["train"]["handlers"])
     data = Path(demo_dataset).parent
     ref = _bundle_train(data, tmp_path / "ref_models", tmp_path / "ref_eval")
-    log = ref.communicate(timeout=600)[0]
+    log = ref.communicate(timeout=1800)[0]
     assert ref.returncode == 0, log[-4000:]
 
     ckpt, out = tmp_path / "models", tmp_path / "eval"
     run = _bundle_train(data, ckpt, out)
-    deadline = time.time() + 600
+    deadline = time.time() + 1800
     while not list(ckpt.glob("checkpoint_epoch=*.pt")) and run.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     run.kill()  # SIGKILL, in epoch 2 (or while saving its checkpoint)
-    log = run.communicate(timeout=60)[0]
+    log = run.communicate(timeout=600)[0]
+    assert list(ckpt.glob("checkpoint_epoch=*.pt")), f"no epoch checkpoint within 30 min:\n{log[-3000:]}"
     assert run.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{log[-3000:]}"
     assert not (ckpt / "checkpoint_epoch=4.pt").exists()
 
     resumed = _bundle_train(data, ckpt, out, resume=True)
-    log = resumed.communicate(timeout=600)[0]
+    log = resumed.communicate(timeout=1800)[0]
     assert resumed.returncode == 0, log[-4000:]
     assert "Restored all variables from" in log
     a = safe_load_checkpoint(tmp_path / "ref_models" / "checkpoint_epoch=4.pt")

@@ -334,6 +334,9 @@ def test_torchrun_two_processes_cpu_gloo(demo_dataset, tmp_path):
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "the DDP wrapper leaked into the checkpoint"
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
+    # only rank 0 logs: all TensorBoard event files (events.out.tfevents.<time>.<host>.<pid>.<n>) from one process
+    events = sorted(p.name for p in (tmp_path / "eval").glob("events.out.tfevents.*"))
+    assert events and len({name.split(".")[-2] for name in events}) == 1, events
 
 
 def test_inference_two_channel_nifti(trained, tmp_path):
