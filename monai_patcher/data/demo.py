@@ -1,8 +1,9 @@
 """A small deterministic SYNTHETIC stroke-like dataset, so the pipeline runs on a machine with no data.
 
 Each case: a brain-like ellipsoid (smooth texture, darker "ventricles"), DWI (b = 1000) and ADC in
-1e-3 mm^2/s (as in ISLES'22), with 1-3 ellipsoidal lesion blobs that are bright on DWI and dark on ADC
-(restricted diffusion), and their mask. Volumes are 64 x 64 x 16 voxels at 2 x 2 x 4 mm (RAS affine),
+1e-3 mm^2/s (as in the preprocessed ISLES'22 case under ``shared/data``; ISLES'22 as released, and most
+DICOM ADC maps, are in 1e-6 mm^2/s: ``ComputeEADCd(unit="auto")`` reads either), with 1-3 ellipsoidal
+lesion blobs that are bright on DWI and dark on ADC (restricted diffusion), and their mask. Volumes are 64 x 64 x 16 voxels at 2 x 2 x 4 mm (RAS affine),
 so a tiny network learns something on a CPU in minutes. **Not real data**: it only exercises the code.
 
 Command line::
@@ -126,7 +127,7 @@ def write_demo_dataset(out_dir, num_cases: int = 8, seed: int = 0, val_fraction:
         "SYNTHETIC DATA - NOT REAL MRI, NOT FOR ANY CLINICAL OR SCIENTIFIC CONCLUSION.\n\n"
         f"Written by monai_patcher.data.demo (seed {seed}, {num_cases} cases) to exercise the Patcher stroke\n"
         "pipeline without real data. Each case is a brain-like ellipsoid with lesion blobs that are bright on\n"
-        "DWI and dark on ADC (ADC in 1e-3 mm^2/s, like ISLES'22), and the lesion mask.\n"
+        "DWI and dark on ADC (ADC in 1e-3 mm^2/s; ISLES'22 as released is in 1e-6 mm^2/s), and the lesion mask.\n"
         f"Volumes: {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} voxels at {SPACING[0]}x{SPACING[1]}x{SPACING[2]} mm.\n"
         "datalist.json has training/validation/test lists of {case, dwi, adc, label} with paths relative to\n"
         "this folder.\n"

@@ -7,6 +7,7 @@ MONAI transforms plus ours; docs/data.md shows the same chain as bundle JSON.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -46,6 +47,8 @@ __all__ = [
     "stroke_inference_transforms",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: ADC units understood by :class:`ComputeEADCd` and their factor to mm^2/s.
 ADC_UNITS = {"mm2/s": 1.0, "1e-3mm2/s": 1e-3, "1e-6mm2/s": 1e-6}
 
@@ -54,8 +57,10 @@ def detect_adc_unit(adc) -> str:
     """Guess the unit of an ADC map from the median of its positive voxels.
 
     Brain tissue ADC is about 0.6-1.0e-3 mm^2/s and CSF about 3e-3 mm^2/s, so the median of the positive
-    (in-brain) voxels is ~1e-3 in mm^2/s, ~1 in 1e-3 mm^2/s (e.g. ISLES'22) and ~1000 in 1e-6 mm^2/s
-    (the usual DICOM scaling). Thresholds sit at the geometric middle: 0.03 and 30.
+    (in-brain) voxels is ~1e-3 in mm^2/s, ~1 in 1e-3 mm^2/s and ~1000 in 1e-6 mm^2/s (the usual DICOM
+    scaling, and the ADC maps of ISLES'22 as released). Thresholds sit at the geometric middle: 0.03 and 30.
+    (The one ISLES'22 case under ``shared/data`` is a preprocessed copy, values -0.28 to 4.7, so it is
+    detected as 1e-3 mm^2/s: see its SOURCE.md.)
 
     Args:
         adc: the ADC map (any shape).
@@ -81,12 +86,21 @@ def detect_adc_unit(adc) -> str:
 class ComputeEADCd(MapTransform):
     """eADC = exp(-b * ADC), with the ADC unit given or detected.
 
-    Background: voxels where the ADC is exactly 0 (outside the skull-stripped brain, or outside the
-    scanner's field of view) are kept at 0, not exp(0) = 1. This keeps the background of the eADC
-    channel at 0 like the DWI channel, so ``NormalizeIntensityd(nonzero=True)`` normalises inside the
-    brain only, and a bright frame around the head (which would look like restricted diffusion) is
-    avoided. Set ``zero_background=False`` for the raw formula. Negative ADC values (interpolation
-    artefacts) are clipped to 0 before the exponential, so the result is always in [0, 1].
+    Background (``zero_background=True``, the default): voxels where the ADC is 0 or negative are set
+    to eADC 0, not exp(0) = 1. ADC == 0 is the background of skull-stripped data (or outside the
+    scanner's field of view); negative ADC is not physical: it comes from interpolation/resampling, mostly
+    on the brain's edge, where brain meets the zero background (78 voxels on the ISLES'22 case, 60 of them
+    touching the background). Either would otherwise become eADC = 1, the brightest value the channel
+    can hold, i.e. "maximally restricted diffusion": a lesion-like frame around the head. With 0 they are
+    background like the DWI's, and ``NormalizeIntensityd(nonzero=True)`` normalises inside the brain only.
+
+    ``zero_background=False``: the raw formula on ``max(ADC, 0)``: background and negative voxels alike
+    give eADC = 1, so negatives look like the background around them (never brighter) and the result is
+    in [0, 1]. Use it only for data without a zero background (then normalise without ``nonzero``).
+
+    Unit check: with an explicit ``unit``, a warning (logger ``monai_patcher.transforms.stroke``, naming
+    the file) is logged when :func:`detect_adc_unit` finds another unit: a 1000-fold wrong unit either
+    empties the eADC channel (exp(-800) is 0 in float32) or makes it ~1 everywhere, silently.
 
     Args:
         keys: the ADC key(s).
@@ -94,16 +108,16 @@ class ComputeEADCd(MapTransform):
         b_value: b in s/mm^2 (default 1000, as in the paper).
         unit: ``"auto"`` (default: :func:`detect_adc_unit` per volume) or one of :data:`ADC_UNITS`
             (``"mm2/s"``, ``"1e-3mm2/s"``, ``"1e-6mm2/s"``).
-        zero_background: keep ADC == 0 voxels at 0 (default True, see above).
+        zero_background: ADC <= 0 voxels give eADC 0 (default True, see above).
         allow_missing_keys: skip missing keys.
 
     The unit used is recorded in the output's metadata (``meta["adc_unit"]``).
 
     Example:
         >>> import torch
-        >>> out = ComputeEADCd("adc", "eadc")({"adc": torch.tensor([[0.0, 0.8, 3.0]])})  # 1e-3 mm^2/s
+        >>> out = ComputeEADCd("adc", "eadc")({"adc": torch.tensor([[0.0, 0.8, 3.0, -0.1]])})  # 1e-3 mm^2/s
         >>> [round(v, 3) for v in out["eadc"][0].tolist()]
-        [0.0, 0.449, 0.05]
+        [0.0, 0.449, 0.05, 0.0]
     """
 
     def __init__(
@@ -135,20 +149,37 @@ class ComputeEADCd(MapTransform):
             t = torch.as_tensor(adc)
             if not torch.isfinite(t).all():
                 raise DataError(f"{source_name(d, key)}: ADC map contains NaN/Inf voxels")
-            try:
-                unit = detect_adc_unit(t) if self.unit == "auto" else self.unit
-            except DataError as e:
-                raise DataError(f"{source_name(d, key)}: {e}") from None
+            if self.unit == "auto":
+                try:
+                    unit = detect_adc_unit(t)
+                except DataError as e:
+                    raise DataError(f"{source_name(d, key)}: {e}") from None
+            else:
+                unit = self.unit
+                self._check_unit(t, unit, d, key)
             adc_mm2 = t.float().clamp(min=0) * ADC_UNITS[unit]
             eadc = torch.exp(-self.b_value * adc_mm2)
             if self.zero_background:
-                eadc = torch.where(t == 0, torch.zeros_like(eadc), eadc)
+                eadc = torch.where(t <= 0, torch.zeros_like(eadc), eadc)
             if isinstance(adc, MetaTensor):
                 eadc = MetaTensor(eadc.as_tensor() if isinstance(eadc, MetaTensor) else eadc, meta=dict(adc.meta),
                                   applied_operations=list(adc.applied_operations))
                 eadc.meta["adc_unit"] = unit
             d[out_key] = eadc
         return d
+
+    @staticmethod
+    def _check_unit(t: torch.Tensor, unit: str, d: Mapping, key: Hashable) -> None:
+        try:
+            detected = detect_adc_unit(t)
+        except DataError:
+            return  # no positive voxel: nothing to compare (the eADC is all background anyway)
+        if detected != unit:
+            pos = t[torch.isfinite(t) & (t > 0)].float()
+            logger.warning(
+                "%s: ADC unit given as %r, but the values look like %r (median of the positive voxels %.4g); "
+                "with a 1000-fold wrong unit the eADC channel is ~0 or ~1 everywhere. Check the unit, or use "
+                "unit='auto'.", source_name(d, key), unit, detected, float(pos.median()))
 
 
 def _reader(reader, b_value: float):
@@ -185,7 +216,8 @@ def stroke_volume_transforms(
         image_key: key of the stacked 2-channel image.
         spatial_size: in-plane size after resizing (the paper: 256).
         axis: slice axis (spatial, after RAS orientation; 2 = axial).
-        pixdim: optional resampling to this voxel size (mm) before anything else is computed.
+        pixdim: optional resampling to this voxel size (mm), of the stacked image (and label) after
+            ``Orientationd``, i.e. after the eADC is computed on the scan's own grid, before normalisation.
         b_value: b for eADC, and the b-value the default reader takes from a DICOM series holding several.
         adc_unit: ADC unit (``"auto"`` to detect).
         reader: the image reader (default ``SimpleITKReader(b_value=b_value)``).

@@ -30,7 +30,7 @@ def test_eadc_units_detected_and_formula(unit, scale):
     adc = adc_1e3 * scale
     assert detect_adc_unit(adc) == unit
     out = ComputeEADCd("adc", "eadc")({"adc": adc})["eadc"][0]
-    expected = [0.0] + [math.exp(-1000 * v * 1e-3) for v in (0.5, 0.8, 1.0, 3.0)] + [1.0]  # negative clipped
+    expected = [0.0] + [math.exp(-1000 * v * 1e-3) for v in (0.5, 0.8, 1.0, 3.0)] + [0.0]  # negative: background
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5)
     given = ComputeEADCd("adc", "eadc", unit=unit)({"adc": adc})["eadc"]
     torch.testing.assert_close(given, out[None])
@@ -43,6 +43,36 @@ def test_eadc_b_value_background_and_meta():
     assert out.meta["adc_unit"] == "1e-3mm2/s" and out.meta["filename_or_obj"] == "adc.nii"
     with pytest.raises(ValueError):
         ComputeEADCd("adc", unit="furlongs")
+
+
+def test_eadc_negative_adc_is_background_not_brightest():
+    """Negative ADC (interpolation artefacts on the brain's edge) must not become eADC = 1, the channel maximum."""
+    adc = torch.tensor([[0.0, -0.05, -2.0, 0.8]])  # 1e-3 mm^2/s
+    out = ComputeEADCd("adc", "e")({"adc": adc})["e"][0]
+    np.testing.assert_allclose(out.numpy(), [0.0, 0.0, 0.0, math.exp(-0.8)], rtol=1e-6)
+    # raw formula: negatives look like the (exp(0) = 1) background around them, never brighter; still in [0, 1]
+    raw = ComputeEADCd("adc", "e", zero_background=False)({"adc": adc})["e"][0]
+    np.testing.assert_allclose(raw.numpy(), [1.0, 1.0, 1.0, math.exp(-0.8)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("given, scale", [("1e-3mm2/s", 1e3), ("1e-6mm2/s", 1.0), ("mm2/s", 1.0)])
+def test_eadc_warns_when_given_unit_disagrees(caplog, given, scale):
+    """ISLES'22 as released is in 1e-6 mm^2/s: forcing 1e-3 mm^2/s gives exp(-800) = 0, an empty eADC channel."""
+    adc = MetaTensor(torch.tensor([[0.0, 0.6, 0.8, 1.0, 3.0]]) * scale, meta={"filename_or_obj": "/d/case7_adc.nii.gz"})
+    with caplog.at_level("WARNING", logger="monai_patcher.transforms.stroke"):
+        ComputeEADCd("adc", "eadc", unit=given)({"adc": adc})
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(msgs) == 1, msgs
+    assert "/d/case7_adc.nii.gz" in msgs[0] and "'adc'" in msgs[0] and repr(given) in msgs[0]
+    assert repr(detect_adc_unit(adc)) in msgs[0]
+
+
+def test_eadc_no_warning_when_given_unit_agrees(caplog):
+    adc = torch.tensor([[0.0, 0.6, 0.8, 1.0, 3.0]])
+    with caplog.at_level("WARNING", logger="monai_patcher.transforms.stroke"):
+        ComputeEADCd("adc", unit="1e-3mm2/s")({"adc": adc})
+        ComputeEADCd("adc", unit="1e-3mm2/s")({"adc": torch.zeros(1, 3)})  # nothing to detect from: no warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_eadc_rejects_nan_and_empty():
@@ -184,8 +214,14 @@ def test_real_isles_eadc_and_inference_chain(shared_path_fn):
     assert e.meta["adc_unit"] == "1e-3mm2/s"
     assert float(e.min()) >= 0 and float(e.max()) <= 1
     assert torch.all(e[adc == 0] == 0)
+    assert int((adc < 0).sum()) > 50 and torch.all(e[adc < 0] == 0)  # negative ADC (brain edge): background
     inside = adc > 0.5
     np.testing.assert_allclose(e[inside].numpy(), np.exp(-adc[inside].numpy()), rtol=1e-5)
+    # at the native in-plane size (112: Resized is an identity) the negative-ADC voxels stay 0 after the
+    # normalisation, instead of the channel's maximum z-score (a lesion-like rim)
+    native = stroke_inference_transforms(spatial_size=112)(item)["image"][0]
+    neg_ras = torch.flip(adc[0] < 0, dims=(0,))  # the file is LAS: Orientationd(RAS) flips axis 0
+    assert torch.all(native[neg_ras] == 0) and float(native.max()) > 3
     out = stroke_inference_transforms()(item)
     assert tuple(out["image"].shape) == (2, 256, 256, 73) and out["image"].dtype == torch.float32
     assert [op["class"] for op in out["image"].applied_operations] == ["Orientation", "Resize"]
@@ -241,17 +277,57 @@ def test_bundle_json_chain_from_docs(case):
         assert tuple(s["image"].shape) == (2, 256, 256) and tuple(s["label"].shape) == (1, 256, 256)
 
 
+def test_docs_json_chain_has_the_code_order():
+    """docs/data.md's JSON chain is the code's chain: same transforms, same order, same keys (``Orientationd``
+    after stacking, on ``image``: with the channels reoriented before ``ConcatItemsd``, ``Invertd`` flips masks)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
+    cfg = json.loads(re.search(r"<!-- stroke-train-json -->\s*```json\n(.*?)```", text, re.S).group(1))
+    cfg["imports"] = ["$import monai_patcher.data", "$import monai_patcher.transforms"]
+    docs = ConfigParser(cfg).get_parsed_content("train_transforms")
+    code = stroke_train_transforms().transforms
+
+    def sig(t):
+        return type(t).__name__, tuple(getattr(t, "keys", ()))
+
+    assert [sig(t) for t in docs] == [sig(t) for t in code]
+
+
+def _blobs(shape, centres, width=2.5):
+    """A smooth, asymmetric volume: Gaussian blobs at the given voxel centres (so a flip of any axis shows)."""
+    grid = np.indices(shape).astype(np.float32)
+    out = np.zeros(shape, np.float32)
+    for i, c in enumerate(centres):
+        out += (1 + i) * np.exp(-sum((g - ci) ** 2 for g, ci in zip(grid, c)) / (2 * width**2))
+    return out
+
+
+def _flip_margin(back, ref):
+    """Correlation of ``back`` with ``ref``, and the highest correlation with ``ref`` flipped along any axis."""
+    def corr(a, b):
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    return corr(back, ref), max(corr(back, np.flip(ref, ax)) for ax in range(ref.ndim))
+
+
 def test_invertd_on_stacked_image_restores_non_ras_geometry(tmp_path):
-    """Reorientation/resize happen after stacking, so Invertd on ``image`` goes back to the scan's own grid."""
+    """Reorientation/resize happen after stacking, so Invertd on ``image`` goes back to the scan's own grid:
+    same shape and affine, and the same voxels (no flip: the content is asymmetric along every axis)."""
     from monai.transforms import Invertd
 
     from monai_patcher.transforms import stroke_volume_transforms
 
     las = np.diag([-2.0, 2.0, 3.0, 1.0])
     las[:3, 3] = [40.0, -20.0, 5.0]
+    shape = (20, 24, 6)
     rng = np.random.default_rng(0)
-    adc = rng.uniform(0.5, 1.0, (20, 24, 6)).astype(np.float32)
-    dwi = rng.uniform(100, 200, (20, 24, 6)).astype(np.float32)
+    adc = rng.uniform(0.5, 1.0, shape).astype(np.float32)
+    dwi = 100 + 300 * _blobs(shape, [(4, 6, 0), (14, 17, 5), (6, 19, 1)], width=2.0)
     data = {"dwi": _write(tmp_path / "dwi.nii.gz", dwi, las), "adc": _write(tmp_path / "adc.nii.gz", adc, las)}
     xf = stroke_volume_transforms(label_key=None, spatial_size=32)
     out = xf(data)
@@ -259,3 +335,5 @@ def test_invertd_on_stacked_image_restores_non_ras_geometry(tmp_path):
     back = Invertd("image", transform=xf, orig_keys="image", nearest_interp=False)(out)["image"]
     assert tuple(back.shape) == (2, 20, 24, 6)
     np.testing.assert_allclose(np.asarray(back.affine), las, atol=1e-5)
+    same, flipped = _flip_margin(back[1].numpy(), dwi)
+    assert same > 0.98 and flipped < same - 0.3, f"inverted DWI vs DWI: corr {same:.3f}, vs a flipped DWI {flipped:.3f}"
