@@ -235,7 +235,12 @@ class OverlayWriter(_ItemWriter):
         image_channel: the image channel to show for multi-channel volumes (e.g. 1 = DWI of ``[eADC, DWI]``);
             3-channel 2D images are shown in colour.
         name_keys: keys whose ``filename_or_obj`` names the case (first found wins).
-        slice_axis: axis to cut 3D volumes along.
+        slice_axis: axis to cut 3D volumes along (0-2, drawn as if the array were RAS), or an anatomical plane,
+            ``"axial"``, ``"coronal"`` or ``"sagittal"``: read from the prediction's affine (a ``MetaTensor``,
+            RAS world as MONAI's readers give), so a volume in any grid orientation, e.g. inverted to a
+            sagittal-stored scan's own grid, is cut across that plane and drawn in the RAS view of
+            :func:`monai_patcher.visualize.volume_overlays` (anterior/superior up). The PNGs are named by the
+            volume's own slice index along the axis cut.
         only_nonempty: 3D: skip slices without foreground.
         alpha: colour opacity.
         output_name_formatter: as ``SaveImaged``'s: ``(metadict, saver) -> {"subject": name, ...}`` naming the
@@ -250,11 +255,13 @@ class OverlayWriter(_ItemWriter):
         label_key: str | None = "label",
         image_channel: int = 0,
         name_keys: tuple[str, ...] | list[str] | None = None,
-        slice_axis: int = 2,
+        slice_axis: int | str = 2,
         only_nonempty: bool = True,
         alpha: float = 0.6,
         output_name_formatter: Callable | None = None,
     ) -> None:
+        if isinstance(slice_axis, str) and slice_axis not in _PLANES:
+            raise ValueError(f"slice_axis must be 0, 1, 2 or one of {list(_PLANES)}, got {slice_axis!r}.")
         self.output_dir = Path(output_dir)
         self.formatter = output_name_formatter
         self.image_key, self.pred_key, self.label_key = image_key, pred_key, label_key
@@ -275,16 +282,35 @@ class OverlayWriter(_ItemWriter):
         lab = None if lab is None else torch.as_tensor(lab).detach().cpu().float().numpy()
         paths = []
         if pred.ndim == 4:  # C x X x Y x Z
-            chan = img[min(self.image_channel, img.shape[0] - 1)]
-            for k, rgb in volume_overlays(chan, pred[0], None if lab is None else lab[0], self.slice_axis,
-                                          self.only_nonempty, self.alpha):
-                paths.append(save_png(rgb, self.output_dir / name / f"slice_{k:03d}.png"))
+            vols = [img[min(self.image_channel, img.shape[0] - 1)], pred[0], None if lab is None else lab[0]]
+            axis, index = self.slice_axis, lambda k: k
+            if isinstance(axis, str):  # to the RAS grid (axes permuted and flipped), cut along the plane's axis
+                vols, axis, index = self._ras_view(item, vols)
+            for k, rgb in volume_overlays(*vols, axis, self.only_nonempty, self.alpha):
+                paths.append(save_png(rgb, self.output_dir / name / f"slice_{index(k):03d}.png"))
         else:  # C x H x W (2D: MONAI's (W, H) array order from PIL is transposed back to rows x columns)
             shown = np.moveaxis(img[:3], 0, -1) if img.shape[0] >= 3 else img[min(self.image_channel, img.shape[0] - 1)]
             shown = np.swapaxes(shown, 0, 1)
             rgb = overlay(shown, pred[0].T, None if lab is None else lab[0].T, self.alpha)
             paths.append(save_png(rgb, self.output_dir / f"{name}_overlay.png"))
         return paths
+
+    def _ras_view(self, item: Mapping, vols: list) -> tuple[list, int, Callable[[int], int]]:
+        """``vols`` (``X x Y x Z``) in RAS order, the RAS axis of ``self.slice_axis`` and the map from a RAS slice
+        index back to the volume's own slice index."""
+        from nibabel.orientations import apply_orientation, io_orientation
+
+        affine = getattr(item[self.pred_key], "affine", None)
+        if not isinstance(item[self.pred_key], MetaTensor) or affine is None:
+            raise ValueError(f"slice_axis={self.slice_axis!r} needs a prediction with an affine (MetaTensor), "
+                             f"got {type(item[self.pred_key]).__name__}.")
+        # per array axis: its RAS world axis and direction (+-1)
+        ornt = io_orientation(np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu()))
+        axis = _PLANES[str(self.slice_axis)]
+        own = int(np.nonzero(ornt[:, 0] == axis)[0][0])  # the volume's array axis along that RAS axis
+        n, flipped = vols[1].shape[own], ornt[own, 1] < 0
+        vols = [None if v is None else apply_orientation(v, ornt) for v in vols]
+        return vols, axis, (lambda k: n - 1 - k) if flipped else (lambda k: k)
 
 
 class GatingMapWriter(_ItemWriter):

@@ -1,8 +1,10 @@
 """Per-slice metrics and the overlay writer."""
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from monai_patcher.handlers import OverlayWriter, SliceDiceMetric, SliceIoUMetric
@@ -111,3 +113,51 @@ def test_gating_map_writer(tmp_path):
     assert [p.split("/")[-1] for p in paths] == ["slice_000.png", "slice_002.png"] and "c1_gating" in paths[0]
     paths2d = GatingMapWriter(tmp_path).write({"gating": g[..., 0]})
     assert paths2d[0].endswith("_gating.png")
+
+
+def _sagittal_stored_case():
+    """A PIR-stored volume (array axes: anterior->posterior, superior->inferior, left->right), as a sagittal
+    scan is after ``Invertd`` back to its own grid: the prediction is a block on the array's axis 1 (slices
+    3 and 4), in the anterior part (low axis-0 index) and at low axis-2 indices."""
+    from monai.data import MetaTensor
+
+    affine = torch.tensor([[0.0, 0, 1, -10], [-1, 0, 0, 20], [0, -1, 0, 30], [0, 0, 0, 1]])  # columns: P, I, R
+    shape = (10, 8, 12)  # 10 A-P, 8 S-I, 12 L-R voxels
+    pred = torch.zeros(1, *shape)
+    pred[0, 1:4, 3:5, 1:4] = 1
+    meta = {"filename_or_obj": "/x/sag_case.nii.gz"}
+    noise = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    image = MetaTensor(noise, affine=affine, meta=dict(meta))
+    return {"image": image, "pred": MetaTensor(pred, affine=affine, meta=dict(meta))}
+
+
+@pytest.mark.parametrize("plane, files, size", [
+    ("axial", ["slice_003.png", "slice_004.png"], (12, 10)),
+    ("coronal", ["slice_001.png", "slice_002.png", "slice_003.png"], (12, 8)),
+    ("sagittal", ["slice_001.png", "slice_002.png", "slice_003.png"], (10, 8)),
+])
+def test_overlay_writer_anatomical_plane_of_a_sagittal_stored_volume(tmp_path, plane, files, size):
+    from PIL import Image
+
+    paths = OverlayWriter(tmp_path, image_channel=1, label_key=None, slice_axis=plane).write(_sagittal_stored_case())
+    assert sorted(Path(p).name for p in paths) == files  # the scan's own slice indices along the plane's axis
+    assert Image.open(paths[0]).size == size  # (width, height): L-R x A-P, L-R x S-I, A-P x S-I
+    if plane == "axial":  # the same pictures as of the same case stored in RAS, cut along its axis 2 (S)
+        case = _sagittal_stored_case()
+        ras = {k: torch.flip(v.permute(0, 3, 1, 2), dims=[2, 3]) for k, v in case.items()}  # PIR -> RAS
+        ras_paths = OverlayWriter(tmp_path / "ras", image_channel=1, label_key=None, slice_axis=2).write(ras)
+        assert sorted(Path(p).name for p in ras_paths) == ["slice_003.png", "slice_004.png"]  # 7 - 4, 7 - 3
+        for p in paths:  # the scan's slice k along S-I is slice 7 - k along I-S
+            twin = Path(ras_paths[0]).parent / f"slice_{7 - int(Path(p).stem[-3:]):03d}.png"
+            assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(twin)))
+
+
+def test_stroke_inference_overlays_are_axial(tmp_path):
+    """inference.json's OverlayWriter settings on a sagittal-stored scan: PNGs are axial slices."""
+    import json
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "patcher_stroke" / "configs"
+    cfg = json.loads((configs / "inference.json").read_text())
+    entry = next(h for h in cfg["handlers"] if h.get("_target_", "").endswith("OverlayWriter"))
+    paths = OverlayWriter(tmp_path, label_key=None, slice_axis=entry["slice_axis"]).write(_sagittal_stored_case())
+    assert sorted(Path(p).name for p in paths) == ["slice_003.png", "slice_004.png"]
