@@ -21,8 +21,15 @@ Input (``--input``, a folder; not recursive beyond one level of case folders). A
 Files named like labels (``*_msk``, ``*_mask``, ``*_seg``, ``*_label``) are ignored. Output: ``<output>/<case>_seg.nii.gz``
 (uint8, 1 = lesion, in the DWI's own grid and affine) and, with ``--save_prob``, ``<case>_prob.nii.gz``.
 
+The output folder may be inside the input folder (``--input scans --output scans/masks``): it is not a case.
+A case is skipped when all its requested outputs exist (the mask, and with ``--save_prob`` the probability map;
+the mask is written last, so it marks a finished case); missing ones are written, existing ones kept, unless
+``--overwrite``. Without ``--overwrite`` an output is never replaced, not even one that another run creates
+while this one works on the case (that case is then reported ``skipped``).
+
 Exit status: 0 if every case succeeded or was skipped (output exists), 1 if any case failed, 2 if the run could
-not start (no input, no case, unreadable or unsafe checkpoint).
+not start (no input, no case, an output folder that cannot be created, an unreadable, unsafe or mismatching
+checkpoint, an unusable ``--device``).
 
 The preprocessing is :func:`monai_patcher.transforms.stroke_inference_transforms` (the chain of the
 ``patcher_stroke`` bundle's ``inference.json``: checks, eADC + DWI, RAS, per-channel normalisation, in-plane resize),
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import json
 import logging
@@ -69,11 +77,12 @@ class Case:
     dwi: str | None = None
     adc: str | None = None
     problem: str | None = None  # found while discovering (e.g. a DWI without its ADC)
+    folder: str | None = None  # the case folder (``<case>/`` layout)
 
     @property
     def source(self) -> str:
-        """The file (or folder) that identifies this case in reports."""
-        return self.two_channel or self.dwi or self.adc or self.name
+        """The file (or folder) that identifies this case in reports: always a path."""
+        return self.two_channel or self.folder or self.dwi or self.adc or self.name
 
 
 @dataclass
@@ -110,7 +119,7 @@ def _case_from_folder(folder: Path) -> Case:
         for key, rx in _MODALITY_RE.items():
             if rx.search(_strip_ext(p.name)):
                 found[key].append(p)
-    case = Case(folder.name)
+    case = Case(folder.name, folder=str(folder))
     for key in ("dwi", "adc"):
         if len(found[key]) == 1:
             setattr(case, key, str(found[key][0]))
@@ -121,8 +130,13 @@ def _case_from_folder(folder: Path) -> Case:
     return case
 
 
-def find_cases(input_dir: str | os.PathLike) -> list[Case]:
+def find_cases(input_dir: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> list[Case]:
     """The cases in ``input_dir`` (see the module docstring). Never reads image data.
+
+    Args:
+        input_dir: the input folder.
+        exclude: folders that are not cases even if they are in ``input_dir`` (the output folder, when it is
+            inside the input folder: ``--input scans --output scans/masks``); compared after resolving.
 
     Raises:
         FileNotFoundError: ``input_dir`` does not exist or holds no case.
@@ -130,6 +144,7 @@ def find_cases(input_dir: str | os.PathLike) -> list[Case]:
     src = Path(input_dir)
     if not src.is_dir():
         raise FileNotFoundError(f"--input {src}: no such folder")
+    excluded = {Path(p).resolve() for p in exclude}
     cases: list[Case] = []
     files = sorted(p for p in src.iterdir() if _is_image_file(p))
     by_name = {p.name: p for p in files}
@@ -154,7 +169,8 @@ def find_cases(input_dir: str | os.PathLike) -> list[Case]:
             continue
         cases.append(Case(_strip_ext(p.name), two_channel=str(p)))
     for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        cases.append(_case_from_folder(d))
+        if d.resolve() not in excluded:
+            cases.append(_case_from_folder(d))
     if not cases:
         raise FileNotFoundError(f"--input {src}: no case found (NIfTI/MHA/NRRD files or case folders)")
     names = [c.name for c in cases]
@@ -182,14 +198,15 @@ def _root_message(e: BaseException) -> str:
     return msg if isinstance(inner, ValueError) else f"{type(inner).__name__}: {msg}"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """:func:`~monai_patcher.checkpoint.atomic_write`, the temporary name keeping the extension (for the writers)."""
+def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
+    """:func:`~monai_patcher.checkpoint.atomic_write`, the temporary name keeping the extension (for the writers);
+    ``overwrite=False``: raise ``FileExistsError`` rather than replace a file (even one created meanwhile)."""
     from .checkpoint import atomic_write
 
-    atomic_write(path, write, suffix=".tmp" + "".join(Path(path.name).suffixes))
+    atomic_write(path, write, suffix=".tmp" + "".join(Path(path.name).suffixes), overwrite=overwrite)
 
 
-def _write_nifti(path: Path, array: torch.Tensor, meta: dict, dtype) -> None:
+def _write_nifti(path: Path, array: torch.Tensor, meta: dict, dtype, overwrite: bool = True) -> None:
     from monai.data import NibabelWriter
 
     def write(tmp: str) -> None:
@@ -198,7 +215,7 @@ def _write_nifti(path: Path, array: torch.Tensor, meta: dict, dtype) -> None:
         writer.set_metadata(meta, resample=False)
         writer.write(tmp)
 
-    _atomic_write(path, write)
+    _atomic_write(path, write, overwrite=overwrite)
 
 
 class BatchPredictor:
@@ -232,14 +249,17 @@ class BatchPredictor:
         from .networks import patcher_preset
         from .transforms import stroke_inference_transforms
 
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"--device {device!r}: not a torch device ({e})") from None
         self.threshold = float(threshold)
         self.channel_order = tuple(str(c).lower() for c in channel_order)
         if sorted(self.channel_order) != ["adc", "dwi"]:
             raise ValueError(f"channel_order must name 'dwi' and 'adc' once each, got {list(channel_order)}")
         net = network if network is not None else patcher_preset(preset, in_channels=2, out_channels=1)
         if checkpoint is not None:
-            from .checkpoint import CheckpointError, safe_load_checkpoint
+            from .checkpoint import CheckpointMismatchError, load_error_details, safe_load_checkpoint
 
             state = safe_load_checkpoint(checkpoint, map_location="cpu")
             if isinstance(state, dict):
@@ -250,10 +270,13 @@ class BatchPredictor:
             try:
                 net.load_state_dict(state)
             except (RuntimeError, TypeError, AttributeError) as e:
-                raise CheckpointError(
-                    f"{checkpoint}: its weights do not fit the {preset!r} Patcher preset ({str(e).splitlines()[0]})"
+                raise CheckpointMismatchError(
+                    f"{checkpoint}: its weights do not fit the {preset!r} Patcher preset ({load_error_details(e)})"
                 ) from None
-        self.network = net.to(self.device).eval()
+        try:
+            self.network = net.to(self.device).eval()
+        except (RuntimeError, AssertionError) as e:  # e.g. "Torch not compiled with CUDA enabled"
+            raise ValueError(f"--device {self.device}: cannot use this device ({type(e).__name__}: {e})") from None
         self.preprocessing = stroke_inference_transforms(spatial_size=spatial_size)
         self.inferer = SliceInferer(
             roi_size=(spatial_size, spatial_size), spatial_dim=2, sw_batch_size=sw_batch_size, overlap=0.25,
@@ -326,6 +349,12 @@ class BatchPredictor:
         return prob, mask, dict(prob.meta)
 
 
+class _OutputAppeared(Exception):
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
 def run_batch(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -337,7 +366,14 @@ def run_batch(
 
     One case's failure (any ``Exception``, including ``MemoryError``) never stops the others. Temporary files that
     an interrupted earlier run left in ``output_dir`` are removed first (only those, and never one that a running
-    process may still be writing: :func:`~monai_patcher.checkpoint.remove_stale_temp_files`).
+    process may still be writing: :func:`~monai_patcher.checkpoint.remove_stale_temp_files`). ``output_dir`` may be
+    inside ``input_dir`` (it is not taken for a case folder).
+
+    A case is complete when every requested output exists (the mask, and with ``save_prob`` the probability
+    map); the probability map is written first and the mask last, so a mask means the case was finished. Without
+    ``overwrite`` a complete case is ``skipped``, an incomplete one (an interrupted run, or a run without
+    ``save_prob`` before) gets its missing outputs written and existing ones kept; an output that another process
+    creates while the case runs is kept too (the case is then ``skipped``, saying so).
     """
     from .checkpoint import remove_stale_temp_files
 
@@ -345,27 +381,49 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out, log=logger)
     results: list[CaseResult] = []
-    for case in find_cases(input_dir):
+    for case in find_cases(input_dir, exclude=[out]):
         seg = out / f"{case.name}_seg.nii.gz"
         prob_path = out / f"{case.name}_prob.nii.gz"
         res = CaseResult(case=case.name, file=case.source, status="ok", output=str(seg))
         start = time.perf_counter()
-        if not overwrite and (seg.exists() or (save_prob and prob_path.exists())):
-            res.status, res.reason = "skipped", f"{seg if seg.exists() else prob_path} exists (use --overwrite to replace it)"
+        wanted = [prob_path, seg] if save_prob else [seg]  # the mask last: it marks a complete case
+        todo = wanted if overwrite else [p for p in wanted if not p.exists()]
+        if not todo:
+            res.status, res.reason = "skipped", f"{seg} exists (use --overwrite to replace it)"
             results.append(res)
             logger.info("%s: skipped (output exists)", case.name)
             continue
+        kept = [p for p in wanted if p not in todo]
+        written: list[Path] = []
         try:
             with tempfile.TemporaryDirectory(prefix="patcher_case_") as work:
                 prob, mask, meta = predictor.predict(case, work)
-            _write_nifti(seg, mask, meta, np.uint8)
-            if save_prob:
-                _write_nifti(prob_path, prob, meta, np.float32)
+            for path in todo:
+                try:
+                    if path == prob_path:
+                        _write_nifti(path, prob, meta, np.float32, overwrite=overwrite)
+                    else:
+                        _write_nifti(path, mask, meta, np.uint8, overwrite=overwrite)
+                except FileExistsError as e:  # only without overwrite: another run created it meanwhile
+                    raise _OutputAppeared(path) from e
+                written.append(path)
             res.lesion_voxels = int(mask.sum())
             res.extra = {"shape": list(mask.shape[1:])}
+            if kept:
+                res.reason = f"completed an earlier run's outputs; kept {', '.join(str(p) for p in kept)}"
+        except _OutputAppeared as e:  # not replaced; this run's other output of the case stays (same result)
+            res.status = "skipped"
+            res.reason = (f"{e.path} was created by another process while this case ran (another run writing to "
+                          "the same folder?); kept it (use --overwrite to replace it)")
+            logger.warning("%s: skipped: %s", case.name, res.reason)
         except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
+            for path in written:  # no partial set of outputs from this attempt (e.g. a probability map alone)
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
             res.status, res.reason, res.output = "failed", _root_message(e), ""
-            if not any(f and f in res.reason for f in (case.two_channel, case.dwi, case.adc)):
+            if not any(f and f in res.reason for f in (case.two_channel, case.dwi, case.adc, case.folder)):
                 res.reason = f"{case.source}: {res.reason}"
             logger.error("%s: FAILED: %s", case.name, res.reason)
         res.seconds = round(time.perf_counter() - start, 3)
@@ -406,14 +464,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     keep_freed_memory()  # a CLI process of our own: reuse freed host memory (see monai_patcher.allocator)
-    try:
-        find_cases(args.input)
+    try:  # every start-up problem: a clear message and exit status 2
+        find_cases(args.input, exclude=[args.output])
+        out = Path(args.output)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable")
+        except OSError as e:
+            raise OSError(f"--output {out}: cannot create or write this folder ({e.strerror or e})") from None
         predictor = BatchPredictor(
             args.checkpoint, preset=args.preset, spatial_size=args.spatial_size, sw_batch_size=args.sw_batch_size,
             threshold=args.threshold, device=args.device, channel_order=args.channel_order.split(","),
         )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, AssertionError) as e:  # e.g. torch/CUDA errors while setting up the network
+        print(f"error: could not start: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     results = run_batch(args.input, args.output, predictor, overwrite=args.overwrite, save_prob=args.save_prob)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}

@@ -102,7 +102,7 @@ def first_run(setup):
     proc = subprocess.run(
         [sys.executable, "-m", "monai_patcher.batch_inference", "--input", str(inp), "--output", str(out),
          "--checkpoint", str(ckpt), *FAST],
-        env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600,
+        env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=1800,  # generous: shared machine
     )
     return proc, out
 
@@ -183,7 +183,8 @@ def test_temp_files_of_an_interrupted_run_are_removed(setup, tmp_path):
         "def write(tmp):\n    Path(tmp).write_bytes(b'half a mask'); os.kill(os.getpid(), signal.SIGKILL)\n"
         f"_atomic_write(Path({str(out / 'good_2ch_seg.nii.gz')!r}), write)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    # the imports of the child alone take ~30 s on a loaded 2-core machine: a generous margin (only a hang hits it)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=900)
     assert proc.returncode == -9
     (stray,) = list(out.iterdir())
     assert stray.name.startswith(".good_2ch_seg.nii.gz.") and stray.name.endswith(".tmp.nii.gz")
@@ -203,6 +204,102 @@ def test_exit_status_0_when_all_good_and_2_when_it_cannot_start(setup, tmp_path)
     assert main(["--input", str(good), "--output", str(tmp_path / "o3"), "--checkpoint", str(bad_ckpt), *FAST]) == 2
 
 
+def test_output_folder_inside_the_input_folder(setup, tmp_path):
+    """``--input scans --output scans/masks``: the output folder is not a case (it used to be one, "case folder
+    has no ADC", so every run failed); a failed case folder is reported with its path."""
+    root, inp, ckpt = setup
+    scans = _subset(inp, tmp_path / "scans", ["good_pair_dwi.nii.gz", "good_pair_adc.nii.gz"])
+    out = scans / "masks"
+    for _ in range(2):  # the first run creates it, the second finds it there
+        assert main(["--input", str(scans), "--output", str(out), "--checkpoint", str(ckpt), *FAST]) == 0
+    statuses = [(r["case"], r["status"]) for r in json.loads((out / "summary.json").read_text())["cases"]]
+    assert statuses == [("good_pair", "skipped")]
+    assert [c.name for c in find_cases(scans, exclude=[scans / "." / "masks"])] == ["good_pair"]
+    (scans / "empty_case").mkdir()
+    (result,) = [r for r in run_batch(scans, out, BatchPredictor(ckpt, preset="tiny", spatial_size=64))
+                 if r.case == "empty_case"]
+    assert result.status == "failed" and result.file == str(scans / "empty_case") and "case folder has no" in result.reason
+
+
+def test_resume_completes_a_case_whose_probability_map_is_missing(setup, tmp_path, monkeypatch):
+    """With ``--save_prob`` a case is complete only with both files: a mask alone (an earlier run without
+    ``--save_prob``) gets its probability map, and the mask is kept. The map is written first, the mask last; a
+    case whose mask cannot be written leaves no output of that attempt, and the next run completes it."""
+    import monai_patcher.batch_inference as bi
+
+    root, inp, ckpt = setup
+    small = _subset(inp, tmp_path / "in", ["good_2ch.nii.gz"])
+    out = tmp_path / "out"
+    args = ["--input", str(small), "--output", str(out), "--checkpoint", str(ckpt), *FAST]
+    assert main(args) == 0
+    mask = (out / "good_2ch_seg.nii.gz").read_bytes()
+    assert main(args + ["--save_prob"]) == 0
+    (r,) = json.loads((out / "summary.json").read_text())["cases"]
+    assert r["status"] == "ok" and "kept" in r["reason"], r
+    assert nib.load(str(out / "good_2ch_prob.nii.gz")).shape == SHAPE
+    assert (out / "good_2ch_seg.nii.gz").read_bytes() == mask
+    assert main(args + ["--save_prob"]) == 0
+    assert json.loads((out / "summary.json").read_text())["cases"][0]["status"] == "skipped"
+
+    out2 = tmp_path / "out2"
+    args2 = ["--input", str(small), "--output", str(out2), "--checkpoint", str(ckpt), "--save_prob", *FAST]
+    real, order = bi._write_nifti, []
+
+    def disk_full_on_mask(path, *a, **k):
+        order.append(path.name)
+        if path.name.endswith("_seg.nii.gz"):
+            raise OSError(28, "No space left on device")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(bi, "_write_nifti", disk_full_on_mask)
+    assert main(args2) == 1
+    assert order == ["good_2ch_prob.nii.gz", "good_2ch_seg.nii.gz"]
+    assert sorted(p.name for p in out2.iterdir()) == ["summary.csv", "summary.json"]
+    monkeypatch.setattr(bi, "_write_nifti", real)
+    assert main(args2) == 0
+    assert {p.name for p in out2.iterdir()} >= {"good_2ch_seg.nii.gz", "good_2ch_prob.nii.gz"}
+
+
+def test_a_mask_another_run_writes_meanwhile_is_not_replaced(setup, tmp_path):
+    """Two runs into one folder without ``--overwrite``: the mask the other run wrote while this one computed is
+    kept, and the case is reported as skipped (the existence check and the final rename used to be separate)."""
+    root, inp, ckpt = setup
+    small = _subset(inp, tmp_path / "in", ["good_2ch.nii.gz"])
+    out = tmp_path / "out"
+    predictor = BatchPredictor(ckpt, preset="tiny", spatial_size=64, sw_batch_size=4)
+    real = predictor.predict
+
+    def other_run_finishes_first(case, work):
+        result = real(case, work)
+        out.mkdir(exist_ok=True)
+        (out / f"{case.name}_seg.nii.gz").write_bytes(b"the other run's mask")
+        return result
+
+    predictor.predict = other_run_finishes_first
+    (r,) = run_batch(small, out, predictor)
+    assert r.status == "skipped" and "created by another process" in r.reason, r
+    assert (out / "good_2ch_seg.nii.gz").read_bytes() == b"the other run's mask"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_start_up_errors_exit_2(setup, tmp_path, capsys):
+    """An output folder that cannot be created, a device that does not exist: a message and exit status 2 (no
+    traceback, not 1, which means 'some case failed')."""
+    root, inp, ckpt = setup
+    good = _subset(inp, tmp_path / "good", ["good_pair_dwi.nii.gz", "good_pair_adc.nii.gz"])
+    not_a_dir = tmp_path / "a_file"
+    not_a_dir.write_text("x")
+    assert main(["--input", str(good), "--output", str(not_a_dir), "--checkpoint", str(ckpt), *FAST]) == 2
+    assert f"--output {not_a_dir}" in capsys.readouterr().err
+    assert main(["--input", str(good), "--output", str(tmp_path / "o"), "--checkpoint", str(ckpt), *FAST,
+                 "--device", "nodevice"]) == 2
+    assert "--device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["--input", str(good), "--output", str(tmp_path / "o"), "--checkpoint", str(ckpt), *FAST,
+                     "--device", "cuda:0"]) == 2
+        assert "--device cuda:0: cannot use this device" in capsys.readouterr().err
+
+
 def test_unsafe_or_mismatched_checkpoint_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -215,8 +312,11 @@ def test_unsafe_or_mismatched_checkpoint_is_refused(tmp_path):
     from monai_patcher.networks import patcher_preset
 
     torch.save(patcher_preset("tiny").state_dict(), tmp_path / "tiny.pt")
-    with pytest.raises(CheckpointError, match="do not fit the 'small'"):
+    with pytest.raises(CheckpointError, match="do not fit the 'small'") as info:
         BatchPredictor(tmp_path / "tiny.pt", preset="small")
+    # PyTorch's first line is only "Error(s) in loading state_dict for ...": the mismatches themselves are shown
+    assert "size mismatch for" in str(info.value) or "Missing key(s)" in str(info.value), str(info.value)
+    assert "Error(s) in loading state_dict" not in str(info.value)
 
 
 def test_a_crash_in_one_case_does_not_stop_the_others(setup, tmp_path, monkeypatch):
