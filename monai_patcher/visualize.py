@@ -118,7 +118,8 @@ def save_png(rgb: np.ndarray, path: str | os.PathLike) -> str:
 
 
 def _display(slice_2d: np.ndarray) -> np.ndarray:
-    """A RAS voxel slice ``X x Y`` -> a picture ``rows x cols`` (anterior/superior up, patient left on the right)."""
+    """A RAS voxel slice ``X x Y`` -> a picture ``rows x cols``: the second axis points up (anterior or superior), the first
+    runs left to right, so an axial RAS slice shows the patient's left on the picture's left (neurological convention)."""
     return np.flipud(np.asarray(slice_2d).T)
 
 
