@@ -3,6 +3,10 @@
 MONAI's ``PILReader`` returns 2D images transposed to ``(W, H)`` (``reverse_indexing=True``); image and
 mask are read by the same reader, so they stay aligned, and ``SaveImaged`` (``PILWriter``) transposes
 back, so a saved mask has the image's ``H x W``.
+
+Channels: images are made RGB by :class:`EnsureRGBd` (grayscale -> 3 equal channels, RGBA -> RGB with the
+alpha dropped, as PIL's ``convert("RGB")`` does); masks may be 0/255 or 0/1, gray, RGB or RGBA
+(:class:`BinarizeMaskd`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from .checks import CheckGeometryd, CheckVolumed
+from ..data.errors import DataError
+from .checks import CheckGeometryd, CheckVolumed, source_name
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BinarizeMaskd",
+    "EnsureRGBd",
     "polyp_load_transforms",
     "polyp_train_transforms",
     "polyp_val_transforms",
@@ -43,50 +49,114 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _drop_alpha(t: torch.Tensor) -> torch.Tensor:
+    """Channel-first gray+alpha (2) or RGBA (4) -> gray (1) or RGB (3); other channel counts unchanged."""
+    return t[:-1] if t.shape[0] in (2, 4) else t
+
+
 class BinarizeMaskd(MapTransform):
-    """Turn a (JPEG, possibly RGB) mask into one channel of {0, 1}: mean over channels ``> threshold``.
+    """Turn a mask (gray, RGB or RGBA; 0/255 or 0/1) into one channel of {0, 1}: mean over channels ``> threshold``.
 
     Kvasir-SEG masks are JPEG, so their edges carry compression noise; thresholding at 127 (of 255)
-    gives the binary mask.
+    gives the binary mask. An alpha channel (gray+alpha, RGBA) is dropped first.
+
+    0/1 masks (PNG label maps, palette PNGs with indices 0/1): with ``detect_01`` (default) a mask whose
+    values are all in [0, 1] is thresholded at 0.5 instead, so it is not silently read as empty. A mask
+    with values above 1 but none above ``threshold`` (e.g. a 0/1/2 label map, or a 0/100 mask) would come
+    out empty: that raises a :class:`~monai_patcher.data.DataError` naming the file, rather than training
+    on an empty label. An all-zero mask is a legitimate empty label.
 
     Args:
         keys: mask keys (channel-first).
-        threshold: values strictly above it are foreground (default 127).
+        threshold: values strictly above it are foreground (default 127, for 0/255 masks).
+        detect_01: threshold masks whose maximum is at most 1 at 0.5 (default True).
         allow_missing_keys: skip missing keys.
+
+    Raises:
+        DataError: non-empty mask with nothing above ``threshold`` (and not a 0/1 mask).
 
     Example:
         >>> import torch
         >>> BinarizeMaskd("m")({"m": torch.tensor([[[0., 130.], [255., 127.]]])})["m"].tolist()
         [[[0.0, 1.0], [1.0, 0.0]]]
+        >>> BinarizeMaskd("m")({"m": torch.tensor([[[0., 1.], [1., 0.]]])})["m"].tolist()  # a 0/1 mask
+        [[[0.0, 1.0], [1.0, 0.0]]]
     """
 
-    def __init__(self, keys: KeysCollection, threshold: float = 127.0, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, threshold: float = 127.0, detect_01: bool = True,
+                 allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.threshold = threshold
+        self.detect_01 = detect_01
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             m = d[key]
-            mean = torch.as_tensor(m).float().mean(dim=0, keepdim=True)
-            out = (mean > self.threshold).float()
+            mean = _drop_alpha(torch.as_tensor(m).float()).mean(dim=0, keepdim=True)
+            top = float(mean.max()) if mean.numel() else 0.0
+            threshold = self.threshold
+            if self.detect_01 and top <= 1.0 < threshold:
+                threshold = 0.5
+            elif 0 < top <= threshold:
+                raise DataError(
+                    f"{source_name(d, key)}: mask values go up to {top:g} but none is above the threshold "
+                    f"{threshold:g}, so the label would be empty. Expected a 0/255 (or 0/1) mask; for another "
+                    f"encoding pass BinarizeMaskd(threshold=...)")
+            out = (mean > threshold).float()
             if isinstance(m, MetaTensor):
                 out = MetaTensor(out, meta=dict(m.meta), applied_operations=list(m.applied_operations))
             d[key] = out
         return d
 
 
+class EnsureRGBd(MapTransform):
+    """Make channel-first 2D images RGB: gray -> 3 equal channels, gray+alpha / RGBA -> alpha dropped.
+
+    What PIL's ``convert("RGB")`` does (alpha dropped, not composited), so grayscale or RGBA endoscopy
+    frames go through the ImageNet normalisation (3 channels) instead of failing there with MONAI's
+    generic "img has N channels, but subtrahend has 3 components".
+
+    Args:
+        keys: image keys (after ``EnsureChannelFirstd``).
+        allow_missing_keys: skip missing keys.
+
+    Raises:
+        DataError: a channel count other than 1-4, naming the file.
+
+    Example:
+        >>> import torch
+        >>> tuple(EnsureRGBd("x")({"x": torch.zeros(1, 4, 5)})["x"].shape)
+        (3, 4, 5)
+    """
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            c = int(x.shape[0])
+            if c == 3:
+                continue
+            if c not in (1, 2, 4):
+                raise DataError(f"{source_name(d, key)}: image has {c} channels; expected RGB (3), RGBA (4), "
+                                f"gray (1) or gray+alpha (2)")
+            x = _drop_alpha(x)
+            d[key] = x.repeat(3, *([1] * (x.ndim - 1))) if x.shape[0] == 1 else x
+        return d
+
+
 def polyp_load_transforms(image_key: str = "image", label_key: str | None = "label") -> list:
     """Read + check + binarise + ImageNet-normalise (no resizing).
 
-    ``LoadImaged(PILReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed(spatial_dims=2)`` ->
-    ``CheckGeometryd`` (same size) -> ``BinarizeMaskd(127)`` -> ``ScaleIntensityRanged(0-255 -> 0-1)`` ->
-    ``NormalizeIntensityd(ImageNet mean/std, channel_wise)``.
+    ``LoadImaged(PILReader)`` -> ``EnsureChannelFirstd`` -> ``EnsureRGBd`` (gray/RGBA -> RGB) ->
+    ``CheckVolumed(spatial_dims=2)`` -> ``CheckGeometryd`` (same size) -> ``BinarizeMaskd(127)`` (0/255 or
+    0/1 masks) -> ``ScaleIntensityRanged(0-255 -> 0-1)`` -> ``NormalizeIntensityd(ImageNet mean/std, channel_wise)``.
     """
     keys = [image_key] + ([label_key] if label_key else [])
     xs = [
         LoadImaged(keys, reader="PILReader", image_only=True),
         EnsureChannelFirstd(keys),
+        EnsureRGBd(image_key),
         CheckVolumed(image_key, spatial_dims=2),
     ]
     if label_key:

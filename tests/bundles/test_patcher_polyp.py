@@ -122,6 +122,28 @@ def test_evaluate_scores_at_the_image_size(trained, tmp_path):
     assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(np.mean(dices), abs=1e-5)
 
 
+@pytest.mark.parametrize("scale", [255, 1], ids=["0-255", "0-1"])
+def test_bundle_chain_reads_0_255_and_0_1_png_masks(tmp_path, scale):
+    """The bundle's deterministic training chain on a PNG mask stored as 0/255 and as 0/1: the same, non-empty
+    label (0/1 masks used to come out empty, silently: threshold 127). No training: cheap."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+    from PIL import Image
+
+    write_kvasir_like(tmp_path / "data", n_train=1, n_val=0)
+    img = tmp_path / "data" / "train" / "images" / "img0.jpg"
+    disc = np.asarray(Image.open(tmp_path / "data" / "train" / "masks" / "img0.jpg")) > 127
+    Image.fromarray(disc.astype(np.uint8) * scale).save(tmp_path / "mask.png")
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser["spatial_size"] = 64
+    xf = Compose(parser.get_parsed_content("train#deterministic_transforms"))
+    lab = xf({"image": str(img), "label": str(tmp_path / "mask.png")})["label"]
+    ref = xf({"image": str(img), "label": str(tmp_path / "data" / "train" / "masks" / "img0.jpg")})["label"]
+    assert tuple(lab.shape) == (1, 64, 64) and float(lab.sum()) > 20
+    assert float((lab == ref).float().mean()) > 0.98
+
+
 def test_evaluate_real_kvasir_images_at_their_size(trained, tmp_path, shared_path_fn):
     folder = shared_path_fn("Kvasir-SEG-5-samples-original-encoding", "Kvasir-SEG")  # images/ + masks/
     evaluator, items = _evaluate(folder, tmp_path, override={"ckpt_path": str(trained["ckpt"] / "model.pt")})

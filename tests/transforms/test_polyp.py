@@ -9,6 +9,7 @@ from PIL import Image
 
 from monai_patcher.data import DataError
 from monai_patcher.transforms import BinarizeMaskd, IMAGENET_MEAN, IMAGENET_STD, polyp_train_transforms, polyp_val_transforms
+from monai_patcher.transforms.polyp import EnsureRGBd
 
 
 @pytest.fixture
@@ -29,6 +30,77 @@ def test_binarize_mask_threshold():
     out = BinarizeMaskd("m")({"m": m})["m"]
     assert tuple(out.shape) == (1, 1, 4)
     assert out.flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def _root_error(fn):
+    with pytest.raises(Exception) as info:
+        fn()
+    root = info.value
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return root
+
+
+def test_binarize_mask_01_and_alpha():
+    m01 = torch.tensor([[[0.0, 1.0, 1.0, 0.0]]])
+    assert BinarizeMaskd("m")({"m": m01})["m"].flatten().tolist() == [0.0, 1.0, 1.0, 0.0]
+    # RGBA: the (opaque, 255) alpha channel must not count, for 0/255 and for 0/1 masks
+    for scale in (255.0, 1.0):
+        rgba = torch.cat([m01.repeat(3, 1, 1) * scale, torch.full_like(m01, 255.0)])
+        assert BinarizeMaskd("m")({"m": rgba})["m"].flatten().tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert BinarizeMaskd("m")({"m": torch.zeros(1, 1, 4)})["m"].sum() == 0  # an empty label stays legal
+
+
+@pytest.mark.parametrize("scale", [255, 1], ids=["0-255", "0-1"])
+@pytest.mark.parametrize("mode", ["L", "P", "RGB"])
+def test_polyp_png_masks_0_255_and_0_1(tmp_path, pair, scale, mode):
+    """0/1 PNG masks (label maps, palette indices) used to become empty labels silently (threshold 127)."""
+    item, _, mask = pair
+    img = Image.fromarray((mask > 0).astype(np.uint8) * scale)
+    if mode == "P":
+        img = img.convert("P") if scale == 255 else Image.fromarray((mask > 0).astype(np.uint8), "P")
+    elif mode == "RGB":
+        img = img.convert("RGB")
+    img.save(tmp_path / "m.png")
+    lab = polyp_val_transforms(spatial_size=32)({"image": item["image"], "label": str(tmp_path / "m.png")})["label"]
+    ref = polyp_val_transforms(spatial_size=32)(item)["label"]  # the 0/255 JPEG mask of the fixture
+    assert float(lab.sum()) > 0 and float((lab == ref).float().mean()) > 0.98
+
+
+def test_polyp_mask_with_nothing_above_threshold_is_refused(tmp_path, pair):
+    item, _, mask = pair
+    Image.fromarray((mask > 0).astype(np.uint8) * 2).save(tmp_path / "labelmap_0_2.png")  # e.g. classes 0/2
+    root = _root_error(lambda: polyp_val_transforms(spatial_size=32)({"image": item["image"],
+                                                                     "label": str(tmp_path / "labelmap_0_2.png")}))
+    assert isinstance(root, DataError) and "labelmap_0_2.png" in str(root) and "threshold" in str(root)
+
+
+def test_polyp_gray_and_rgba_images_become_rgb(tmp_path, pair):
+    """Gray and RGBA images used to fail in NormalizeIntensityd ("img has N channels, but subtrahend has 3")."""
+    item, rgb, _ = pair
+    ref = polyp_val_transforms(spatial_size=32)(item)["image"]
+    alpha = np.full(rgb.shape[:2] + (1,), 90, np.uint8)  # a (semi-transparent) alpha is dropped, not composited
+    Image.fromarray(np.concatenate([rgb, alpha], -1), "RGBA").save(tmp_path / "rgba.png")
+    out = polyp_val_transforms(spatial_size=32)({"image": str(tmp_path / "rgba.png"), "label": item["label"]})
+    torch.testing.assert_close(out["image"], ref)
+    gray = rgb[..., 0]
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    g = polyp_val_transforms(spatial_size=32, label_key=None)({"image": str(tmp_path / "gray.png")})["image"]
+    assert tuple(g.shape) == (3, 32, 32)
+    raw = (g * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None])
+    torch.testing.assert_close(raw[1], raw[0], atol=1e-5, rtol=0)  # three equal channels before normalising
+    torch.testing.assert_close(raw[2], raw[0], atol=1e-5, rtol=0)
+
+
+def test_ensure_rgb_refuses_other_channel_counts():
+    from monai.data import MetaTensor
+
+    x = MetaTensor(torch.zeros(5, 4, 4), meta={"filename_or_obj": "/d/multispectral.tif"})
+    with pytest.raises(DataError, match="multispectral.tif.*5 channels"):
+        EnsureRGBd("image")({"image": x})
+    y = MetaTensor(torch.rand(1, 4, 4), meta={"filename_or_obj": "g.png"})
+    out = EnsureRGBd("image")({"image": y})["image"]
+    assert tuple(out.shape) == (3, 4, 4) and isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "g.png"
 
 
 def test_polyp_val_alignment_and_normalisation(pair):
