@@ -1,7 +1,7 @@
 """MONAI dictionary transforms for Patcher: input checks, stroke (eADC), 3D -> 2D slicing, polyp images."""
 
 from .checks import CheckGeometryd, CheckVolumed
-from .polyp import IMAGENET_MEAN, IMAGENET_STD, BinarizeMaskd, polyp_load_transforms, polyp_train_transforms, polyp_val_transforms
+from .polyp import IMAGENET_MEAN, IMAGENET_STD, BinarizeMaskd, EnsureRGBd, polyp_load_transforms, polyp_train_transforms, polyp_val_transforms
 from .slices import RandSliced, SliceDataset, extract_slice, slice_labels, stack_slices
 from .stroke import (
     ADC_UNITS,
@@ -17,6 +17,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BinarizeMaskd",
+    "EnsureRGBd",
     "polyp_load_transforms",
     "polyp_train_transforms",
     "polyp_val_transforms",

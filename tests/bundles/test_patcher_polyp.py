@@ -196,3 +196,25 @@ def test_verify_net_in_out():
 
     verify_net_in_out("network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
                       **{"network_def#name": "tiny"})
+
+
+def test_inference_grayscale_and_rgba_images(trained, tmp_path, shared_path_fn):
+    """Real Kvasir frames saved as grayscale ("L") and RGBA PNGs go through the bundle (EnsureRGBd); they failed in
+    the ImageNet normalisation ("img has 1 channels, but subtrahend has 3 components") before."""
+    from PIL import Image
+
+    src = sorted((shared_path_fn("Kvasir-SEG-5-samples-original-encoding", "Kvasir-SEG") / "images").glob("*.jpg"))[0]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rgb = Image.open(src).convert("RGB")
+    rgb.save(folder / "rgb.png")
+    rgb.convert("L").save(folder / "gray.png")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)  # alpha is dropped, not composited: the prediction must equal the RGB one
+    rgba.save(folder / "rgba.png")
+    out = tmp_path / "pred"
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(folder), ckpt_path=str(trained["ckpt"] / "model.pt"),
+                  output_dir=str(out))
+    masks = {n: np.asarray(Image.open(out / f"{n}_mask.png")) for n in ("rgb", "gray", "rgba")}
+    assert all(m.shape == (rgb.size[1], rgb.size[0]) for m in masks.values())
+    np.testing.assert_array_equal(masks["rgba"], masks["rgb"])
