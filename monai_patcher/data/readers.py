@@ -6,8 +6,14 @@ metadata follow MONAI's conventions exactly like :class:`monai.data.ITKReader` (
 larger ``itk`` package): spatial axes in ``(x, y, z)`` order (the transpose of SimpleITK's numpy view),
 an affine in RAS world coordinates (``meta["space"] == "RAS"``), ``original_affine`` kept for
 :class:`~monai.transforms.Invertd` / :class:`~monai.transforms.SaveImaged`, ``spatial_shape``, ``spacing``
-and ``original_channel_dim``. On a NIfTI file it returns the same array and affine as
-:class:`monai.data.NibabelReader` (up to the shear that ITK removes from non-orthogonal affines).
+and ``original_channel_dim``; a DICOM series carries the tags of its first slice, as with ``ITKReader``.
+
+On a NIfTI file it returns the same array and affine as :class:`monai.data.NibabelReader`: where ITK would
+place the file by its qform but nibabel by its sform (``sform_code`` 2, 3 or 4: registration outputs of
+FSL, ANTs, SPM), nibabel's affine is used (logged). A SimpleITK image cannot hold a sheared (non-orthogonal)
+affine: a file whose only affine is sheared is refused (read it with ``NibabelReader`` or resample it), and a
+file with a sheared sform but a rigid qform is read with the qform, with a warning giving the distance between
+the two placements.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import struct
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from monai.data import ImageReader
-from monai.data.utils import orientation_ras_lps
+from monai.data.utils import correct_nifti_header_if_necessary, orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from .errors import DataError
@@ -39,6 +47,8 @@ _TAG_POSITION = "0020|0032"  # ImagePositionPatient
 _TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient
 _TAG_INSTANCE = "0020|0013"  # InstanceNumber
 _TAG_FRAMES = "0028|0008"  # NumberOfFrames
+_TAG_NAMES = {_TAG_POSITION: "ImagePositionPatient", _TAG_ORIENTATION: "ImageOrientationPatient",
+              _TAG_INSTANCE: "InstanceNumber", _TAG_FRAMES: "NumberOfFrames"}  # fmt: skip
 # diffusion b-value tags, standard first (read by _b_value in this order)
 _B_VALUE_TAGS = {
     "0018|9087": "DiffusionBValue",
@@ -71,6 +81,76 @@ def _b_value(tags: dict[str, str]) -> float | None:
     return None
 
 
+# SOP classes of DICOM objects that hold no image (reports, presentation states, documents, RT plans, ...): found
+# next to the slices in exported series folders, GDCM lists them in no series. Families (every class under the prefix):
+_NON_IMAGE_SOP_FAMILIES = {
+    "1.2.840.10008.5.1.4.1.1.88": "structured report or key object selection",
+    "1.2.840.10008.5.1.4.1.1.11": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.104": "encapsulated document (PDF, CDA, STL, ...)",
+    "1.2.840.10008.5.1.4.1.1.9": "waveform",
+}
+# ... and single classes (RT Image .481.1, RT Dose .481.2 and Segmentation .66.4 are images: not listed)
+_NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.481.3": "RT structure set",
+    "1.2.840.10008.5.1.4.1.1.481.4": "RT beams treatment record",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RT plan",
+    "1.2.840.10008.5.1.4.1.1.481.6": "RT brachy treatment record",
+    "1.2.840.10008.5.1.4.1.1.481.7": "RT treatment summary record",
+    "1.2.840.10008.5.1.4.1.1.481.8": "RT ion plan",
+    "1.2.840.10008.5.1.4.1.1.481.9": "RT ion beams treatment record",
+    "1.2.840.10008.5.1.4.1.1.66": "raw data",
+    "1.2.840.10008.5.1.4.1.1.66.1": "spatial registration",
+    "1.2.840.10008.5.1.4.1.1.66.2": "spatial fiducials",
+    "1.2.840.10008.5.1.4.1.1.66.3": "deformable spatial registration",
+    "1.2.840.10008.5.1.4.1.1.66.5": "surface segmentation",
+    "1.2.840.10008.5.1.4.1.1.67": "real world value mapping",
+    "1.2.840.10008.5.1.4.1.1.4.2": "MR spectroscopy",
+    "1.3.12.2.1107.5.9.1": "Siemens CSA non-image",
+}
+# file meta elements with a 4-byte length (explicit VR little endian, PS3.5 7.1.2)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _media_sop_class(path: Path) -> str | None:
+    """The SOP Class UID of a DICOM part-10 file, from its file meta group (MediaStorageSOPClassUID (0002,0002),
+    which the standard requires to equal SOPClassUID (0008,0016)); None if the file has no readable file meta."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132 + 8192)
+    except OSError:
+        return None
+    if head[128:132] != b"DICM":
+        return None
+    pos = 132
+    while pos + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            return None
+        if head[pos + 4 : pos + 6] in _LONG_VRS:
+            if pos + 12 > len(head):
+                return None
+            length, pos = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
+        else:
+            length, pos = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
+        if element == 0x0002:
+            value = head[pos : pos + length]
+            return value.rstrip(b"\x00 ").decode("ascii", "replace") if len(value) == length else None
+        pos += length
+    return None
+
+
+def _non_image_kind(sop_class: str | None) -> str | None:
+    """What a non-image SOP class is (e.g. ``"RT plan"``); None for image classes, unknown ones and None."""
+    if not sop_class:
+        return None
+    if sop_class in _NON_IMAGE_SOP_CLASSES:
+        return _NON_IMAGE_SOP_CLASSES[sop_class]
+    for prefix, kind in _NON_IMAGE_SOP_FAMILIES.items():
+        if sop_class.startswith(prefix + "."):
+            return kind
+    return None
+
+
 def _is_dicom_file(path: Path) -> bool:
     """True if ``path`` has the DICOM part-10 preamble (``DICM`` at byte 128)."""
     try:
@@ -91,15 +171,36 @@ def _sitk_message(err: Exception) -> str:
 
 
 def _header(path: str) -> sitk.ImageFileReader:
-    """Read the header (no pixels) of one file."""
+    """Read the header (no pixels) of one file; DICOM private tags included (the vendors' b-value tags)."""
     r = sitk.ImageFileReader()
     r.SetFileName(path)
+    r.LoadPrivateTagsOn()
     r.ReadImageInformation()
     return r
 
 
-def _floats(text: str) -> np.ndarray:
-    return np.asarray([float(v) for v in text.strip().split("\\")], dtype=float)
+def _tag_numbers(header: sitk.ImageFileReader, tag: str, count: int, path: str) -> np.ndarray | None:
+    """The ``count`` numbers of a DICOM tag (backslash-separated); None if the tag is absent or empty (type-2 tags
+    may be present without a value).
+
+    Raises:
+        DataError: the value is not ``count`` numbers; the message names the file, the tag and the value.
+    """
+    if not header.HasMetaDataKey(tag):
+        return None
+    text = header.GetMetaData(tag).strip().strip("\x00").strip()
+    if not text:
+        return None
+    try:
+        values = np.asarray([float(v) for v in text.split("\\")], dtype=float)
+    except ValueError:
+        values = None
+    if values is None or values.size != count or not np.isfinite(values).all():
+        raise DataError.for_file(
+            path, f"cannot parse {_TAG_NAMES.get(tag, tag)} ({tag.replace('|', ',')}) = {text!r}: "
+            f"{count} number{'s' if count > 1 else ''} expected"
+        )
+    return values
 
 
 def dicom_series_files(
@@ -152,12 +253,21 @@ def dicom_series_files(
         raise DataError.for_file(folder, "no DICOM images found in this folder (is it the right folder?)")
     # GDCM silently leaves out files it cannot parse (a truncated or corrupt slice): the series would be read
     # without them. Refuse DICOM-looking files (.dcm/.dicom/.ima or the DICM preamble) that are in no series.
+    # Valid non-image objects (reports, presentation states, PDFs, RT plans...) are in no series either: skipped.
     in_series = {os.path.basename(f) for fs in listed.values() for f in fs}
-    unlisted = [
-        p.name for p in sorted(Path(folder).iterdir())
-        if p.is_file() and p.name not in in_series and p.name.upper() != "DICOMDIR"
-        and (p.suffix.lower() in (".dcm", ".dicom", ".ima") or _is_dicom_file(p))
-    ]
+    unlisted, skipped = [], []
+    for p in sorted(Path(folder).iterdir()):
+        if not p.is_file() or p.name in in_series or p.name.upper() == "DICOMDIR":
+            continue
+        if not (p.suffix.lower() in (".dcm", ".dicom", ".ima") or _is_dicom_file(p)):
+            continue
+        kind = _non_image_kind(_media_sop_class(p))
+        if kind:
+            skipped.append(f"{p.name} ({kind})")
+        else:
+            unlisted.append(p.name)
+    if skipped:
+        logger.info("%s: skipping %d non-image DICOM object(s): %s", folder, len(skipped), ", ".join(skipped))
     if unlisted:
         raise DataError.for_file(
             folder, f"{len(unlisted)} DICOM file(s) belong to no readable series (empty, truncated or corrupt?): "
@@ -187,9 +297,10 @@ def dicom_series_files(
         except RuntimeError as e:
             raise DataError.for_file(f, f"unreadable DICOM file in series {uid}: {_sitk_message(e)}") from None
         keys = set(h.GetMetaDataKeys())
-        positions.append(_floats(h.GetMetaData(_TAG_POSITION)) if _TAG_POSITION in keys else None)
-        orientations.append(_floats(h.GetMetaData(_TAG_ORIENTATION)) if _TAG_ORIENTATION in keys else None)
-        instances.append(int(float(h.GetMetaData(_TAG_INSTANCE))) if _TAG_INSTANCE in keys else 0)
+        positions.append(_tag_numbers(h, _TAG_POSITION, 3, f))
+        orientations.append(_tag_numbers(h, _TAG_ORIENTATION, 6, f))
+        instance = _tag_numbers(h, _TAG_INSTANCE, 1, f)
+        instances.append(0 if instance is None else int(instance[0]))
         volume_tags.append({t: h.GetMetaData(t).strip() for t in _VOLUME_TAGS if t in keys})
     b_values = [_b_value(t) for t in volume_tags]
     held = sorted({round(b, 3) for b in b_values if b is not None})
@@ -206,10 +317,18 @@ def dicom_series_files(
         )
         if len(files) <= 1:
             return files, uid
-    if any(p is None or o is None or p.size != 3 or o.size != 6 for p, o in zip(positions, orientations)):
-        logger.warning("%s: some slices have no ImagePositionPatient/Orientation; ordering by InstanceNumber", folder)
+    unplaced = [f for f, p, o in zip(files, positions, orientations) if p is None or o is None]
+    if len(unplaced) == len(files):
+        logger.warning("%s: the slices have no ImagePositionPatient/Orientation; ordering by InstanceNumber", folder)
         order = np.argsort(instances, kind="stable")
         return [files[i] for i in order], uid
+    if unplaced:  # ITK would stack them at made-up positions (the others' geometry shifted silently)
+        names = [os.path.basename(f) for f in unplaced]
+        raise DataError.for_file(
+            folder, f"series {uid}: {len(unplaced)} of its {len(files)} slices have no (or an empty) "
+            f"ImagePositionPatient/ImageOrientationPatient, so their positions are unknown: {names[:5]}"
+            f"{' ...' if len(names) > 5 else ''}"
+        )
     o0 = orientations[0]
     for f, o in zip(files, orientations):
         if not np.allclose(o, o0, atol=1e-4):
@@ -256,7 +375,8 @@ def dicom_series_files(
 def _check_multiframe_geometry(path: str, header: sitk.ImageFileReader) -> None:
     """Refuse multi-frame DICOM files that carry no frame positions (their geometry would be made up)."""
     keys = set(header.GetMetaDataKeys())
-    frames = int(float(header.GetMetaData(_TAG_FRAMES))) if _TAG_FRAMES in keys else 1
+    frames = _tag_numbers(header, _TAG_FRAMES, 1, path)
+    frames = 1 if frames is None else int(frames[0])
     if frames <= 1 or _TAG_POSITION in keys:
         return
     with open(path, "rb") as f:
@@ -287,13 +407,96 @@ def _restore_nifti_nonfinite(path: str, img: sitk.Image) -> sitk.Image:
         arr = np.asarray(nimg.dataobj)
     except Exception:  # nibabel cannot read it: keep ITK's result
         return img
-    if np.isfinite(arr).all() or arr.ndim != img.GetDimension():
+    if np.isfinite(arr).all():
         return img
-    fixed = sitk.GetImageFromArray(np.ascontiguousarray(arr.T).astype(sitk.GetArrayViewFromImage(img).dtype, copy=False))
+    size = tuple(img.GetSize())
+    if arr.shape != size:
+        if arr.size != int(np.prod(size)):
+            logger.warning("%s: NaN/Inf voxels not put back (nibabel shape %s, ITK size %s)", path, arr.shape, size)
+            return img
+        arr = arr.reshape(size, order="F")  # ITK dropped singleton axes, e.g. (x, y, z, 1) -> (x, y, z)
+    dtype = sitk.GetArrayViewFromImage(img).dtype
+    fixed = sitk.GetImageFromArray(np.ascontiguousarray(arr.T).astype(dtype, copy=False), isVector=False)
     fixed.CopyInformation(img)
     for key in img.GetMetaDataKeys():
         fixed.SetMetaData(key, img.GetMetaData(key))
     return fixed
+
+
+def _corner_distance(a: np.ndarray, b: np.ndarray, size) -> float:
+    """The largest distance (mm) between where two affines put the corners of a grid of ``size`` voxels."""
+    corners = np.array(np.meshgrid(*[[0, max(int(n) - 1, 0)] for n in size[:3]], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    return float(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0).max())
+
+
+def _match_nibabel_geometry(path: str, img: sitk.Image) -> sitk.Image:
+    """Place a NIfTI image where nibabel (and MONAI's ``NibabelReader``) places it.
+
+    ITK uses the qform unless ``sform_code`` is 1 ("scanner") or there is no qform; nibabel uses the sform
+    whenever ``sform_code > 0`` (``header.get_best_affine()``). For registration outputs (``sform_code`` 2, 3, 4)
+    the two can differ by centimetres. The affine taken is exactly ``NibabelReader``'s: nibabel's, after MONAI's
+    ``correct_nifti_header_if_necessary`` (which, like ITK, prefers the qform when only the qform's voxel sizes match
+    ``pixdim``). When it (sform or qform; files with neither are left to ITK) differs from ITK's geometry, the image
+    gets its origin, direction and spacing (the spatial 3x3 block of a 4D image), logged at info level. A sheared
+    affine cannot be a SimpleITK geometry: ITK's is kept, with a warning. 2D images are left as ITK reads them.
+    """
+    dim = img.GetDimension()
+    if not path.lower().endswith((".nii", ".nii.gz")) or dim < 3:
+        return img
+    try:
+        nimg = nib.load(path)
+        sform_code, qform_code = int(nimg.header["sform_code"]), int(nimg.header["qform_code"])
+        if sform_code <= 0 and qform_code <= 0:
+            return img
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Modifying image pixdim ...": NibabelReader's business
+            ras = np.asarray(correct_nifti_header_if_necessary(nimg).affine, dtype=float)
+    except Exception:  # nibabel cannot read it (ITK could): keep ITK's
+        return img
+    if sform_code > 0 and np.allclose(ras, nimg.header.get_sform(), atol=1e-6):
+        which = f"sform (sform_code {sform_code})"
+    else:
+        which = f"qform (qform_code {qform_code})"
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
+    direction = np.asarray(img.GetDirection(), dtype=float).reshape(dim, dim)
+    spacing = np.asarray(img.GetSpacing(), dtype=float)
+    origin = np.asarray(img.GetOrigin(), dtype=float)
+    itk = np.eye(4)
+    itk[:3, :3] = direction[:3, :3] @ np.diag(spacing[:3])
+    itk[:3, 3] = origin[:3]
+    if not np.all(np.isfinite(lps)) or np.allclose(itk, lps, rtol=0, atol=1e-4):
+        return img
+    size = img.GetSize()
+    moved = _corner_distance(itk, lps, size)
+    zooms = np.linalg.norm(lps[:3, :3], axis=0)
+    cosines = lps[:3, :3] / np.where(zooms > 0, zooms, 1)
+    if np.any(zooms <= 0) or not np.allclose(cosines.T @ cosines, np.eye(3), atol=1e-4):
+        logger.warning(
+            "%s: the NIfTI %s is sheared (axes not orthogonal), which a SimpleITK image cannot hold; read with ITK's "
+            "geometry (the file's qform) instead, %.3g mm away from where nibabel/NibabelReader place it",
+            path, which, moved,
+        )  # fmt: skip
+        return img
+    u, _, vt = np.linalg.svd(cosines)  # the nearest exactly orthonormal matrix (nibabel's is within 1e-4)
+    direction[:3, :3] = u @ vt
+    spacing[:3], origin[:3] = zooms, lps[:3, 3]
+    img.SetDirection(direction.ravel().tolist())
+    img.SetSpacing(spacing.tolist())
+    img.SetOrigin(origin.tolist())
+    logger.info(
+        "%s: ITK would place this NIfTI file %.3g mm away from nibabel; using its %s like nibabel and NibabelReader",
+        path, moved, which,
+    )  # fmt: skip
+    return img
+
+
+def _read_file(path: str) -> sitk.Image:
+    """Read one image file (DICOM private tags kept in the metadata, like a series' first slice)."""
+    r = sitk.ImageFileReader()
+    r.SetFileName(path)
+    r.LoadPrivateTagsOn()
+    return r.Execute()
 
 
 class _Pending:
@@ -460,11 +663,18 @@ class SimpleITKReader(ImageReader):
             files, uid = dicom_series_files(name, series_uid, self.allow_slice_gaps, self.b_value)
             try:
                 if len(files) == 1:
-                    img = sitk.ReadImage(files[0])
+                    img = _read_file(files[0])
                 else:
                     reader = sitk.ImageSeriesReader()
                     reader.SetFileNames(files)
+                    reader.MetaDataDictionaryArrayUpdateOn()
+                    reader.LoadPrivateTagsOn()
                     img = reader.Execute()
+                    for key in reader.GetMetaDataKeys(0):  # the first slice's tags, as MONAI's ITKReader gives
+                        try:
+                            img.SetMetaData(key, reader.GetMetaData(0, key))
+                        except (RuntimeError, UnicodeDecodeError):
+                            continue
             except RuntimeError as e:
                 raise DataError.for_file(name, f"cannot read DICOM series {uid}: {_sitk_message(e)}") from None
             img.SetMetaData("series_uid", uid)
@@ -475,6 +685,11 @@ class SimpleITKReader(ImageReader):
         try:
             header = _header(name)
         except RuntimeError as e:
+            if "orthonormal" in str(e):
+                raise DataError.for_file(
+                    name, "sheared affine (axes not orthogonal): a SimpleITK image cannot hold it "
+                    f"({_sitk_message(e)}); read it with monai.data.NibabelReader or resample it first"
+                ) from None
             raise DataError.for_file(
                 name, f"not a readable image (truncated, corrupt or unsupported format): {_sitk_message(e)}"
             ) from None
@@ -482,12 +697,12 @@ class SimpleITKReader(ImageReader):
             _check_multiframe_geometry(name, header)
         _check_complete(name)
         try:
-            img = sitk.ReadImage(name)
+            img = _read_file(name)
         except RuntimeError as e:
             raise DataError.for_file(
                 name, f"cannot read the image data (truncated or corrupt file?): {_sitk_message(e)}"
             ) from None
-        return _restore_nifti_nonfinite(name, img)
+        return _match_nibabel_geometry(name, _restore_nifti_nonfinite(name, img))
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         """Array and metadata of an image read by :meth:`read`, stacked as channels if several.
@@ -504,6 +719,7 @@ class SimpleITKReader(ImageReader):
             DataError: images to be stacked as channels differ in shape or affine.
         """
         images = [img] if isinstance(img, (sitk.Image, _Pending)) else list(img)
+        names = [i.path if isinstance(i, _Pending) else f"channel {k}" for k, i in enumerate(images)]
         images = [self._read_one(i.path, i.series_uid) if isinstance(i, _Pending) else i for i in images]
         arrays, metas = [], []
         for im in images:
@@ -515,15 +731,15 @@ class SimpleITKReader(ImageReader):
             if not np.array_equal(m[MetaKeys.SPATIAL_SHAPE], meta0[MetaKeys.SPATIAL_SHAPE]) or (
                 arrays[i].shape != arrays[0].shape
             ):
-                raise DataError(
-                    f"channel {i} has shape {tuple(arrays[i].shape)}, channel 0 has {tuple(arrays[0].shape)}: "
-                    "images stacked as channels must have the same shape"
+                raise DataError.for_file(
+                    names[i], f"channel {i} has shape {tuple(arrays[i].shape)}, channel 0 ({names[0]}) has "
+                    f"{tuple(arrays[0].shape)}: images stacked as channels must have the same shape"
                 )
             if not np.allclose(m[MetaKeys.AFFINE], meta0[MetaKeys.AFFINE], atol=1e-3):
-                raise DataError(
-                    f"channel {i} has affine {np.round(m[MetaKeys.AFFINE], 4).tolist()}, channel 0 has "
-                    f"{np.round(meta0[MetaKeys.AFFINE], 4).tolist()}: images stacked as channels must share "
-                    "one grid (resample them first)"
+                raise DataError.for_file(
+                    names[i], f"channel {i} has affine {np.round(m[MetaKeys.AFFINE], 4).tolist()}, channel 0 "
+                    f"({names[0]}) has {np.round(meta0[MetaKeys.AFFINE], 4).tolist()}: images stacked as channels "
+                    "must share one grid (resample them first)"
                 )
         if len(arrays) == 1:
             return arrays[0], meta0

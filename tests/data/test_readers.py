@@ -436,3 +436,309 @@ def test_nan_and_inf_voxels_are_kept(tmp_path):
     out = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
     assert int(torch.isnan(out).sum()) == 1 and int(torch.isinf(out).sum()) == 1
     np.testing.assert_array_equal(np.nan_to_num(out.numpy(), posinf=7), np.nan_to_num(a, posinf=7))
+
+
+# ---------------------------------------------------------------- review fixes (vendor tags, NIfTI xforms, ...)
+
+#: vendor b-value tags as the scanners write them: (group, private creator, element, VR, value for b)
+_VENDOR_B_TAGS = {
+    "Siemens": (0x0019, "SIEMENS MR HEADER", 0x0C, "IS", lambda b: str(b)),
+    "GE": (0x0043, "GEMS_PARM_01", 0x39, "IS", lambda b: [str(1000000000 + b), "8", "0", "0"]),
+    "Philips": (0x2001, "Philips Imaging DD 001", 0x03, "FL", lambda b: float(b)),
+}
+
+
+def _rewrite_real_series(src, dst, edit):
+    """Write the real series' files into ``dst`` after ``edit(index, dataset)`` (pydicom); returns ``dst``."""
+    pydicom = pytest.importorskip("pydicom")
+    dst.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(sorted(src.glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        edit(i, ds)
+        ds.save_as(dst / f.name)
+    return dst
+
+
+@pytest.mark.parametrize("vendor", sorted(_VENDOR_B_TAGS))
+def test_real_dicom_series_with_only_a_vendor_b_value_tag(shared_path_fn, tmp_path, vendor):
+    """The real MR series written as a b0 + b1000 DWI series carrying only the vendor's private b-value tag (no
+    DiffusionBValue), as Siemens, GE and Philips scanners write it: ``b_value`` selects each volume."""
+    pydicom = pytest.importorskip("pydicom")
+    group, creator, elem, vr, value = _VENDOR_B_TAGS[vendor]
+    src = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    dst = tmp_path / vendor
+    dst.mkdir()
+    for f in sorted(src.glob("*.dcm")):
+        for b in (0, 1000):
+            ds = pydicom.dcmread(f)
+            ds.private_block(group, creator, create=True).add_new(elem, vr, value(b))
+            if b:
+                ds.SOPInstanceUID = ds.SOPInstanceUID + ".1000"
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
+            ds.save_as(dst / f"b{b}_{f.name}")
+    reference = LoadImage(reader=SimpleITKReader(), image_only=True)(src).numpy()
+    _assert_clean_error(dst, "pass b_value= one of ['0', '1000']")
+    files, _ = dicom_series_files(dst, b_value=1000)
+    assert len(files) == 6 and all(Path(f).name.startswith("b1000_") for f in files)
+    for b, expected in ((0, reference), (1000, reference // 2)):
+        out = LoadImage(reader=SimpleITKReader(b_value=b), image_only=True)(dst)
+        np.testing.assert_array_equal(out.numpy(), expected)
+
+
+_QFORM = np.array([[2, 0, 0, -10], [0, 2, 0, -20], [0, 0, 2, -30], [0, 0, 0, 1.0]])
+_SFORM = np.array(  # the same voxel sizes, rotated by 0.2 rad about z and shifted (a registration output)
+    [[2 * np.cos(0.2), -2 * np.sin(0.2), 0, 5], [2 * np.sin(0.2), 2 * np.cos(0.2), 0, 7], [0, 0, 2, 9], [0, 0, 0, 1.0]]
+)
+
+
+def _xform_nifti(path, arr, qform, sform, qform_code=1, sform_code=2):
+    img = nib.Nifti1Image(arr, None)
+    img.set_qform(qform, code=qform_code)
+    img.set_sform(sform, code=sform_code)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("sform_code", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(6, 7, 5), (6, 7, 5, 2)])
+def test_nifti_sform_wins_over_qform_like_nibabel(tmp_path, caplog, sform_code, shape):
+    """A file whose sform (code 2 'aligned', 3 'Talairach', 4 'MNI': FSL/ANTs registration output) differs from its
+    qform: ITK places it by the qform, nibabel and MONAI's ``NibabelReader`` by the sform. The reader gives
+    ``NibabelReader``'s affine (3D and 4D), and says so in the log."""
+    arr = np.random.default_rng(0).random(shape).astype(np.float32)
+    p = _xform_nifti(tmp_path / "reg.nii.gz", arr, _QFORM, _SFORM, sform_code=sform_code)
+    with caplog.at_level("INFO", logger="monai_patcher.data.readers"):
+        a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    b = LoadImage(reader=NibabelReader(), image_only=True)(p)
+    np.testing.assert_allclose(a.affine.numpy(), _SFORM, atol=1e-4)
+    np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(a.numpy(), arr)
+    np.testing.assert_allclose(a.meta["spacing"], [2, 2, 2], atol=1e-5)
+    assert "sform" in caplog.text and str(p) in caplog.text
+
+
+def test_nifti_sform_over_qform_survives_save(tmp_path):
+    """The mask written by ``SaveImaged`` lands where the input is for nibabel (the sform), not at the qform."""
+    arr = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
+    p = _xform_nifti(tmp_path / "reg.nii.gz", arr, _QFORM, _SFORM, sform_code=2)
+    d = LoadImaged("img", reader=SimpleITKReader())({"img": str(p)})
+    SaveImaged("img", output_dir=tmp_path / "out", output_postfix="seg", separate_folder=False, resample=False,
+               print_log=False)(d)  # fmt: skip
+    np.testing.assert_allclose(nib.load(tmp_path / "out" / "reg_seg.nii.gz").affine, nib.load(p).affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("sform_code", [1, 2])
+def test_nifti_sform_with_voxel_sizes_other_than_pixdim_like_nibabel_reader(tmp_path, sform_code):
+    """An sform whose voxel sizes disagree with ``pixdim`` while the qform's agree: ``NibabelReader`` (MONAI's
+    ``correct_nifti_header_if_necessary``) takes the qform; so does the reader, whatever the sform_code."""
+    arr = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
+    sform = np.array([[2, 0, 0, 10], [0, 3, 0, 18], [0, 0, 4, 28], [0, 0, 0, 1.0]])
+    p = _xform_nifti(tmp_path / "x.nii.gz", arr, np.eye(4), sform, sform_code=sform_code)  # pixdim 1 (the qform's)
+    a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    b = LoadImage(reader=NibabelReader(), image_only=True)(p)
+    np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-4)
+    np.testing.assert_allclose(a.meta["spacing"], [1, 1, 1], atol=1e-6)
+
+
+def test_nifti_plain_xforms_are_left_to_itk(tmp_path):
+    """Files without a competing sform keep ITK's geometry: qform only (both readers use it), and neither xform
+    (ITK's pixdim grid; nibabel's 'best affine' there is a made-up centred one, not in the file)."""
+    arr = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
+    p = _xform_nifti(tmp_path / "q.nii.gz", arr, _SFORM, np.eye(4), qform_code=1, sform_code=0)
+    a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    np.testing.assert_allclose(a.affine.numpy(), _SFORM, atol=1e-4)
+    b = LoadImage(reader=NibabelReader(), image_only=True)(p)
+    np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-4)
+    p = _xform_nifti(tmp_path / "none.nii.gz", arr, _QFORM, _SFORM, qform_code=0, sform_code=0)
+    a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    itk = sitk.ReadImage(str(p))
+    np.testing.assert_allclose(a.meta["spacing"], itk.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(a.affine.numpy()[:3, 3], np.multiply(itk.GetOrigin(), [-1, -1, 1]), atol=1e-6)
+
+
+def test_nifti_sheared_sform_with_a_rigid_qform_keeps_the_qform_and_warns(tmp_path, caplog):
+    """A sheared sform cannot be an ITK geometry: the file's rigid qform is used, with a warning saying by how much
+    the placement differs from ``NibabelReader``'s."""
+    arr = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
+    sheared = np.array([[2, 0.5, 0, 1], [0, np.sqrt(3.75), 0, 2], [0, 0, 2, 3], [0, 0, 0, 1.0]])  # 2 mm columns
+    p = _xform_nifti(tmp_path / "shear.nii.gz", arr, _QFORM, sheared, sform_code=2)
+    with caplog.at_level("WARNING", logger="monai_patcher.data.readers"):
+        a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    np.testing.assert_allclose(a.affine.numpy(), _QFORM, atol=1e-4)
+    assert "axes not orthogonal" in caplog.text and str(p) in caplog.text and "qform" in caplog.text
+
+
+def test_nifti_sheared_affine_only_is_refused_clearly(tmp_path):
+    """A sheared affine with no rigid qform: no ITK geometry can represent it, refused with a message saying so."""
+    arr = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
+    sheared = np.array([[2, 0.5, 0, 1], [0, 2, 0, 2], [0, 0, 3, 3], [0, 0, 0, 1.0]])
+    p = _xform_nifti(tmp_path / "shear.nii.gz", arr, np.eye(4), sheared, qform_code=0, sform_code=2)
+    _assert_clean_error(p, "axes not orthogonal")
+
+
+def test_real_nifti_registration_header_matches_nibabel_reader(shared_path_fn, tmp_path):
+    """The real ISLES'22 DWI with the header of a registration output (sform code 2 'aligned' moved 12 mm and
+    rotated, qform as scanned): same affine and array as ``NibabelReader``."""
+    src = nib.load(shared_path_fn("ISLES-2022-case0001", "data", "sub-strokecase0001_ses-0001_dwi.nii.gz"))
+    c, s = np.cos(0.1), np.sin(0.1)
+    moved = np.array([[c, -s, 0, 12], [s, c, 0, -4], [0, 0, 1, 3], [0, 0, 0, 1.0]]) @ src.affine
+    img = nib.Nifti1Image(np.asarray(src.dataobj), None, src.header)
+    img.set_qform(src.affine, code=1)
+    img.set_sform(moved, code=2)
+    p = tmp_path / "dwi_reg.nii.gz"
+    nib.save(img, str(p))
+    a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    b = LoadImage(reader=NibabelReader(), image_only=True)(p)
+    np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-3)
+    np.testing.assert_allclose(a.affine.numpy(), moved, atol=1e-3)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("BraTS2015-DeepMedic-examples", "train", "brats_2013_pat0005_1", "Flair_subtrMeanDivStd.nii.gz"),  # sform 2
+        ("BraTS2015-DeepMedic-examples", "train", "brats_2013_pat0005_1", "OTMultiClass.nii.gz"),  # sform 1, qform 2
+        ("ISLES-2022-case0001", "data", "sub-strokecase0001_ses-0001_adc.nii.gz"),
+        ("package-bundled-samples", "nibabel", "tests", "data", "example4d.nii.gz"),
+    ],
+)
+def test_real_nifti_affine_matches_nibabel_reader(shared_path_fn, parts):
+    p = shared_path_fn(*parts)
+    a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    b = LoadImage(reader=NibabelReader(), image_only=True)(p)
+    np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-3)
+    assert a.shape == b.shape
+
+
+def test_nan_voxels_of_4d_nifti_are_kept(tmp_path):
+    """A float 4D NIfTI (a multi-b-value DWI) with a NaN: it comes back where it was, not as a raw RuntimeError."""
+    a = np.random.default_rng(0).random((4, 5, 6, 3)).astype(np.float32)
+    a[0, 1, 2, 1] = np.nan
+    out = LoadImage(reader=SimpleITKReader(), image_only=True)(_write_nifti(tmp_path / "nan4d.nii.gz", a, np.eye(4)))
+    assert tuple(out.shape) == (4, 5, 6, 3)
+    np.testing.assert_array_equal(out.numpy(), a)  # NaN compares equal to NaN in assert_array_equal
+
+
+def test_nan_voxels_of_a_singleton_4d_nifti_are_kept(tmp_path):
+    """An (x, y, z, 1) float NIfTI: ITK drops the singleton axis; its NaN must still come back (not as 0)."""
+    b = np.random.default_rng(0).random((4, 5, 6, 1)).astype(np.float32)
+    b[0, 1, 2, 0] = np.nan
+    out = LoadImage(reader=SimpleITKReader(), image_only=True)(_write_nifti(tmp_path / "nan_t1.nii.gz", b, np.eye(4)))
+    assert tuple(out.shape) == (4, 5, 6) and bool(np.isnan(out.numpy()[0, 1, 2]))
+    np.testing.assert_array_equal(out.numpy(), b[..., 0])
+
+
+def test_dicom_series_meta_has_the_first_slice_tags_and_collates(shared_path_fn, tmp_path):
+    """A DICOM series folder keeps the tags of its first slice (like MONAI's ``ITKReader``); items from two
+    series with different tag sets still collate into a batch (MONAI keeps the tags they share)."""
+    from monai.data import decollate_batch, list_data_collate
+    from monai.transforms import Resized
+
+    folder = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    _write_dicom_series(tmp_path / "s", [0.0, 3.0, 6.0])
+    pre = Compose([LoadImaged("x", reader=SimpleITKReader()), EnsureChannelFirstd("x"), Resized("x", (8, 8, 3))])
+    a, b = pre({"x": str(folder)}), pre({"x": str(tmp_path / "s")})
+    first = sitk.ImageFileReader()
+    first.SetFileName(dicom_series_files(folder)[0][0])
+    first.LoadPrivateTagsOn()
+    first.ReadImageInformation()
+    for key in ("0008|0060", "0020|0032", "0020|000e", "0029|0010"):  # modality, first position, series, private
+        assert a["x"].meta[key] == first.GetMetaData(key)
+    assert b["x"].meta["0020|0032"].strip() == "0\\0\\0"
+    assert set(a["x"].meta) != set(b["x"].meta)
+    batch = list_data_collate([a, b])
+    assert tuple(batch["x"].shape) == (2, 1, 8, 8, 3)
+    assert list(batch["x"].meta["0008|0060"]) == ["MR", "MR"]
+    items = decollate_batch(batch)
+    assert items[0]["x"].meta["0020|000e"] == first.GetMetaData("0020|000e")
+
+
+@pytest.mark.parametrize("tag", ["InstanceNumber", "ImagePositionPatient"])
+def test_real_dicom_series_with_an_empty_type2_tag_in_one_slice(shared_path_fn, tmp_path, tag):
+    """InstanceNumber and ImagePositionPatient are type 2 (may be present but empty): an empty one is missing."""
+    src = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    dst = _rewrite_real_series(src, tmp_path / "s", lambda i, ds: setattr(ds, tag, None) if i == 2 else None)
+    reference = LoadImage(reader=SimpleITKReader(), image_only=True)(src)
+    if tag == "InstanceNumber":
+        out = LoadImage(reader=SimpleITKReader(), image_only=True)(dst)
+        np.testing.assert_array_equal(out.numpy(), reference.numpy())
+        np.testing.assert_allclose(out.affine.numpy(), reference.affine.numpy(), atol=1e-4)
+    else:  # one slice without a position: the slice positions (hence the geometry) are unknown
+        _assert_clean_error(dst, "ImagePositionPatient")
+
+
+@pytest.mark.parametrize("tag, name", [(b"\x20\x00\x32\x00DS", "ImagePositionPatient"),
+                                       (b"\x20\x00\x13\x00IS", "InstanceNumber")], ids=["IPP", "instance"])  # fmt: skip
+def test_real_dicom_series_with_an_unparsable_tag_is_refused(shared_path_fn, tmp_path, tag, name):
+    """A slice whose position or instance number is not a number (its bytes edited: pydicom refuses to write it)
+    is refused with a message naming that file and the tag, not a bare ``ValueError``."""
+    src = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    dst = tmp_path / "s"
+    dst.mkdir()
+    for i, f in enumerate(sorted(src.glob("*.dcm"))):
+        raw = bytearray(f.read_bytes())
+        if i == 2:  # explicit VR little endian: tag, VR, 2-byte length, value; its first character becomes "x"
+            at = raw.index(tag) + 8
+            raw[at : at + 1] = b"x"
+            bad = f.name
+        (dst / f.name).write_bytes(bytes(raw))
+    _assert_clean_error(dst, f"cannot parse {name}")
+    _assert_clean_error(dst, f"{dst / bad}: ")  # the message names the file
+
+
+def test_channel_mismatch_errors_name_both_files(tmp_path):
+    a = _write_nifti(tmp_path / "dwi_case7.nii.gz", np.zeros((4, 4, 3), np.float32), np.eye(4))
+    b = _write_nifti(tmp_path / "adc_case7.nii.gz", np.zeros((4, 4, 2), np.float32), np.eye(4))
+    c = _write_nifti(tmp_path / "adc2_case7.nii.gz", np.zeros((4, 4, 3), np.float32), np.diag([2.0, 1, 1, 1]))
+    for other, what in ((b, "shape"), (c, "affine")):
+        with pytest.raises(DataError, match=what) as info:
+            LoadImaged("img", reader=SimpleITKReader())({"img": [str(a), str(other)]})
+        assert str(a) in str(info.value) and str(other) in str(info.value)
+
+
+#: non-image DICOM objects that share folders with image series (SOP Class UIDs)
+_NON_IMAGE_OBJECTS = {
+    "basic_text_sr": "1.2.840.10008.5.1.4.1.1.88.11",
+    "key_objects": "1.2.840.10008.5.1.4.1.1.88.59",
+    "grayscale_presentation_state": "1.2.840.10008.5.1.4.1.1.11.1",
+    "encapsulated_pdf": "1.2.840.10008.5.1.4.1.1.104.1",
+    "rt_structure_set": "1.2.840.10008.5.1.4.1.1.481.3",
+    "rt_plan": "1.2.840.10008.5.1.4.1.1.481.5",
+    "raw_data": "1.2.840.10008.5.1.4.1.1.66",
+}
+
+
+def test_real_dicom_series_with_non_image_objects_in_the_folder(shared_path_fn, tmp_path, caplog):
+    """Reports, presentation states, key objects, PDFs, RT structure sets/plans and raw data next to the slices are
+    skipped (logged by name); a truncated image slice in the same folder is still refused."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    src = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    dst = tmp_path / "s"
+    dst.mkdir()
+    for f in src.glob("*.dcm"):
+        shutil.copy(f, dst)
+    ref = pydicom.dcmread(next(src.glob("*.dcm")), stop_before_pixels=True)
+    for name, sop_class in _NON_IMAGE_OBJECTS.items():
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = ref.PatientID, ref.StudyInstanceUID, generate_uid()
+        if name == "encapsulated_pdf":
+            ds.MIMETypeOfEncapsulatedDocument, ds.EncapsulatedDocument = "application/pdf", b"%PDF-1.4\n%%EOF\n"
+        ds.save_as(dst / f"{name}.dcm", enforce_file_format=True)
+    reference = LoadImage(reader=SimpleITKReader(), image_only=True)(src)
+    with caplog.at_level("INFO", logger="monai_patcher.data.readers"):
+        out = LoadImage(reader=SimpleITKReader(), image_only=True)(dst)
+    np.testing.assert_array_equal(out.numpy(), reference.numpy())
+    assert all(f"{name}.dcm" in caplog.text for name in _NON_IMAGE_OBJECTS)
+    raw = sorted(src.glob("*.dcm"))[0].read_bytes()
+    (dst / "cut.dcm").write_bytes(raw[: len(raw) // 3])
+    _assert_clean_error(dst, "belong to no readable series")
+    _assert_clean_error(dst, "cut.dcm")
