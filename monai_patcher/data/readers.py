@@ -6,7 +6,7 @@ metadata follow MONAI's conventions exactly like :class:`monai.data.ITKReader` (
 larger ``itk`` package): spatial axes in ``(x, y, z)`` order (the transpose of SimpleITK's numpy view),
 an affine in RAS world coordinates (``meta["space"] == "RAS"``), ``original_affine`` kept for
 :class:`~monai.transforms.Invertd` / :class:`~monai.transforms.SaveImaged`, ``spatial_shape``, ``spacing``
-and ``original_channel_dim``; a DICOM series carries the tags of its first slice, as with ``ITKReader``.
+and ``original_channel_dim``; a DICOM series carries the (public) tags of its first slice, as with ``ITKReader``.
 
 On a NIfTI file it returns the same array and affine as :class:`monai.data.NibabelReader`: where ITK would
 place the file by its qform but nibabel by its sform (``sform_code`` 2, 3 or 4: registration outputs of
@@ -491,14 +491,6 @@ def _match_nibabel_geometry(path: str, img: sitk.Image) -> sitk.Image:
     return img
 
 
-def _read_file(path: str) -> sitk.Image:
-    """Read one image file (DICOM private tags kept in the metadata, like a series' first slice)."""
-    r = sitk.ImageFileReader()
-    r.SetFileName(path)
-    r.LoadPrivateTagsOn()
-    return r.Execute()
-
-
 class _Pending:
     """A path noted by ``SimpleITKReader.read``, read by ``get_data``."""
 
@@ -663,12 +655,12 @@ class SimpleITKReader(ImageReader):
             files, uid = dicom_series_files(name, series_uid, self.allow_slice_gaps, self.b_value)
             try:
                 if len(files) == 1:
-                    img = _read_file(files[0])
+                    img = sitk.ReadImage(files[0])
                 else:
                     reader = sitk.ImageSeriesReader()
                     reader.SetFileNames(files)
-                    reader.MetaDataDictionaryArrayUpdateOn()
-                    reader.LoadPrivateTagsOn()
+                    reader.MetaDataDictionaryArrayUpdateOn()  # public tags only, as ITKReader (private
+                    # ones, e.g. Siemens' ~100 kB CSA headers, would travel with every slice; _header reads them)
                     img = reader.Execute()
                     for key in reader.GetMetaDataKeys(0):  # the first slice's tags, as MONAI's ITKReader gives
                         try:
@@ -697,7 +689,7 @@ class SimpleITKReader(ImageReader):
             _check_multiframe_geometry(name, header)
         _check_complete(name)
         try:
-            img = _read_file(name)
+            img = sitk.ReadImage(name)
         except RuntimeError as e:
             raise DataError.for_file(
                 name, f"cannot read the image data (truncated or corrupt file?): {_sitk_message(e)}"
