@@ -64,6 +64,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import set_determinism
 
 __all__ = [
     "CheckpointError",
@@ -643,23 +644,15 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's (CPU and every CUDA device) global generators with ``seed``.
-
-    The same random streams as ``monai.utils.set_determinism(seed=seed)`` (same calls, same order; MONAI's
-    ``get_seed()`` returns ``seed`` afterwards too), but without its side effects on cuDNN:
-    ``set_determinism`` also sets ``torch.backends.cudnn.deterministic = True`` and ``benchmark = False``, which
-    would override a user's ``cudnn.benchmark = True`` at every epoch. Determinism settings are the user's choice
-    (``torch.use_deterministic_algorithms``, ``set_determinism`` once at start-up).
-    """
-    from monai.utils import misc as monai_misc
-    from monai.utils.misc import MAX_SEED
-
-    seed = int(seed) % MAX_SEED
-    torch.manual_seed(seed)  # CPU and all CUDA devices
-    if hasattr(monai_misc, "_seed"):
-        monai_misc._seed = seed  # what monai.utils.get_seed() returns (Compose/Dataset built later seed from it)
-    random.seed(seed)
-    np.random.seed(seed)
+    """``monai.utils.set_determinism(seed=seed)`` (Python, NumPy and torch generators, MONAI's ``get_seed()``),
+    leaving the cuDNN flags as they were: ``set_determinism`` also sets ``torch.backends.cudnn.deterministic = True``
+    and ``benchmark = False``, which, called every epoch, would override a user's ``cudnn.benchmark = True``.
+    Determinism settings stay the user's choice (``set_determinism`` once at start-up,
+    ``torch.use_deterministic_algorithms``)."""
+    cudnn = torch.backends.cudnn
+    deterministic, benchmark = cudnn.deterministic, cudnn.benchmark
+    set_determinism(seed=seed)
+    cudnn.deterministic, cudnn.benchmark = deterministic, benchmark
 
 
 class EpochSeedHandler:
