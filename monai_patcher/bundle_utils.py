@@ -165,12 +165,17 @@ def _has_dicom(folder: Path) -> bool:
     return False
 
 
-def _find_label(stem: str, label_dir: Path | None) -> str | None:
+def _find_label(stem: str, label_dir: Path | None, case_folder: str | None = None) -> str | None:
+    """The label of case ``stem`` in ``label_dir``; a file named just ``dwi``/``adc`` (case-folder layout,
+    ``case003/dwi.nii.gz``) is named by its ``case_folder``."""
     if label_dir is None:
         return None
+    bases = [stem, re.sub(r"_(dwi|adc)$", "", stem, flags=re.I)]
+    if case_folder and re.fullmatch(r"dwi|adc", stem, re.I):
+        bases = [case_folder]
     for suffix in ("_msk", "_seg", "_label", "_mask", ""):
         for ext in _NIFTI:
-            for base in {stem, re.sub(r"_(dwi|adc)$", "", stem)}:
+            for base in dict.fromkeys(bases):
                 p = label_dir / f"{base}{suffix}{ext}"
                 if p.is_file():
                     return str(p)
@@ -232,8 +237,9 @@ def stroke_inference_datalist(
     Args:
         input: file or folder, as above.
         input_adc: ADC file or DICOM folder, for one DWI + ADC case.
-        label: a label file (one case) or a folder of labels matched by case name
-            (``<case>_msk.nii.gz``, ``_seg``, ``_label``, ``_mask`` or the same name).
+        label: a label file (one case only: refused for several) or a folder of labels matched by case name
+            (``<case>_msk.nii.gz``, ``_seg``, ``_label``, ``_mask`` or the same name; in the case-folder layout,
+            ``case003/dwi.nii.gz``, the case is named by its folder: ``labels/case003.nii.gz``).
         work_dir: where to write the channels of 2-channel files (required only for those).
         two_channel_order: the meaning of the channels of 2-channel files.
 
@@ -256,11 +262,12 @@ def stroke_inference_datalist(
             raise ValueError(f"{p}: a 2-channel file needs a work_dir to write its channels to")
         return _split_two_channel(p, work, two_channel_order)
 
-    def with_label(item: dict[str, Any], stem: str) -> dict[str, Any]:
+    def with_label(item: dict[str, Any], stem: str, case_folder: str | None = None) -> dict[str, Any]:
         if lab is not None:
-            found = str(lab) if lab.is_file() else _find_label(stem, lab)
+            found = str(lab) if lab.is_file() else _find_label(stem, lab, case_folder)
             if not found:
-                raise FileNotFoundError(f"--label {lab}: no label found for case {stem!r}")
+                name = case_folder if case_folder and re.fullmatch(r"dwi|adc", stem, re.I) else stem
+                raise FileNotFoundError(f"--label {lab}: no label found for case {name!r}")
             item["label"] = found
         return item
 
@@ -293,7 +300,7 @@ def stroke_inference_datalist(
             adc = p.with_name(re.sub(r"dwi(\.nii(\.gz)?)$", r"adc\1", p.name, flags=re.I))
             used.add(p)
             if adc.is_file():
-                items.append(with_label({"dwi": str(p), "adc": str(adc)}, _nifti_stem(p)))
+                items.append(with_label({"dwi": str(p), "adc": str(adc)}, _nifti_stem(p), p.parent.name))
                 used.add(adc)
             else:
                 logger.warning("%s: no ADC file %s next to it; skipped", p, adc.name)
@@ -305,6 +312,11 @@ def stroke_inference_datalist(
         items.append(with_label(two_channel(p), _nifti_stem(p)))
     if not items:
         raise FileNotFoundError(f"{src}: found NIfTI files but no case (no *_dwi + *_adc pair, no 2-channel file)")
+    if lab is not None and lab.is_file() and len(items) > 1:
+        raise ValueError(
+            f"--label {lab} is one label file but --input {src} holds {len(items)} cases: pass a folder of labels "
+            "named by case (<case>_msk.nii.gz, _seg, _label, _mask or <case>.nii.gz)"
+        )
     return items
 
 
@@ -336,7 +348,8 @@ def image_datalist(
     Args:
         input: an image file or a folder of images (not recursive; a Kvasir-style ``images/`` subfolder is used
             if the folder has one).
-        label: optional mask file, or a folder of masks with the same file names (Kvasir ``masks/``).
+        label: optional mask file (one image only: refused for several), or a folder of masks with the same file
+            names (Kvasir ``masks/``).
     """
     if input is None or str(input) == "":
         raise ValueError("set --input: an image file or a folder of images (see docs).")
@@ -351,6 +364,9 @@ def image_datalist(
     if not files:
         raise FileNotFoundError(f"{src}: no image files ({', '.join(_IMAGE_EXT)})")
     lab = Path(label).expanduser() if label not in (None, "") else None
+    if lab is not None and lab.is_file() and len(files) > 1:
+        raise ValueError(f"--label {lab} is one mask file but --input {src} holds {len(files)} images: pass the "
+                         "folder of masks (same file names)")
     items = []
     for f in files:
         it: dict[str, Any] = {"image": str(f)}
@@ -377,14 +393,21 @@ def ensure_demo_dataset(out_dir: str | os.PathLike, num_cases: int = 12, seed: i
     from monai_patcher.data.demo import write_demo_dataset
 
     out = Path(out_dir)
-    done = out / ".complete"  # written last: a half-written dataset (an interrupted run) is written again
+    # written last, with what was written: a half-written dataset (an interrupted run) or one written with another
+    # num_cases / seed is written again
+    done = out / ".complete"
+    wanted = f"num_cases={int(num_cases)} seed={int(seed)}"
     if done.is_file():
-        recorded = done.read_text().strip()
-        if recorded and Path(recorded).is_file():
+        lines = done.read_text().splitlines()
+        recorded = lines[0].strip() if lines else ""
+        if recorded and Path(recorded).is_file() and lines[1:2] == [wanted]:
             return recorded
+        if recorded:
+            logger.info("%s: demo dataset written with other settings (%s); writing it with %s", out,
+                        (lines[1:2] or ["unrecorded"])[0], wanted)  # fmt: skip
     path = write_demo_dataset(str(out), num_cases=num_cases, seed=seed)
     done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(str(path))
+    done.write_text(f"{path}\n{wanted}\n")
     return str(path)
 
 
