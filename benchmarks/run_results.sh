@@ -28,5 +28,5 @@ python benchmarks/brats_bundle.py --preset small --network-override 'small_patch
     --network-override 'gate_channels=[]' --iterations 200 --threads 2 --bn-check --figure docs/figures/brats_overlays.png \
     > "$R/brats_bundle.log" 2>&1
 python benchmarks/kvasir.py --summary-only
-python benchmarks/figures.py --overlay-models patcher_small,patcher_small_s4_gate0,unet --gating-model patcher_small
+python benchmarks/figures.py --overlay-models patcher_small,patcher_small_s4_gate0,segformer_b0 --gating-model patcher_small
 python benchmarks/tables.py
