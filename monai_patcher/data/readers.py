@@ -19,8 +19,10 @@ the two placements.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -161,13 +163,56 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
+# ITK appends "Reason: " + strerror(errno) to some read errors, with an errno left over from an unrelated call
+# (a truncated .mha is refused with "Reason: No such file or directory"): such lines say nothing about the file
+_OS_REASONS = {f"reason: {os.strerror(n)}".lower() for n in range(1, 134)}
+_ITK_ERROR_PREFIX = re.compile(r"^ITK ERROR:\s*\w+\(0x[0-9a-fA-F]+\):\s*")
+
+
 def _sitk_message(err: Exception) -> str:
     """The useful line of a SimpleITK/ITK exception message (they are long and multi-line)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     for ln in lines:
         if ln.lower().startswith("description:"):
             return ln.split(":", 1)[1].strip()
-    return lines[-1] if lines else type(err).__name__
+    lines = [ln for ln in lines if ln.lower().rstrip(".") not in _OS_REASONS]
+    return _ITK_ERROR_PREFIX.sub("", lines[-1]) if lines else type(err).__name__
+
+
+def _metaimage_shortfall(path: str, header: sitk.ImageFileReader) -> str | None:
+    """Why a MetaImage file (``.mha``, or ``.mhd`` with ``ElementDataFile = LOCAL``) whose voxels ITK could not read
+    is short of bytes: ``"N bytes expected ..., only M present"``; None if it is not (or this cannot tell)."""
+    if not path.lower().endswith((".mha", ".mhd")):
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        total = os.path.getsize(path)
+        fields, end = {}, 0
+        for line in head.splitlines(keepends=True):
+            end += len(line)
+            key, _, value = line.decode("latin-1").partition("=")
+            fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":
+                break
+        else:
+            return None
+        if fields["elementdatafile"].upper() != "LOCAL":
+            return None
+        present = total - end
+        if fields.get("compresseddata", "false").lower() == "true":
+            if "compresseddatasize" not in fields:
+                return None
+            expected, what = int(fields["compresseddatasize"]), "compressed voxel data"
+        else:
+            pixel = sitk.Image([1, 1], header.GetPixelID(), header.GetNumberOfComponents())
+            expected = int(np.prod(header.GetSize())) * sitk.GetArrayViewFromImage(pixel).nbytes
+            what = "voxel data"
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return None
+    if present >= expected:
+        return None
+    return f"{expected} bytes of {what} expected after the {end}-byte header, only {present} present"
 
 
 def _header(path: str) -> sitk.ImageFileReader:
@@ -391,20 +436,23 @@ def _check_multiframe_geometry(path: str, header: sitk.ImageFileReader) -> None:
         )
 
 
-def _restore_nifti_nonfinite(path: str, img: sitk.Image) -> sitk.Image:
-    """Put back the NaN/Inf voxels of a floating-point NIfTI file.
+def _restore_nifti_nonfinite(path: str, img: sitk.Image, nifti: _Nifti | None) -> sitk.Image:
+    """Put back the NaN/Inf voxels of a floating-point NIfTI file read by ITK.
 
     ITK's NIfTI reader silently replaces NaN and Inf voxels by 0, which would hide broken input from the
-    checks downstream (``CheckVolumed``). For float NIfTI files the voxels are read again with nibabel;
-    if any is not finite, the image's pixels are replaced by nibabel's (same grid, same values otherwise).
+    checks downstream (``CheckVolumed``). For float NIfTI files the voxels already in memory (``nifti``, from
+    ``_check_complete``) are checked; if any is not finite, the image's pixels are replaced by nibabel's (same
+    grid, same values otherwise).
     """
-    if not path.lower().endswith((".nii", ".nii.gz")) or img.GetNumberOfComponentsPerPixel() != 1:
+    if nifti is None or img.GetNumberOfComponentsPerPixel() != 1:
         return img
     try:
-        nimg = nib.load(path)
-        if not np.issubdtype(nimg.get_data_dtype(), np.floating):
+        if not np.issubdtype(nifti.header.get_data_dtype(), np.floating):
             return img
-        arr = np.asarray(nimg.dataobj)
+        raw = nifti.raw_voxels()
+        if raw is not None and not nifti.scaled() and np.isfinite(raw).all():
+            return img  # the common case: no second copy of the voxels
+        arr = np.asarray(nifti.image.dataobj)  # nibabel's values (scaled), from the bytes in memory
     except Exception:  # nibabel cannot read it: keep ITK's result
         return img
     if np.isfinite(arr).all():
@@ -430,7 +478,7 @@ def _corner_distance(a: np.ndarray, b: np.ndarray, size) -> float:
     return float(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0).max())
 
 
-def _match_nibabel_geometry(path: str, img: sitk.Image) -> sitk.Image:
+def _match_nibabel_geometry(path: str, img: sitk.Image, nifti: _Nifti | None) -> sitk.Image:
     """Place a NIfTI image where nibabel (and MONAI's ``NibabelReader``) places it.
 
     ITK uses the qform unless ``sform_code`` is 1 ("scanner") or there is no qform; nibabel uses the sform
@@ -442,10 +490,10 @@ def _match_nibabel_geometry(path: str, img: sitk.Image) -> sitk.Image:
     affine cannot be a SimpleITK geometry: ITK's is kept, with a warning. 2D images are left as ITK reads them.
     """
     dim = img.GetDimension()
-    if not path.lower().endswith((".nii", ".nii.gz")) or dim < 3:
+    if nifti is None or dim < 3:
         return img
     try:
-        nimg = nib.load(path)
+        nimg = nifti.image
         sform_code, qform_code = int(nimg.header["sform_code"]), int(nimg.header["qform_code"])
         if sform_code <= 0 and qform_code <= 0:
             return img
@@ -503,45 +551,149 @@ class _Pending:
         return f"_Pending({self.path!r})"
 
 
-def _check_complete(path: str) -> None:
-    """Raise if a (gzipped) file is truncated: SimpleITK zero-fills truncated NIfTI voxel data silently."""
+# numpy (native byte order) -> SimpleITK scalar pixel types, for NIfTI voxels decoded from memory
+_SITK_PIXEL = {
+    np.dtype(np.uint8): sitk.sitkUInt8, np.dtype(np.int8): sitk.sitkInt8,
+    np.dtype(np.uint16): sitk.sitkUInt16, np.dtype(np.int16): sitk.sitkInt16,
+    np.dtype(np.uint32): sitk.sitkUInt32, np.dtype(np.int32): sitk.sitkInt32,
+    np.dtype(np.uint64): sitk.sitkUInt64, np.dtype(np.int64): sitk.sitkInt64,
+    np.dtype(np.float32): sitk.sitkFloat32, np.dtype(np.float64): sitk.sitkFloat64,
+}  # fmt: skip
+
+
+class _Nifti:
+    """A NIfTI file read once: its whole (decompressed) bytes and nibabel's image parsed from them.
+
+    ``_check_complete`` builds it; ``_nifti_from_memory``, ``_restore_nifti_nonfinite`` and
+    ``_match_nibabel_geometry`` use it instead of reading (and decompressing) the file again.
+    """
+
+    __slots__ = ("data", "image", "raw_header")
+
+    def __init__(self, data: bytes, image, raw_header):
+        # raw_header: the header as stored in the file. nibabel's image.header is not: it says vox_offset 0 and
+        # scl_slope/scl_inter NaN, keeping the offset and the scaling in image.dataobj
+        self.data, self.image, self.raw_header = data, image, raw_header
+
+    @property
+    def header(self):
+        return self.image.header
+
+    def raw_voxels(self) -> np.ndarray | None:
+        """The stored (unscaled) voxels: a read-only view on :attr:`data`, file order (x fastest), flat; None if the
+        file does not hold them all (it was refused by ``_check_complete`` before this is used)."""
+        header = self.header
+        dtype = header.get_data_dtype()
+        count = int(np.prod(header.get_data_shape()))
+        offset = int(self.image.dataobj.offset)  # where nibabel reads them (after the extensions if vox_offset is 0)
+        if offset < 0 or len(self.data) < offset + count * dtype.itemsize:
+            return None
+        return np.frombuffer(self.data, dtype=dtype, count=count, offset=offset)
+
+    def plain_offset(self) -> bool:
+        """True if ``vox_offset`` is a whole number of bytes, after the header, and where nibabel reads the voxels
+        (ITK's NIfTI reader then reads them from there too)."""
+        value = float(self.raw_header["vox_offset"])
+        return (
+            np.isfinite(value) and value == int(value) and int(value) >= int(self.header.single_vox_offset)
+            and int(value) == int(self.image.dataobj.offset)
+        )  # fmt: skip
+
+    def scaled(self) -> bool:
+        """True if ``scl_slope``/``scl_inter`` change the stored values (for nibabel and for ITK's NIfTI reader,
+        which ignore a zero or non-finite slope and a non-finite intercept)."""
+        slope, inter = float(self.raw_header["scl_slope"]), float(self.raw_header["scl_inter"])
+        if not np.isfinite(slope) or slope == 0:
+            return False
+        return slope != 1 or (np.isfinite(inter) and inter != 0)
+
+
+def _read_bytes(path: str) -> bytes:
+    """The whole content of a file, decompressed once in memory if it is gzipped (``.gz``).
+
+    Raises:
+        DataError: truncated or corrupt gzip stream (checked to its end, CRC and length included).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not path.lower().endswith(".gz"):
+        return data
+    try:
+        return gzip.decompress(data)
+    except EOFError:
+        raise DataError.for_file(path, "truncated gzip file (the compressed stream ends early)") from None
+    except (OSError, zlib.error) as e:
+        raise DataError.for_file(path, f"corrupt gzip file: {e}") from None
+
+
+def _check_complete(path: str) -> _Nifti | None:
+    """Raise if a (gzipped) file is truncated: SimpleITK zero-fills truncated NIfTI voxel data silently.
+
+    The file is read (and decompressed) once; for a NIfTI file the bytes and nibabel's image parsed from them are
+    returned, to be used instead of reading the file again. None for other files.
+    """
     lower = path.lower()
-    actual = None
-    if lower.endswith(".gz"):
-        actual = 0
-        try:
-            with gzip.open(path, "rb") as f:
-                while True:
-                    chunk = f.read(1 << 22)
-                    if not chunk:
-                        break
-                    actual += len(chunk)
-        except EOFError:
-            raise DataError.for_file(path, "truncated gzip file (the compressed stream ends early)") from None
-        except (OSError, zlib.error) as e:
-            raise DataError.for_file(path, f"corrupt gzip file: {e}") from None
-    if lower.endswith((".nii", ".nii.gz")):
-        try:
-            header = nib.load(path).header
-        except Exception as e:  # nibabel raises many types for bad headers
-            raise DataError.for_file(path, f"invalid NIfTI header: {e}") from None
-        # ITK takes the spacing from pixdim and silently uses 1 mm for a NaN/Inf/0 voxel size (nibabel's
-        # load also "fixes" 0 to 1: read the raw header)
-        shape = header.get_data_shape()
-        with (gzip.open if lower.endswith(".gz") else open)(path, "rb") as f:
-            raw = type(header).from_fileobj(f, check=False)
-        for i, (size, zoom) in enumerate(zip(shape[:3], np.asarray(raw["pixdim"][1:4], dtype=float)), start=1):
-            if not np.isfinite(zoom) or (zoom == 0 and size > 1):
-                raise DataError.for_file(path, f"invalid NIfTI header: voxel size pixdim[{i}] = {zoom} (must be finite, non-zero)")
-        # a single-file NIfTI's voxels start at vox_offset, at least after the header (352 bytes NIfTI-1, 544 NIfTI-2)
-        offset = max(int(header["vox_offset"]), int(getattr(header, "single_vox_offset", 0)))
-        expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-        if actual is None:
-            actual = os.path.getsize(path)
-        if actual < expected:
-            raise DataError.for_file(
-                path, f"truncated NIfTI file: {expected} bytes expected (header + voxels), only {actual} present"
-            )
+    is_nifti = lower.endswith((".nii", ".nii.gz"))
+    if not (is_nifti or lower.endswith(".gz")):
+        return None
+    data = _read_bytes(path)
+    if not is_nifti:
+        return None
+    try:
+        image = nib.load(path)  # nibabel's choice of image class; header only (the voxels are read from `data`)
+        image = type(image).from_bytes(data)
+        header = image.header
+    except Exception as e:  # nibabel raises many types for bad headers
+        raise DataError.for_file(path, f"invalid NIfTI header: {e}") from None
+    # ITK takes the spacing from pixdim and silently uses 1 mm for a NaN/Inf/0 voxel size (nibabel's
+    # load also "fixes" 0 to 1: read the raw header)
+    shape = header.get_data_shape()
+    raw = type(header).from_fileobj(io.BytesIO(data), check=False)
+    for i, (size, zoom) in enumerate(zip(shape[:3], np.asarray(raw["pixdim"][1:4], dtype=float)), start=1):
+        if not np.isfinite(zoom) or (zoom == 0 and size > 1):
+            raise DataError.for_file(path, f"invalid NIfTI header: voxel size pixdim[{i}] = {zoom} (must be finite, non-zero)")
+    # a single-file NIfTI's voxels start at vox_offset, at least after the header (352 bytes NIfTI-1, 544 NIfTI-2) and
+    # its extensions (nibabel's image.header says vox_offset 0: where nibabel reads them is image.dataobj.offset)
+    offset = max(int(image.dataobj.offset), int(getattr(header, "single_vox_offset", 0)))
+    expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if len(data) < expected:
+        raise DataError.for_file(
+            path, f"truncated NIfTI file: {expected} bytes expected (header + voxels), only {len(data)} present"
+        )
+    return _Nifti(data, image, raw)
+
+
+def _nifti_from_memory(nifti: _Nifti, header: sitk.ImageFileReader) -> sitk.Image | None:
+    """The ``SimpleITK.Image`` ITK's NIfTI reader would return, built from the voxels already in memory (no second
+    decompression by ITK), with ITK's own geometry, pixel type and metadata (from ``header``, its header read).
+
+    Only for the plain case, where ITK's reader copies the stored values as they are: a single-file NIfTI-1/2, one
+    scalar component, no ``scl_slope``/``scl_inter`` scaling, a pixel type ITK reads as the stored one, a
+    ``vox_offset`` that is a whole number of bytes and where nibabel reads the voxels. None otherwise (the caller
+    then lets ITK read the file). Unlike ITK's reader, this keeps NaN/Inf voxels (as ``NibabelReader`` does).
+    """
+    hdr = nifti.header
+    if type(hdr) not in (nib.Nifti1Header, nib.Nifti2Header) or hdr["magic"].item() not in (b"n+1", b"n+2"):
+        return None
+    if header.GetNumberOfComponents() != 1 or nifti.scaled() or not nifti.plain_offset():
+        return None
+    dtype = hdr.get_data_dtype()
+    native = dtype.newbyteorder("=")
+    if _SITK_PIXEL.get(native) != header.GetPixelID():
+        return None
+    size = tuple(int(n) for n in header.GetSize())
+    voxels = nifti.raw_voxels()
+    if voxels is None or voxels.size != int(np.prod(size)):
+        return None
+    if not dtype.isnative:
+        voxels = voxels.astype(native)  # ITK swaps big-endian files to the machine's order too
+    img = sitk.GetImageFromArray(voxels.reshape(size[::-1]), isVector=False)  # a copy (the bytes can go)
+    img.SetOrigin(header.GetOrigin())
+    img.SetSpacing(header.GetSpacing())
+    img.SetDirection(header.GetDirection())
+    for key in header.GetMetaDataKeys():
+        img.SetMetaData(key, header.GetMetaData(key))
+    return img
 
 
 class SimpleITKReader(ImageReader):
@@ -687,14 +839,20 @@ class SimpleITKReader(ImageReader):
             ) from None
         if _TAG_FRAMES in header.GetMetaDataKeys() or _is_dicom_file(path):
             _check_multiframe_geometry(name, header)
-        _check_complete(name)
-        try:
-            img = sitk.ReadImage(name)
-        except RuntimeError as e:
-            raise DataError.for_file(
-                name, f"cannot read the image data (truncated or corrupt file?): {_sitk_message(e)}"
-            ) from None
-        return _match_nibabel_geometry(name, _restore_nifti_nonfinite(name, img))
+        nifti = _check_complete(name)  # the file read (and decompressed) once; kept for a NIfTI file
+        img = _nifti_from_memory(nifti, header) if nifti is not None else None
+        if img is None:
+            try:
+                img = sitk.ReadImage(name)
+            except RuntimeError as e:
+                short = _metaimage_shortfall(name, header)
+                if short:
+                    raise DataError.for_file(name, f"truncated MetaImage file: {short}") from None
+                raise DataError.for_file(
+                    name, f"cannot read the image data (truncated or corrupt file?): {_sitk_message(e)}"
+                ) from None
+            img = _restore_nifti_nonfinite(name, img, nifti)
+        return _match_nibabel_geometry(name, img, nifti)
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         """Array and metadata of an image read by :meth:`read`, stacked as channels if several.
@@ -744,13 +902,10 @@ class SimpleITKReader(ImageReader):
         dim = im.GetDimension()
         ncomp = im.GetNumberOfComponentsPerPixel()
         sr = min(dim, 3)
-        arr = sitk.GetArrayFromImage(im)  # (t, z, y, x[, c]) : a copy, never a view on the image
+        view = sitk.GetArrayViewFromImage(im)  # (t, z, y, x[, c]), valid while `im` lives
         if not self.reverse_indexing:
-            if ncomp == 1:
-                arr = arr.T  # (x, y, z, t)
-            else:
-                arr = np.moveaxis(arr.T, 0, -1)  # (x, y, z, c)
-            arr = np.ascontiguousarray(arr)
+            view = view.T if ncomp == 1 else np.moveaxis(view.T, 0, -1)  # (x, y, z, t) or (x, y, z, c)
+        arr = np.array(view, order="C", copy=True)  # one copy, never a view on the image
         direction = np.asarray(im.GetDirection(), dtype=float).reshape(dim, dim)[:sr, :sr]
         spacing = np.asarray(im.GetSpacing(), dtype=float)[:sr]
         origin = np.asarray(im.GetOrigin(), dtype=float)[:sr]

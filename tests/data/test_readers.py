@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import struct
 from pathlib import Path
 
 import nibabel as nib
@@ -742,3 +743,161 @@ def test_real_dicom_series_with_non_image_objects_in_the_folder(shared_path_fn, 
     (dst / "cut.dcm").write_bytes(raw[: len(raw) // 3])
     _assert_clean_error(dst, "belong to no readable series")
     _assert_clean_error(dst, "cut.dcm")
+
+
+# ---------------------------------------------------------------- loading speed (NIfTI decompressed once), .mha
+
+
+def _nifti_variants(folder: Path) -> list[Path]:
+    """NIfTI files of every scalar type ITK reads as stored, 2D to 4D, gz or not, big-endian, with an extension,
+    with a gap before the voxels, and ones the in-memory path leaves to ITK (scaled, vox_offset 0)."""
+    rng = np.random.default_rng(1)
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.array([[-1.5 * c, -2 * s, 0, 10], [1.5 * s, -2 * c, 0, -20], [0, 0, 3, 5], [0, 0, 0, 1]])
+    paths = []
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.int64, np.float32, np.float64):
+        for shape in ((5, 6), (5, 6, 7), (5, 6, 7, 3), (5, 6, 7, 1)):
+            a = (rng.random(shape) * 100).astype(dtype)
+            ext = ".nii.gz" if len(shape) % 2 else ".nii"
+            p = folder / f"{np.dtype(dtype).name}_{'x'.join(map(str, shape))}{ext}"
+            nib.save(nib.Nifti1Image(a, affine, dtype=a.dtype), str(p))
+            paths.append(p)
+    a = rng.random((4, 5, 6)).astype(np.float32)
+    a[1, 1, 1], a[2, 2, 2] = np.nan, -np.inf
+    nib.Nifti1Image(a.astype(">f4"), affine).to_filename(folder / "big_endian.nii")
+    img = nib.Nifti1Image(a, affine)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment" * 5))
+    img.to_filename(folder / "extension.nii.gz")
+    img = nib.Nifti1Image(a, affine)
+    img.header.set_data_offset(480)
+    img.to_filename(folder / "gap.nii.gz")
+    nib.Nifti1Image(a, affine).to_filename(folder / "scaled.nii")
+    raw = bytearray((folder / "scaled.nii").read_bytes())
+    raw[112:120] = struct.pack("<ff", 2.0, 1.0)  # scl_slope, scl_inter (nibabel's save would reset them)
+    (folder / "scaled.nii").unlink()
+    (folder / "scaled.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    return paths + [folder / n for n in ("big_endian.nii", "extension.nii.gz", "gap.nii.gz", "scaled.nii.gz")]
+
+
+def test_nifti_read_from_memory_is_what_itk_reads(tmp_path):
+    """The voxels decoded from the bytes already in memory (ITK reading only the header) give the image ITK's
+    ReadImage gives: pixel type, size, geometry, metadata, values (NaN/Inf kept, where ITK writes 0)."""
+    from monai_patcher.data import readers
+
+    fast = 0
+    for p in _nifti_variants(tmp_path):
+        header = readers._header(str(p))
+        img = readers._nifti_from_memory(readers._check_complete(str(p)), header)
+        ref = sitk.ReadImage(str(p))
+        if p.name == "scaled.nii.gz":
+            assert img is None  # left to ITK (scl_slope)
+            continue
+        assert img is not None, p.name
+        fast += 1
+        assert (img.GetPixelID(), img.GetSize()) == (ref.GetPixelID(), ref.GetSize()), p.name
+        assert (img.GetSpacing(), img.GetOrigin(), img.GetDirection()) == (
+            ref.GetSpacing(), ref.GetOrigin(), ref.GetDirection()
+        ), p.name  # fmt: skip
+        itk_only = {"ITK_original_direction", "ITK_original_spacing"}  # "[UNKNOWN_PRINT_CHARACTERISTICS]" values
+        assert {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()} == {
+            k: ref.GetMetaData(k) for k in ref.GetMetaDataKeys() if k not in itk_only
+        }, p.name  # fmt: skip
+        np.testing.assert_array_equal(
+            np.nan_to_num(sitk.GetArrayFromImage(img), nan=0, posinf=0, neginf=0), sitk.GetArrayFromImage(ref)
+        )
+    assert fast == 39
+
+
+def test_nifti_loads_like_nibabel_reader_on_both_paths(tmp_path):
+    """Through LoadImage, every variant (read from memory or by ITK) equals NibabelReader: values (NaN, Inf and
+    scaling included), shape and affine."""
+    for p in _nifti_variants(tmp_path):
+        a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+        b = LoadImage(reader=NibabelReader(), image_only=True)(p)
+        b = b.squeeze(-1) if b.ndim == 4 and b.shape[-1] == 1 else b  # ITK drops a trailing singleton axis
+        assert a.shape == b.shape, p.name
+        np.testing.assert_array_equal(a.numpy(), b.numpy().astype(a.numpy().dtype), err_msg=p.name)
+        if a.affine.shape == b.affine.shape:  # 2D: this reader's affine is 3x3 (as ITKReader's), nibabel's 4x4
+            np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-4, err_msg=p.name)
+        else:
+            assert p.name.endswith("_5x6.nii"), p.name
+    scaled = LoadImage(reader=SimpleITKReader(), image_only=True)(tmp_path / "scaled.nii.gz").numpy()
+    assert np.isnan(scaled[1, 1, 1]) and scaled[2, 2, 2] == -np.inf  # ITK read it, the NaN/Inf were put back
+
+
+def test_plain_gzipped_nifti_is_decompressed_once(tmp_path, monkeypatch):
+    """A plain float NIfTI: one decompression (by this reader), no voxel read by ITK, no re-read by nibabel; the
+    NaN still comes back."""
+    from monai_patcher.data import readers
+
+    a = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
+    a[1, 2, 3] = np.nan
+    p = _write_nifti(tmp_path / "once.nii.gz", a, np.eye(4))
+    calls = {"decompress": 0}
+    decompress = gzip.decompress
+
+    def counting(data):
+        calls["decompress"] += 1
+        return decompress(data)
+
+    def no_voxels(*args, **kwargs):
+        raise AssertionError("ITK read the voxels again")
+
+    monkeypatch.setattr(readers.gzip, "decompress", counting)
+    monkeypatch.setattr(readers.sitk, "ReadImage", no_voxels)
+    out = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    assert calls["decompress"] == 1
+    np.testing.assert_array_equal(out.numpy(), a)
+
+
+def test_corrupt_gzip_nifti_crc(tmp_path, oblique_nifti):
+    """A gzip stream whose CRC does not match its data (a flipped bit) is refused, not read."""
+    path, _, _ = oblique_nifti
+    raw = bytearray(path.read_bytes())
+    raw[-6] ^= 0xFF  # in the CRC-32 of the trailer
+    p = tmp_path / "crc.nii.gz"
+    p.write_bytes(bytes(raw))
+    _assert_clean_error(p, "corrupt")  # by ITK reading the header, or by the full decompression
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_truncated_mha_says_truncated_not_an_os_error(tmp_path, compressed):
+    """A cut .mha was refused with ITK's stale errno text ("Reason: No such file or directory"); now the message
+    says it is truncated, by how much, and names the file."""
+    img = sitk.GetImageFromArray(np.random.default_rng(0).random((10, 12, 14)).astype(np.float32))
+    full = tmp_path / "full.mha"
+    sitk.WriteImage(img, str(full), useCompression=compressed)
+    raw = full.read_bytes()
+    p = tmp_path / "cut.mha"
+    p.write_bytes(raw[:-500])
+    with pytest.raises(DataError) as info:
+        SimpleITKReader().read_image(p)
+    message = str(info.value)
+    assert message.startswith(f"{p}: truncated MetaImage file: ")
+    assert "only" in message and "No such file" not in message
+    # the full file still loads
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(SimpleITKReader().read_image(full)), sitk.GetArrayFromImage(img))
+
+
+def test_sitk_message_drops_stale_os_reasons():
+    from monai_patcher.data.readers import _sitk_message
+
+    err = RuntimeError(
+        "Exception thrown in SimpleITK ImageFileReader_Execute: .../itkMetaImageIO.cxx:490:\n"
+        "ITK ERROR: MetaImageIO(0x5639ec9a0e40): File cannot be read: /x/a.mha for reading.\n"
+        "Reason: No such file or directory"
+    )
+    assert _sitk_message(err) == "File cannot be read: /x/a.mha for reading."
+
+
+def test_truncated_nifti_with_a_gap_before_the_voxels(tmp_path):
+    """vox_offset 480 (a gap after the header): the expected size counts from there, so a file 100 bytes short is
+    refused (ITK would zero-fill the missing voxels)."""
+    img = nib.Nifti1Image(np.random.default_rng(0).random((6, 7, 8)).astype(np.float32), np.eye(4))
+    img.header.set_data_offset(480)
+    img.to_filename(tmp_path / "gap.nii")
+    raw = (tmp_path / "gap.nii").read_bytes()
+    assert len(raw) == 480 + 6 * 7 * 8 * 4
+    p = tmp_path / "gap_cut.nii.gz"
+    p.write_bytes(gzip.compress(raw[:-100]))
+    _assert_clean_error(p, f"truncated NIfTI file: {len(raw)} bytes expected")
