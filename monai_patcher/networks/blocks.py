@@ -255,7 +255,8 @@ class PatcherBlock(nn.Module):
         hidden_size: token dimension ``D`` of this stage (and its output channels).
         depth: number of transformer blocks ``Nv``.
         num_heads: attention heads.
-        sr_ratio: spatial reduction of keys/values inside a large patch.
+        sr_ratio: spatial reduction of keys/values inside a large patch; must divide the token grid of a large
+            patch with its context, ``(large_patch + 2 * context_padding) / small_patch``.
         mlp_ratio: Mix-FFN expansion ratio.
         large_patch: ``L``, the large patch size (receptive field of the stage), in input pixels.
         context_padding: ``P``, the context ring around each large patch, in input pixels.
@@ -298,6 +299,12 @@ class PatcherBlock(nn.Module):
             raise ValueError(
                 f"context_padding ({context_padding}) must be divisible by small_patch ({small_patch}), "
                 "so that the context ring is made of whole tokens."
+            )
+        grid = (large_patch + 2 * context_padding) // small_patch
+        if sr_ratio < 1 or grid % sr_ratio != 0:  # else the key/value conv fails (R > grid) or silently drops tokens
+            raise ValueError(
+                f"sr_ratio ({sr_ratio}) must be >= 1 and divide the token grid of a large patch with its context, "
+                f"(large_patch + 2 * context_padding) / small_patch = {grid}."
             )
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}.")

@@ -342,6 +342,10 @@ def test_patcher_block_trace_does_not_bake_in_the_groups():
         ({"context_padding": -2}, "context_padding"),
         ({"depth": 0}, "depth"),
         ({"drop_path_rates": [0.0, 0.1, 0.2]}, "drop_path_rates"),
+        # (8 + 2 * 2) / 2 = 6 tokens per side: R = 4 would give keys/values from the top-left 4 x 4 tokens only
+        ({"sr_ratio": 4}, "sr_ratio .*4.* token grid .* 6"),
+        ({"sr_ratio": 12}, "sr_ratio .*12"),  # larger than the grid: the key/value conv would fail at run time
+        ({"sr_ratio": 0}, "sr_ratio"),
     ],
 )
 def test_patcher_block_bad_config(kwargs, match):
