@@ -37,9 +37,13 @@ _PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def _plane_axis(affine: torch.Tensor, plane: str) -> int:
-    """The array axis (0-2) of a 3D grid whose direction is closest to the world axis normal to ``plane``."""
-    direction = affine[:3, :3].abs() / affine[:3, :3].norm(dim=0).clamp_min(1e-12)  # unit column per array axis
-    return int(direction[_PLANES[plane]].argmax())
+    """The array axis (0-2) of a 3D grid along the world axis normal to ``plane``, as nibabel's ``io_orientation``
+    assigns them (what ``Orientationd`` uses, so on an oblique scan it is the axis the network sliced along; a
+    per-row argmax could give another axis, or two planes the same one)."""
+    from nibabel.orientations import io_orientation
+
+    ornt = io_orientation(np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu())[:4, :4])
+    return int(np.flatnonzero(ornt[:, 0] == _PLANES[plane])[0])
 
 
 class SliceDiceMetric(CumulativeIterationMetric):
