@@ -180,3 +180,27 @@ def test_plane_axis_is_the_axis_orientationd_slices_along():
         ras = Orientation("RAS")(MetaTensor(torch.zeros(1, 5, 6, 7), affine=torch.tensor(affine)))
         for plane, ras_axis in (("sagittal", 0), ("coronal", 1), ("axial", 2)):
             assert (5, 6, 7)[_plane_axis(torch.tensor(affine), plane)] == ras.shape[1 + ras_axis], (plane, affine)
+
+
+@pytest.mark.parametrize("ignore_empty", [True, False])
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_dice_equals_monai_dice_metric_on_the_cut_slices(ignore_empty, include_background, axis):
+    """SliceDiceMetric fed case by case (as the ignite handler does) equals MONAI's DiceMetric on the explicitly cut
+    2D slices, for several cases and channels, empty ground-truth slices, with and without background."""
+    from monai.metrics import DiceMetric
+
+    rng = np.random.default_rng(axis)
+    shape = (3, 2, 5, 6, 7)  # B x C x X x Y x Z
+    y = torch.tensor((rng.random(shape) < 0.05).astype(np.float32))
+    p = torch.tensor((rng.random(shape) < 0.05).astype(np.float32))
+    y[..., 3] = 0  # some empty ground-truth slices
+    y[:, :, 1] = 0
+    rest = [s for i, s in enumerate(shape[2:]) if i != axis]
+    cut = lambda t: torch.movedim(t, 2 + axis, 1).reshape(-1, shape[1], *rest)  # noqa: E731 - (B*n) x C x 2D
+    expected = DiceMetric(include_background=include_background, ignore_empty=ignore_empty)
+    expected(cut(p), cut(y))
+    got = SliceDiceMetric(include_background=include_background, ignore_empty=ignore_empty, slice_axis=axis)
+    for b in range(shape[0]):
+        got([p[b]], [y[b]])
+    assert math.isclose(float(got.aggregate()), float(expected.aggregate()), rel_tol=1e-6)
