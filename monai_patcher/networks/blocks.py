@@ -51,6 +51,19 @@ def _crop_tokens(x: torch.Tensor, h: int, w: int, crop: int) -> torch.Tensor:
     return x.view(b, h, w, d)[:, crop : h - crop, crop : w - crop, :].reshape(b, -1, d)
 
 
+def _window_index(nh: int, nw: int, k: int, kc: int, width: int, device: torch.device) -> torch.Tensor:
+    """Flat indices into a row-major token grid of ``width`` columns of the ``nh x nw`` overlapping ``kc x kc``
+    windows with stride ``k``: ``nh*nw*kc*kc`` indices, window by window, each window row-major.
+
+    The windows are taken by this index gather rather than ``Tensor.unfold``, which the TorchScript-based ONNX
+    exporter cannot export with dynamic sizes; the gather is traced with the size arithmetic, so an exported or
+    traced graph also runs at other sizes.
+    """
+    rows = (torch.arange(nh, device=device) * k).view(nh, 1) + torch.arange(kc, device=device).view(1, kc)
+    cols = (torch.arange(nw, device=device) * k).view(nw, 1) + torch.arange(kc, device=device).view(1, kc)
+    return (rows.view(nh, 1, kc, 1) * width + cols.view(1, nw, 1, kc)).reshape(-1)
+
+
 class EfficientSelfAttention(nn.Module):
     """SegFormer's efficient multi-head self-attention.
 
@@ -343,7 +356,7 @@ class PatcherBlock(nn.Module):
             if torch.jit.is_tracing() or torch.compiler.is_compiling():
                 return 1
         hidden_bytes = num_patches * tokens * self._ffn_hidden * 4
-        return max(1, min(num_patches, -(-hidden_bytes // self.inference_chunk_bytes)))
+        return max(1, min(num_patches, (hidden_bytes + self.inference_chunk_bytes - 1) // self.inference_chunk_bytes))
 
     def _run_blocks(self, patches: torch.Tensor, kc: int, c: int) -> torch.Tensor:
         """The transformer blocks on ``N x (kc*kc) x D`` patches; returns the ``N x (k*k) x D`` centre tokens."""
@@ -361,16 +374,18 @@ class PatcherBlock(nn.Module):
         """``B x C x H x W`` -> ``B x D x ceil(H/S) x ceil(W/S)``."""
         b, _, h, w = x.shape
         L, P, S = self.large_patch, self.context_padding, self.small_patch
-        nh, nw = -(-h // L), -(-w // L)  # grid of large patches
+        # ceil as (h + L - 1) // L, not -(-h // L): the legacy ONNX exporter turns a floor division of a
+        # negative size into a truncating Div (wrong patch counts at sizes that are not multiples of L)
+        nh, nw = (h + L - 1) // L, (w + L - 1) // L  # grid of large patches
         # context ring on every side, plus the ragged bottom/right up to a whole number of large patches
         x = F.pad(x, (P, P + nw * L - w, P, P + nh * L - h), mode="replicate")
         tokens = self.embed_norm(self.patch_embed(x).permute(0, 2, 3, 1))  # B x Ht x Wt x D, Ht = (nh*L + 2P)/S
         k, c = L // S, P // S  # tokens per patch side (without context), context tokens per side
         kc = k + 2 * c
-        # overlapping windows: B x nh x nw x D x kc x kc -> (B*nh*nw) x (kc*kc) x D
-        patches = tokens.unfold(1, kc, k).unfold(2, kc, k)
-        d = patches.shape[3]
-        patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * nh * nw, kc * kc, d)
+        d = tokens.shape[3]
+        # overlapping windows -> (B*nh*nw) x (kc*kc) x D, in one gather of token rows (row-major flat indices)
+        index = _window_index(nh, nw, k, kc, tokens.shape[2], x.device)
+        patches = torch.index_select(tokens.reshape(b, -1, d), 1, index).view(b * nh * nw, kc * kc, d)
         chunks = self._num_chunks(patches.shape[0], kc * kc)
         if chunks == 1:
             patches = self._run_blocks(patches, kc, c)
@@ -379,4 +394,4 @@ class PatcherBlock(nn.Module):
         # normalise the centre tokens and put the patches back in place
         centre = self.norm(patches).view(b, nh, nw, k, k, d)
         out = centre.permute(0, 5, 1, 3, 2, 4).reshape(b, d, nh * k, nw * k)
-        return out[:, :, : -(-h // S), : -(-w // S)].contiguous()
+        return out[:, :, : (h + S - 1) // S, : (w + S - 1) // S].contiguous()

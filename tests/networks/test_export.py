@@ -4,10 +4,12 @@ Supported (torch 2.13, onnxruntime, monai 1.6):
 
 - ``torch.jit.script``: works on any input size, with or without ``return_gating``.
 - ``torch.jit.trace``: works; the traced graph keeps the size arithmetic, so it also runs at other sizes.
-- ONNX: the default (dynamo / ``torch.export``) exporter, opset 18, with a dynamic batch axis. H and W are fixed at
-  export time (export at the inference ROI, e.g. 256 x 256): with dynamic H/W the exported graph fails in
-  onnxruntime (a Linear lowering keeps a static reshape), and the legacy TorchScript-based exporter
-  (``dynamo=False``) fails on ``Tensor.unfold`` ("input size not accessible").
+- ONNX, opset 17, with the TorchScript-based exporter (``dynamo=False``): dynamic batch, H and W; one exported
+  graph runs at any size (odd sizes included) in onnxruntime. The large-patch windows are an index gather (not
+  ``Tensor.unfold``, which that exporter cannot export with dynamic sizes) and the ceil divisions are written
+  ``(h + L - 1) // L`` (``-(-h // L)`` exports as a truncating division: wrong patch counts).
+- ONNX with the default (dynamo / ``torch.export``) exporter: opset 18 (asked for opset 17, it emits 18), tested
+  with a dynamic batch axis at a fixed H x W.
 - ``python -m monai.bundle ckpt_export`` with both ``--use_trace True`` and scripting.
 """
 
@@ -98,7 +100,7 @@ def test_torchscript_trace_with_gating():
             _assert_same(traced(x), net(x))
 
 
-def test_onnx_matches_pytorch(tmp_path):
+def test_onnx_dynamo_matches_pytorch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from torch.export import Dim
@@ -108,7 +110,7 @@ def test_onnx_matches_pytorch(tmp_path):
     h, w = 64, 48
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # dynamo exporter (the default); dynamo=False cannot export Tensor.unfold with symbolic sizes
+        # dynamo exporter (the default), at a fixed H x W (the legacy exporter's test covers dynamic H/W)
         torch.onnx.export(
             net,
             (torch.randn(2, 2, h, w),),
@@ -134,6 +136,44 @@ def test_onnx_matches_pytorch(tmp_path):
         assert logits.shape == tuple(ref_logits.shape) and gating.shape == tuple(ref_gating.shape)
         assert abs(torch.from_numpy(logits) - ref_logits).max() <= 1e-4
         assert abs(torch.from_numpy(gating) - ref_gating).max() <= 1e-4
+
+
+def test_onnx_legacy_opset17_dynamic_size(tmp_path):
+    """Legacy exporter at opset 17 with dynamic batch, H and W; onnxruntime at other (odd) sizes and batches."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    net = _tiny(return_gating=True)
+    path = tmp_path / "patcher17.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (torch.randn(2, 2, 70, 50),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["logits", "gating"],
+            dynamic_axes={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "logits": {0: "batch", 2: "height", 3: "width"},
+                "gating": {0: "batch", 2: "height_1", 3: "width_1"},
+            },
+        )
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # sizes that are not multiples of the large patch (32) or of the stage strides, and other batch sizes
+    for shape in [(2, 2, 70, 50), (2, 2, 33, 17), (1, 2, 96, 130), (3, 2, 45, 64), (2, 2, 1, 5)]:
+        x = torch.randn(*shape)
+        logits, gating = sess.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            ref_logits, ref_gating = net(x)
+        assert logits.shape == tuple(ref_logits.shape) and gating.shape == tuple(ref_gating.shape), shape
+        assert abs(torch.from_numpy(logits) - ref_logits).max() <= 1e-4, shape
+        assert abs(torch.from_numpy(gating) - ref_gating).max() <= 1e-4, shape
 
 
 TINY_ARGS = {k: list(v) if isinstance(v, tuple) else v for k, v in PATCHER_PRESETS["tiny"].items()}
