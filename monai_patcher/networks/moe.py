@@ -24,7 +24,10 @@ class MoEDecoder(nn.Module):
     """Mixture-of-experts decoder: one expert per encoder stage, mixed pixel-wise by a gating network.
 
     1. Each encoder feature map ``i`` goes through its own pixel-wise MLP (hidden ``[decoder_dim, decoder_dim]``,
-       ReLU) and is upsampled (bilinear) to the size of the first (finest) map: expert features ``F_i``.
+       ReLU), is upsampled (bilinear, ``align_corners=False``) by its stride relative to the first (finest) map,
+       ``feature_strides[i]``, and cropped to that map's size: expert features ``F_i``. Upsampling by the stride,
+       not to the finest map's size, keeps the experts aligned when the encoder rounded its sizes up (a 250-pixel
+       side gives stage sizes 125/63/32/16, and 125/16 is not 8).
     2. The gating network (3x3 convolutions over the concatenated experts, channels ``gate_channels`` then one
        per expert, ReLU between) followed by a softmax over experts gives weight maps ``W_i`` summing to 1.
     3. ``O = sum_i W_i * F_i``, then a pixel-wise MLP, a 1x1 conv + BatchNorm + ReLU, dropout and a 1x1 conv
@@ -38,6 +41,9 @@ class MoEDecoder(nn.Module):
             the reference's best stroke/polyp config: ``(256,)``).
         gate_norm: add BatchNorm after each hidden gating convolution (as the reference config does).
         dropout_rate: dropout before the classifier.
+        feature_strides: stride of each encoder map relative to the first, finest first (the first is 1); default
+            ``(1, 2, 4, ...)``, the Patcher encoder with ``small_patch=2``. Feature map ``i`` of ``H_i x W_i``
+            must cover the first one, ``H_i * feature_strides[i] >= H_0`` (and the same for ``W``).
 
     Example::
 
@@ -56,15 +62,29 @@ class MoEDecoder(nn.Module):
         gate_channels: Sequence[int] = (256, 256, 256),
         gate_norm: bool = False,
         dropout_rate: float = 0.1,
+        feature_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if len(in_channels) < 1:
             raise ValueError("in_channels must list at least one encoder stage.")
+        if feature_strides is None:
+            feature_strides = [2**i for i in range(len(in_channels))]
+        feature_strides = [int(s) for s in feature_strides]
+        if len(feature_strides) != len(in_channels):
+            raise ValueError(
+                f"feature_strides has {len(feature_strides)} values for {len(in_channels)} encoder stages."
+            )
+        if feature_strides[0] != 1 or min(feature_strides) < 1:
+            raise ValueError(
+                f"feature_strides are relative to the first map: the first must be 1 and all >= 1, "
+                f"got {feature_strides}."
+            )
         if out_channels < 1 or decoder_dim < 1:
             raise ValueError(f"out_channels and decoder_dim must be >= 1, got {out_channels} and {decoder_dim}.")
         if not 0.0 <= dropout_rate <= 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}.")
         self.num_experts = len(in_channels)
+        self.feature_strides: List[int] = feature_strides
         self.experts = nn.ModuleList([_pixel_mlp(c, (decoder_dim, decoder_dim)) for c in in_channels])
 
         gate: list[nn.Module] = []
@@ -121,13 +141,23 @@ class MoEDecoder(nn.Module):
         """
         if len(features) != self.num_experts:
             raise ValueError(f"expected {self.num_experts} feature maps, got {len(features)}.")
-        size = [features[0].shape[2], features[0].shape[3]]
+        h0, w0 = features[0].shape[2], features[0].shape[3]
         experts = []
         for i, mlp in enumerate(self.experts):  # indexing, not zip: TorchScript needs a static ModuleList loop
             # the MLP runs at the stage's own resolution, before upsampling
             e = mlp(features[i].contiguous(memory_format=torch.channels_last))
             if i > 0:
-                e = F.interpolate(e, size=size, mode="bilinear", align_corners=False)
+                # upsample by the stage's stride (to H_i * s, the same values as scale_factor=s), then crop what
+                # the encoder's rounding up added; the crop is a no-op view when the sizes divide exactly, and
+                # is unconditional so that a trace keeps it for other sizes
+                s = self.feature_strides[i]
+                if e.shape[2] * s < h0 or e.shape[3] * s < w0:
+                    raise ValueError(
+                        f"feature map {i} ({e.shape[2]} x {e.shape[3]}) at stride {s} does not cover the first map "
+                        f"({h0} x {w0})."
+                    )
+                e = F.interpolate(e, size=[e.shape[2] * s, e.shape[3] * s], mode="bilinear", align_corners=False)
+                e = e[:, :, :h0, :w0].contiguous(memory_format=torch.channels_last)
             experts.append(e)
         gating = torch.softmax(self._gate_logits(experts), dim=1)  # B x E x H_0 x W_0
         mixed = gating[:, :1] * experts[0]  # B x decoder_dim x H_0 x W_0, accumulated expert by expert

@@ -159,7 +159,13 @@ class Patcher(nn.Module):
             )
             ch, start = embed_dims[i], start + depths[i]
         self.first_stride = small[0]
-        self.decoder = MoEDecoder(embed_dims, out_channels, decoder_dim, gate_channels, gate_norm, dropout_rate)
+        # stride of each stage output relative to the first: the product of the later stages' small patches
+        strides = [1]
+        for i in range(1, num_stages):
+            strides.append(strides[-1] * small[i])
+        self.decoder = MoEDecoder(
+            embed_dims, out_channels, decoder_dim, gate_channels, gate_norm, dropout_rate, feature_strides=strides
+        )
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The encoder outputs, finest first: stage ``i`` is ``B x embed_dims[i] x H_i x W_i``."""

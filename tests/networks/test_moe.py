@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,14 +64,90 @@ def test_output_is_the_gated_sum_of_experts(gate_channels, gate_norm):
     feats = _features(2, 10, 14)
     with torch.no_grad():
         logits, gating = dec(feats)
-        experts = [
-            F.interpolate(mlp(f), size=(10, 14), mode="bilinear", align_corners=False)
-            for mlp, f in zip(dec.experts, feats)
+        # expert i upsampled by its stride 2**i and cropped to the finest map (10 x 14 from 5 x 7, 3 x 4, 2 x 2)
+        experts = [dec.experts[0](feats[0])] + [
+            F.interpolate(mlp(f), scale_factor=float(2**i), mode="bilinear", align_corners=False)[:, :, :10, :14]
+            for i, (mlp, f) in enumerate(zip(dec.experts, feats))
+            if i > 0
         ]
         ref_gating = torch.softmax(dec.gate(torch.cat(experts, dim=1)), dim=1)
         mixed = sum(ref_gating[:, i : i + 1] * e for i, e in enumerate(experts))
         torch.testing.assert_close(gating, ref_gating)
         torch.testing.assert_close(logits, dec.head(mixed), atol=1e-5, rtol=1e-4)
+
+
+def _size_based_forward(dec: MoEDecoder, features: list[torch.Tensor]):
+    """The decoder before ``feature_strides``: every expert interpolated to the finest map's size."""
+    h0, w0 = features[0].shape[2:]
+    experts = []
+    for i, mlp in enumerate(dec.experts):
+        e = mlp(features[i].contiguous(memory_format=torch.channels_last))
+        if i > 0:
+            e = F.interpolate(e, size=[h0, w0], mode="bilinear", align_corners=False)
+        experts.append(e)
+    gating = torch.softmax(dec._gate_logits(experts), dim=1)
+    mixed = gating[:, :1] * experts[0]
+    for i in range(1, dec.num_experts):
+        mixed.addcmul_(gating[:, i : i + 1], experts[i])
+    return dec.head(mixed).contiguous(), gating.contiguous()
+
+
+@pytest.mark.parametrize("h,w", [(128, 128), (32, 48), (8, 8)])
+def test_exact_sizes_are_bit_identical_to_size_based_upsampling(h, w):
+    """When every map is exactly ``2**i`` times smaller (a 256 x 256 input), stride upsampling + crop is the old
+    interpolation to the finest size, bit for bit."""
+    dec = _decoder().eval()
+    feats = [torch.randn(2, c, h // 2**i, w // 2**i) for i, c in enumerate(CHANNELS)]
+    with torch.no_grad():
+        new, ref = dec(feats), _size_based_forward(dec, feats)
+    assert torch.equal(new[0], ref[0]) and torch.equal(new[1], ref[1])
+
+
+@pytest.mark.parametrize("h,w", [(250, 190), (100, 128), (70, 50)])
+def test_crop_consistency_odd_sizes(h, w):
+    """Decode a pyramid, and the same pyramid cropped as the encoder crops its stages for an odd ``h x w`` input
+    (``ceil`` halving: 250 -> 125/63/32/16). The kept features are identical, so the logits and gating must be
+    too, away from the cropped bottom/right border (the bilinear edge and the gate's 3x3 convs reach a few pixels
+    in). Interpolating every expert to the finest size stretches expert i by ``H_0 / H_i != 2**i`` and shifts it
+    everywhere (by up to 11 input pixels for expert 4)."""
+    torch.manual_seed(0)
+    dec = _decoder(gate_channels=(8,)).eval()
+    full_h, full_w = 2 ** math.ceil(math.log2(h)), 2 ** math.ceil(math.log2(w))  # sizes that halve exactly
+    full = [torch.randn(1, c, full_h // 2 ** (i + 1), full_w // 2 ** (i + 1)) for i, c in enumerate(CHANNELS)]
+    sizes, hh, ww = [], h, w
+    for _ in CHANNELS:
+        hh, ww = -(-hh // 2), -(-ww // 2)
+        sizes.append((hh, ww))
+    cropped = [f[:, :, :sh, :sw] for f, (sh, sw) in zip(full, sizes)]
+    h0, w0 = sizes[0]
+    keep_h, keep_w = h0 - 12, w0 - 12  # coarsest stride 8: bilinear reaches 1 token (8 px), + 2 gate convs
+    assert keep_h > 0 and keep_w > 0
+    with torch.no_grad():
+        lf, gf = dec(full)
+        lc, gc = dec(cropped)
+    assert lc.shape[2:] == (h0, w0) and gc.shape[2:] == (h0, w0)
+    torch.testing.assert_close(lc[..., :keep_h, :keep_w], lf[..., :keep_h, :keep_w], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gc[..., :keep_h, :keep_w], gf[..., :keep_h, :keep_w], atol=1e-6, rtol=1e-5)
+
+
+def test_feature_strides_other_than_powers_of_two():
+    """Strides (1, 4, 8, 16) (an encoder with small_patch (2, 4, 2, 2)): expert i is upsampled by its stride."""
+    dec = _decoder(feature_strides=(1, 4, 8, 16)).eval()
+    assert dec.feature_strides == [1, 4, 8, 16]
+    feats = [torch.randn(1, c, s, s) for c, s in zip(CHANNELS, (30, 8, 4, 2))]  # 8 * 4 = 32 covers 30
+    with torch.no_grad():
+        logits, gating = dec(feats)
+        experts = [dec.experts[0](feats[0])] + [
+            F.interpolate(dec.experts[i](feats[i]), scale_factor=float(s), mode="bilinear", align_corners=False)[
+                :, :, :30, :30
+            ]
+            for i, s in ((1, 4), (2, 8), (3, 16))
+        ]
+        ref_gating = torch.softmax(dec.gate(torch.cat(experts, dim=1)), dim=1)
+    assert logits.shape == (1, 3, 30, 30) and gating.shape == (1, 4, 30, 30)
+    torch.testing.assert_close(gating, ref_gating)
+    with pytest.raises(ValueError, match="does not cover"):  # the default strides (1, 2, 4, 8): 8 * 2 < 30
+        _decoder().eval()(feats)
 
 
 def test_expert_mlps_have_two_hidden_layers_of_decoder_dim():
@@ -111,6 +189,9 @@ def test_wrong_number_of_features_raises(n):
         ({"out_channels": 0}, "out_channels"),
         ({"decoder_dim": 0}, "decoder_dim"),
         ({"dropout_rate": 1.5}, "dropout_rate"),
+        ({"feature_strides": (1, 2, 4)}, "feature_strides has 3 values"),
+        ({"feature_strides": (2, 4, 8, 16)}, "feature_strides"),
+        ({"feature_strides": (1, 2, 0, 8)}, "feature_strides"),
     ],
 )
 def test_bad_config_raises(kwargs, match):

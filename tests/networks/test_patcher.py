@@ -271,6 +271,33 @@ def test_per_stage_patch_configs(large, context):
     assert logits.shape == (1, 1, 80, 48) and torch.isfinite(logits).all()
 
 
+def test_cropped_input_gives_the_same_logits_away_from_the_crop():
+    """A 512-row image and its first 500 rows: the encoder features of the top rows are the same (locality), so
+    the logits and gating maps must be too. With 500 rows the stages round up (250/125/63/32); the decoder must
+    upsample each expert by its stride, not stretch it to the finest map (which shifts it from the first row)."""
+    net = tiny(return_gating=True).eval()
+    x = torch.randn(1, 2, 512, 64)
+    with torch.no_grad():
+        logits_full, gating_full = net(x)
+        logits_crop, gating_crop = net(x[:, :, :500])
+    assert logits_crop.shape == (1, 1, 500, 64) and gating_crop.shape == (1, 4, 250, 32)
+    torch.testing.assert_close(logits_crop[:, :, :192], logits_full[:, :, :192], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gating_crop[:, :, :96], gating_full[:, :, :96], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "small_patch,strides", [(2, [1, 2, 4, 8]), ((2, 4, 2, 2), [1, 4, 8, 16]), ((4, 2, 2, 1), [1, 2, 4, 4])]
+)
+def test_decoder_gets_the_stage_strides(small_patch, strides):
+    """The decoder upsamples expert i by the product of the later stages' small patches."""
+    net = tiny(small_patch=small_patch, return_gating=True).eval()
+    assert net.decoder.feature_strides == strides
+    with torch.no_grad():
+        logits, gating = net(torch.randn(1, 2, 70, 50))
+    s = net.first_stride
+    assert logits.shape == (1, 1, 70, 50) and gating.shape == (1, 4, math.ceil(70 / s), math.ceil(50 / s))
+
+
 def test_stage_blocks_are_patcher_blocks():
     net = tiny()
     assert len(net.stages) == 4 and all(isinstance(s, PatcherBlock) for s in net.stages)
