@@ -506,7 +506,7 @@ def _match_nibabel_geometry(path: str, img: sitk.Image, nifti: _Nifti | None) ->
         which = f"sform (sform_code {sform_code})"
     else:
         which = f"qform (qform_code {qform_code})"
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
+    lps = orientation_ras_lps(ras)  # RAS -> ITK's LPS
     direction = np.asarray(img.GetDirection(), dtype=float).reshape(dim, dim)
     spacing = np.asarray(img.GetSpacing(), dtype=float)
     origin = np.asarray(img.GetOrigin(), dtype=float)
@@ -640,8 +640,9 @@ def _check_complete(path: str) -> _Nifti | None:
     if not is_nifti:
         return None
     try:
-        image = nib.load(path)  # nibabel's choice of image class; header only (the voxels are read from `data`)
-        image = type(image).from_bytes(data)
+        # NIfTI-2 headers are 540 bytes (sizeof_hdr, either byte order), NIfTI-1 348: parse the bytes in memory
+        nifti2 = 540 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
+        image = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
         header = image.header
     except Exception as e:  # nibabel raises many types for bad headers
         raise DataError.for_file(path, f"invalid NIfTI header: {e}") from None
