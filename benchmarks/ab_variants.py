@@ -20,6 +20,11 @@ Variants (``--variants``, default all):
 256-channel experts at 128 x 128): on the concatenation, split by expert and summed (the current code), and on
 row bands of the concatenation.
 
+``--compile`` instead compares the eager model with ``torch.compile(model, dynamic=False)`` under TorchInductor's
+``freezing`` (weights folded in as constants, linear layers on MKL's prepacked GEMM, convolutions fused with
+their pointwise neighbours: the inference setting PyTorch's CPU docs recommend), alternating the same way, and
+prints the compile time (first call) as well; ``--no-freezing`` compiles without it.
+
 ``--breakdown`` instead times the stages, the decoder and the pieces of every transformer block (forward hooks,
 so a little slower than a plain forward) and counts the page faults of each forward.
 
@@ -28,6 +33,7 @@ Usage::
     python benchmarks/ab_variants.py --preset paper --rounds 8
     python benchmarks/ab_variants.py --preset paper --breakdown
     python benchmarks/ab_variants.py --gate-conv --rounds 7
+    python benchmarks/ab_variants.py --preset paper --compile --rounds 8
     python benchmarks/ab_variants.py --preset small --variants no_groups nchw_decoder
 """
 
@@ -164,6 +170,28 @@ def compare(net: torch.nn.Module, x: torch.Tensor, name: str, rounds: int) -> di
     return {"current_s": statistics.median(times["A"]), "variant_s": statistics.median(times["B"]), "max_diff": diff}
 
 
+def compare_compiled(net: torch.nn.Module, x: torch.Tensor, rounds: int, freezing: bool = True) -> dict[str, float]:
+    """Alternate forwards of the eager model (A) and ``torch.compile`` of it (B); medians and compile time."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(net, dynamic=False)
+    times: dict[str, list[float]] = {"A": [], "B": []}
+    # freezing folds the weights in as constants: only without autograd, and the weights must not change after
+    with inductor_config.patch(freezing=freezing), torch.no_grad():
+        ref = net(x)
+        t0 = time.perf_counter()
+        out = compiled(x)
+        compile_s = time.perf_counter() - t0
+        diff = (out - ref).abs().max().item()
+        for r in range(rounds):
+            for which in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                t0 = time.perf_counter()
+                (net if which == "A" else compiled)(x)
+                times[which].append(time.perf_counter() - t0)
+    return {"current_s": statistics.median(times["A"]), "variant_s": statistics.median(times["B"]), "max_diff": diff,
+            "compile_s": compile_s}  # fmt: skip
+
+
 def breakdown(net: torch.nn.Module, x: torch.Tensor, rounds: int) -> str:
     """Median wall time of each stage, the decoder and the block pieces (summed over a stage), and page faults."""
     import resource
@@ -254,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--breakdown", action="store_true", help="time the parts of the forward instead")
     p.add_argument("--gate-conv", action="store_true", help="time the gate's first convolution three ways instead")
+    p.add_argument("--compile", action="store_true", help="compare eager with torch.compile (freezing) instead")
+    p.add_argument("--no-freezing", action="store_true", help="with --compile: compile without inductor freezing")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -266,6 +296,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"preset {args.preset}, 1 x 2 x {args.size} x {args.size}, {torch.get_num_threads()} threads")
     if args.breakdown:
         print(breakdown(net, x, args.rounds))
+        return
+    if args.compile:
+        r = compare_compiled(net, x, args.rounds, freezing=not args.no_freezing)
+        print(f"torch.compile (dynamic=False, freezing={not args.no_freezing}): first call {r['compile_s']:.1f} s")
+        print("| eager (s, median) | compiled (s, median) | compiled / eager | max abs diff |\n|---|---|---|---|")
+        print(f"| {r['current_s']:.3f} | {r['variant_s']:.3f} | {r['variant_s'] / r['current_s']:.3f} "
+              f"| {r['max_diff']:.1e} |")  # fmt: skip
         return
     print("| variant | current code (s, median) | variant (s, median) | variant / current | max abs diff |")
     print("|---|---|---|---|---|")
