@@ -15,6 +15,22 @@ class BCEIoULoss(_Loss):
     With ``boundary_weight > 0`` this is the "structure loss" of PraNet that the reference polyp config uses:
     both terms are weighted per pixel by ``1 + boundary_weight * |avgpool(y) - y|`` (a ``kernel_size`` box
     filter), which is large near the mask boundary. With ``boundary_weight = 0`` it is plain BCE + soft IoU.
+    Per image, the loss is ``sum(w * bce) / sum(w)`` plus ``1 - (sum(w*p*y) + smooth) / (sum(w*(p+y)) -
+    sum(w*p*y) + smooth)`` with ``p = sigmoid(input)``, averaged over channels, then reduced over the batch.
+
+    Two deliberate deviations from PraNet's widely copied ``structure_loss`` (checked with PyTorch 2.13):
+
+    - The box filter ignores the zero padding (``count_include_pad=False``). PraNet's
+      ``F.avg_pool2d(mask, 31, stride=1, padding=15)`` counts the padding as background, so foreground that
+      touches the image border gets a boundary weight there although there is no boundary: for a mask filling
+      a 64 x 64 image its weight is 1 in the centre, 3.42 mid-edge and 4.67 in the corners; here it is 1
+      everywhere.
+    - The BCE term really is weighted per pixel. PraNet calls
+      ``F.binary_cross_entropy_with_logits(pred, mask, reduce='none')``: ``reduce`` is the legacy boolean
+      argument, and the non-empty string ``'none'`` is truthy, so PyTorch warns ("size_average and reduce args
+      will be deprecated, please use reduction='mean' instead") and returns the scalar mean BCE; the weighted
+      average of that scalar is the scalar itself, so PraNet's BCE term is in effect unweighted (only its IoU
+      term is boundary-weighted).
 
     Args:
         boundary_weight: strength of the boundary weighting (5 in the reference; 0 disables it).
