@@ -1,4 +1,7 @@
-"""ComputeEADCd, the input checks and the stroke pipelines (synthetic + ISLES'22 + BraTS)."""
+"""ComputeEADCd and the stroke pipelines (synthetic + ISLES'22 + BraTS), including their refusal of bad input.
+
+The input checks' own tests (CheckVolumed, CheckGeometryd) are in test_checks.py.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from monai.transforms import Compose, ConcatItemsd, EnsureChannelFirstd, LoadIma
 from monai_patcher.data import DataError, SimpleITKReader
 from monai_patcher.transforms import (
     CheckGeometryd,
-    CheckVolumed,
     ComputeEADCd,
     RandSliced,
     detect_adc_unit,
@@ -80,46 +82,6 @@ def test_eadc_rejects_nan_and_empty():
         ComputeEADCd("adc")({"adc": torch.tensor([[1.0, float("nan")]])})
     with pytest.raises(DataError, match="no positive"):
         ComputeEADCd("adc")({"adc": torch.zeros(1, 3)})
-
-
-def _mt(arr, name, affine=None):
-    return MetaTensor(torch.as_tensor(arr, dtype=torch.float32), affine=affine, meta={"filename_or_obj": name})
-
-
-@pytest.mark.parametrize(
-    "arr, match",
-    [
-        (np.zeros((1, 4, 4, 4)), "empty"),
-        (np.full((1, 4, 4, 4), 3.0), "constant"),
-        (np.ones((1, 4, 4)), "expected a volume"),
-        (np.random.rand(1, 4, 4, 1), "2D image"),
-    ],
-)
-def test_check_volume_rejects(arr, match):
-    with pytest.raises(DataError, match=match) as info:
-        CheckVolumed("x")({"x": _mt(arr, "/data/x.nii.gz")})
-    assert "/data/x.nii.gz" in str(info.value)
-
-
-def test_check_volume_nan_inf_and_pass():
-    a = np.random.rand(1, 4, 4, 4)
-    a[0, 0, 0, 0] = np.nan
-    a[0, 1, 0, 0] = np.inf
-    with pytest.raises(DataError, match="1 NaN and 1 infinite"):
-        CheckVolumed("x")({"x": _mt(a, "f.nii")})
-    good = _mt(np.random.rand(1, 4, 4, 4), "g.nii")
-    d = {"x": good}
-    assert CheckVolumed("x")(d)["x"] is good
-    CheckVolumed("x", allow_constant=True)({"x": _mt(np.zeros((1, 4, 4, 4)), "l.nii")})
-
-
-def test_check_geometry():
-    a = _mt(np.random.rand(1, 4, 4, 4), "dwi.nii")
-    with pytest.raises(DataError, match="label.nii.*spatial shape"):
-        CheckGeometryd(["a", "b"])({"a": a, "b": _mt(np.zeros((1, 4, 4, 3)), "label.nii")})
-    with pytest.raises(DataError, match="adc.nii.*affine"):
-        CheckGeometryd(["a", "b"])({"a": a, "b": _mt(np.random.rand(1, 4, 4, 4), "adc.nii", torch.diag(torch.tensor([2.0, 1, 1, 1])))})
-    CheckGeometryd(["a", "b"])({"a": a, "b": _mt(np.zeros((1, 4, 4, 4)), "l.nii")})
 
 
 def _write(path, arr, affine=np.eye(4)):
