@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_patcher.handlers import OverlayWriter, SliceDiceMetric, SliceIoUMetric
+from monai_patcher.handlers import OverlayWriter, SliceDiceMetric, SliceIoUMetric, SliceMeanDice, SliceMeanIoU
 
 
 def _volumes():
@@ -40,6 +40,79 @@ def test_slice_iou_and_other_axis():
     m0 = SliceDiceMetric(slice_axis=0)
     m0(p, y)
     assert m0.get_buffer().shape == (4, 1)
+
+
+def _np_slice_scores(pred: np.ndarray, label: np.ndarray, axis: int) -> tuple[list[float], list[float]]:
+    """Dice and IoU of every 2D slice (along ``axis``) of two boolean ``X x Y x Z`` arrays, in plain numpy;
+    slices with an empty ground truth are skipped (``ignore_empty=True``)."""
+    dices, ious = [], []
+    for k in range(label.shape[axis]):
+        p, y = np.take(pred, k, axis=axis), np.take(label, k, axis=axis)
+        if not y.any():
+            continue
+        inter, union = (p & y).sum(), (p | y).sum()
+        dices.append(2 * inter / (p.sum() + y.sum()))
+        ious.append(inter / union)
+    return dices, ious
+
+
+def test_slice_mean_dice_and_iou_handlers_on_an_engine():
+    """Both ignite handlers, attached to an Engine fed two hand-made cases (one per iteration, as an evaluator
+    with ``from_engine(["pred", "label"])``): the mean over all slices of both cases of the per-slice Dice and IoU,
+    computed here in numpy; Dice and IoU differ on these cases, so one handler computing the other's metric fails."""
+    from ignite.engine import Engine
+    from monai.handlers import from_engine
+
+    shape = (6, 5, 4)
+    cases = []
+    # case 1: slice 0 perfect, slice 1 half overlap, slice 2 FP only (empty truth: skipped), slice 3 one-third
+    y1, p1 = np.zeros(shape, bool), np.zeros(shape, bool)
+    y1[1:3, 1:3, 0] = p1[1:3, 1:3, 0] = True
+    y1[0:2, 0:2, 1] = True
+    p1[0:2, 0, 1] = True
+    p1[4, 4, 2] = True
+    y1[2:5, 2, 3] = True
+    p1[2, 2:5, 3] = True
+    cases.append((p1, y1))
+    # case 2: slice 0 missed entirely, slice 1 over-segmented, slices 2-3 empty truth and empty prediction
+    y2, p2 = np.zeros(shape, bool), np.zeros(shape, bool)
+    y2[3, 3, 0] = True
+    y2[1:3, 1:3, 1] = True
+    p2[0:4, 0:4, 1] = True
+    cases.append((p2, y2))
+
+    dices, ious = [], []
+    for p, y in cases:
+        d, i = _np_slice_scores(p, y, axis=2)
+        dices += d
+        ious += i
+    assert len(dices) == 5 and not np.allclose(dices, ious)
+    assert np.allclose(dices, [1.0, 2 / 3, 1 / 3, 0.0, 0.4]) and np.allclose(ious, [1.0, 0.5, 0.2, 0.0, 0.25])
+
+    data = [{"pred": [torch.tensor(p[None], dtype=torch.float32)], "label": [torch.tensor(y[None], dtype=torch.float32)]}
+            for p, y in cases]
+    engine = Engine(lambda e, batch: batch)
+    SliceMeanDice(output_transform=from_engine(["pred", "label"]), save_details=True).attach(engine, "slice_dice")
+    SliceMeanIoU(output_transform=from_engine(["pred", "label"])).attach(engine, "slice_iou")
+    engine.run(data, max_epochs=1)
+    assert engine.state.metrics["slice_dice"] == pytest.approx(np.mean(dices), abs=1e-6)
+    assert engine.state.metrics["slice_iou"] == pytest.approx(np.mean(ious), abs=1e-6)
+    details = engine.state.metric_details["slice_dice"]  # one row per slice of every case, NaN for empty truth
+    assert details.shape == (2 * shape[2], 1)
+    assert np.allclose(details[~torch.isnan(details)].numpy(), dices, atol=1e-6)
+
+    # along another axis (the handler passes slice_axis to its metric)
+    d0, i0 = [], []
+    for p, y in cases:
+        d, i = _np_slice_scores(p, y, axis=0)
+        d0 += d
+        i0 += i
+    engine0 = Engine(lambda e, batch: batch)
+    SliceMeanDice(slice_axis=0, output_transform=from_engine(["pred", "label"])).attach(engine0, "slice_dice")
+    SliceMeanIoU(slice_axis=0, output_transform=from_engine(["pred", "label"])).attach(engine0, "slice_iou")
+    engine0.run(data, max_epochs=1)
+    assert engine0.state.metrics["slice_dice"] == pytest.approx(np.mean(d0), abs=1e-6)
+    assert engine0.state.metrics["slice_iou"] == pytest.approx(np.mean(i0), abs=1e-6)
 
 
 def _reoriented(x: torch.Tensor, affine: torch.Tensor):
@@ -114,6 +187,47 @@ def test_gating_map_writer(tmp_path):
     assert [p.split("/")[-1] for p in paths] == ["slice_000.png", "slice_002.png"] and "c1_gating" in paths[0]
     paths2d = GatingMapWriter(tmp_path).write({"gating": g[..., 0]})
     assert paths2d[0].endswith("_gating.png")
+
+
+def _changed_pixels(png: str, background) -> set[tuple[int, int]]:
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png))
+    return {(int(r), int(c)) for r, c in zip(*np.nonzero((rgb != np.asarray(background, np.uint8)).any(-1)))}
+
+
+@pytest.mark.parametrize("slice_axis", [2, 1, 0])
+def test_gating_map_writer_aligns_image_and_gating(tmp_path, slice_axis):
+    """An image blob and a gating blob at the same voxel land on the same pixel of the picture (the image under
+    the colours is oriented as the maps are); the blob is off-centre in both in-plane axes, so a flip or a
+    transpose of only one of them moves it elsewhere."""
+    from monai_patcher.handlers import GatingMapWriter
+
+    shape = (7, 6, 5)
+    voxel = {2: (1, 4, 2), 1: (1, 2, 4), 0: (2, 1, 4)}[slice_axis]  # low on one in-plane axis, high on the other
+    g = torch.zeros(4, *shape)
+    g[0] = 1.0  # expert 1 everywhere ...
+    g[(0, *voxel)], g[(1, *voxel)] = 0.0, 1.0  # ... but expert 2 at the blob
+    img = torch.zeros(2, *shape)
+    img[(1, *voxel)] = 10.0  # a bright voxel on an otherwise black image (channel 1 shown)
+    paths = GatingMapWriter(tmp_path / str(slice_axis), image_channel=1, slice_axis=slice_axis).write(
+        {"gating": MetaTensor(g, meta={"filename_or_obj": "/x/c2.nii.gz"}), "image": img})
+    k = voxel[slice_axis]
+    assert len(paths) == shape[slice_axis] and Path(paths[k]).name == f"slice_{k:03d}.png"
+    expert1, expert2 = np.array([230, 25, 75]), np.array([60, 180, 75])  # see tests/test_visualize.py
+    background = np.round(0.5 * expert1)  # black image under expert 1, alpha 0.5
+    (pixel,) = _changed_pixels(paths[k], background)  # exactly one pixel differs: image and gating blob coincide
+    from PIL import Image
+
+    assert tuple(np.asarray(Image.open(paths[k]))[pixel]) == tuple(np.round(0.5 * 255 + 0.5 * expert2))
+    for j, p in enumerate(paths):
+        if j != k:
+            assert _changed_pixels(p, background) == set()
+    # 2D (E x H x W): the same
+    g2, img2 = g.select(1 + slice_axis, k), img.select(1 + slice_axis, k)
+    (p2d,) = GatingMapWriter(tmp_path / f"{slice_axis}_2d", image_channel=1).write({"gating": g2, "image": img2})
+    (pixel2d,) = _changed_pixels(p2d, background)
+    assert tuple(np.asarray(Image.open(p2d))[pixel2d]) == tuple(np.round(0.5 * 255 + 0.5 * expert2))
 
 
 def _sagittal_stored_case():

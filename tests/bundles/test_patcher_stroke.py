@@ -105,6 +105,12 @@ class _DWILogits(torch.nn.Module):
         return 20.0 * x[:, 1:2] - 1.0  # z-score 0 (outside the normalised region) -> background
 
 
+def _iou(p, y) -> float:
+    """IoU (Jaccard) of two boolean numpy arrays (both empty: 1), independent of the package's metrics."""
+    union = (p | y).sum()
+    return float((p & y).sum() / union) if union else 1.0
+
+
 def _evaluate_in_process(tmp_path, datalist: dict, network=None, **override):
     """``evaluate.json`` over ``train.json`` on ``datalist``, in this process (see ``bundle_cli.evaluate_in_process``)."""
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
@@ -146,6 +152,12 @@ def test_evaluate_scores_on_the_scan_grid(tmp_path, demo_dataset):
     assert metrics["val_mean_dice"] == pytest.approx(dice(pred, truth), abs=1e-5)
     per_slice = [dice(pred[z], truth[z]) for z in range(truth.shape[0]) if truth[z].any()]  # axial = axis 0 here
     assert metrics["val_slice_dice"] == pytest.approx(np.mean(per_slice), abs=1e-5)
+    assert metrics["val_mean_iou"] == pytest.approx(_iou(pred, truth), abs=1e-5)
+    per_slice_iou = [_iou(pred[z], truth[z]) for z in range(truth.shape[0]) if truth[z].any()]
+    assert metrics["val_slice_iou"] == pytest.approx(np.mean(per_slice_iou), abs=1e-5)
+    # Dice and IoU differ on these slices (IoU < Dice unless perfect), so the two slice metrics cannot stand in for
+    # each other unnoticed
+    assert abs(np.mean(per_slice) - np.mean(per_slice_iou)) > 1e-3
 
 
 def test_evaluate_real_brats_case_on_its_grid(trained, tmp_path, shared_path_fn):
