@@ -437,7 +437,8 @@ class PatcherWithGating(nn.Module):
     """Wrap a Patcher so that ``forward`` returns ``{"pred": logits, "gating": maps}`` at the input's size.
 
     The wrapped network is called with ``return_gating`` switched on; the gating maps
-    (``B x 4 x ceil(H/2) x ceil(W/2)``, summing to 1 at every pixel) are upsampled (bilinear) to ``H x W``
+    (``B x 4 x ceil(H/S) x ceil(W/S)`` for a first-stage small patch ``S``, summing to 1 at every pixel) are
+    upsampled (bilinear) by ``S`` and cropped to ``H x W``
     so that ``SliceInferer``/``SlidingWindowInferer`` can stitch them and ``Invertd`` can bring them back to the
     input's grid like the logits. Its ``state_dict`` keys are those of the wrapped network prefixed by
     ``network.``: load checkpoints into the wrapped network, not into the wrapper.
@@ -460,6 +461,12 @@ class PatcherWithGating(nn.Module):
         finally:
             self.network.return_gating = previous
         h, w = x.shape[-2:]
-        sh, sw = -(-h // gating.shape[-2]), -(-w // gating.shape[-1])
+        # the first stage's stride when the network says it (Patcher.first_stride); guessing it from the sizes,
+        # ceil(h / gating height), is wrong for a few small sizes (h = 9 at stride 4: 3 gating rows, ceil = 3)
+        stride = getattr(self.network, "first_stride", None)
+        if isinstance(stride, int) and stride >= 1:
+            sh = sw = stride
+        else:
+            sh, sw = -(-h // gating.shape[-2]), -(-w // gating.shape[-1])
         gating = F.interpolate(gating, scale_factor=(float(sh), float(sw)), mode="bilinear", align_corners=False)
         return {"pred": logits, "gating": gating[..., :h, :w]}

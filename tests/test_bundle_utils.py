@@ -183,20 +183,21 @@ def test_patcher_with_gating_refuses_a_network_without_return_gating():
         PatcherWithGating(torch.nn.Conv2d(2, 1, 3))
 
 
-# ----------------------------------------------------------------------------------------------- epoch_seed
+@pytest.mark.parametrize("h", [5, 9, 12])
+def test_patcher_with_gating_upsamples_by_the_first_stride_at_small_sizes(h):
+    """With a first-stage small patch of 4, a 9-pixel side has 3 gating rows; ceil(9 / 3) = 3 is not the stride.
+    The maps must be upsampled by the network's own stride (4) and cropped, as at any other size."""
+    from monai_patcher.bundle_utils import PatcherWithGating
+    from monai_patcher.networks import patcher_preset
 
-
-def test_epoch_seed_differs_between_ranks_and_is_stable_per_rank():
-    """``epoch_seed`` lives in ``monai_patcher.checkpoint``; the bundles' ``EpochSeedHandler`` calls it with the
-    process rank (``multi_gpu_train.json``): ranks must not share augmentations, a rank must repeat its own."""
-    from monai_patcher.checkpoint import epoch_seed
-
-    for seed, epoch in [(0, 0), (0, 1), (7, 3), (12345, 99)]:
-        by_rank = [epoch_seed(seed, epoch, rank) for rank in range(8)]
-        assert len(set(by_rank)) == 8, (seed, epoch, by_rank)
-        assert by_rank == [epoch_seed(seed, epoch, rank) for rank in range(8)]  # same rank, same seed
-        assert by_rank[0] == epoch_seed(seed, epoch)  # rank 0 is the single-process seed (resume compatibility)
-        assert all(0 <= s < 2**31 for s in by_rank)
-    # nor does a rank collide with another epoch of another rank in a short run
-    grid = {epoch_seed(3, e, r) for e in range(20) for r in range(4)}
-    assert len(grid) == 80
+    torch.manual_seed(0)
+    net = patcher_preset("tiny", in_channels=2, out_channels=1, small_patch=(4, 2, 2, 2)).eval()
+    assert net.first_stride == 4
+    x = torch.randn(1, 2, h, 13, generator=torch.Generator().manual_seed(3))
+    net.return_gating = True
+    with torch.no_grad():
+        _, maps = net(x)
+    net.return_gating = False
+    with torch.no_grad():
+        gating = PatcherWithGating(net)(x)["gating"]
+    torch.testing.assert_close(gating, _upsampled_gating(maps, 4, h, 13), rtol=1e-5, atol=1e-6)

@@ -866,3 +866,19 @@ def test_bundle_training_kill_9_then_resume_matches_uninterrupted_run(tmp_path, 
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-5, atol=1e-6, msg=f"weight {k} differs")
+
+
+def test_epoch_seed_differs_between_ranks_and_is_stable_per_rank():
+    """``epoch_seed`` lives in ``monai_patcher.checkpoint``; the bundles' ``EpochSeedHandler`` calls it with the
+    process rank (``multi_gpu_train.json``): ranks must not share augmentations, a rank must repeat its own."""
+    from monai_patcher.checkpoint import epoch_seed
+
+    for seed, epoch in [(0, 0), (0, 1), (7, 3), (12345, 99)]:
+        by_rank = [epoch_seed(seed, epoch, rank) for rank in range(8)]
+        assert len(set(by_rank)) == 8, (seed, epoch, by_rank)
+        assert by_rank == [epoch_seed(seed, epoch, rank) for rank in range(8)]  # same rank, same seed
+        assert by_rank[0] == epoch_seed(seed, epoch)  # rank 0 is the single-process seed (resume compatibility)
+        assert all(0 <= s < 2**31 for s in by_rank)
+    # nor does a rank collide with another epoch of another rank in a short run
+    grid = {epoch_seed(3, e, r) for e in range(20) for r in range(4)}
+    assert len(grid) == 80
