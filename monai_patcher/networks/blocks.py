@@ -12,10 +12,13 @@ One module per block, SegFormer style:
 Tokens are kept channels-last (``B x N x D``) through the transformer; the two convolutions (spatial
 reduction and depthwise) view that buffer as ``B x D x h x w`` in channels-last memory format, so no
 layout copies are made around them.
+
+A :class:`PatcherBlock` initialises its weights like the reference encoder (``_init_encoder_weights``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -25,6 +28,36 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["EfficientSelfAttention", "MixFFN", "TransformerBlock", "PatcherBlock"]
+
+
+def _init_encoder_weights(module: nn.Module) -> None:
+    """Initialise one module like the reference Patcher encoder (``PatchTransformer._init_weights``, SegFormer's rule).
+
+    Meant for ``encoder.apply(_init_encoder_weights)``; every :class:`PatcherBlock` applies it to itself.
+
+    - ``nn.Linear``: weight from a normal of std 0.02 truncated at +-2 (absolute bounds, as timm's and torch's
+      ``trunc_normal_``; at std 0.02 the truncation hardly ever acts), bias 0.
+    - ``nn.LayerNorm``: weight 1, bias 0.
+    - ``nn.Conv2d``: weight from a normal of std ``sqrt(2 / fan_out)``, ``fan_out = kh * kw * out_channels //
+      groups`` (so 9 for a 3x3 depthwise conv), bias 0.
+
+    Other modules are left alone.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        with torch.no_grad():
+            module.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _tokens_to_grid(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -88,6 +121,10 @@ class EfficientSelfAttention(nn.Module):
         self, hidden_size: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, dropout_rate: float = 0.0
     ) -> None:
         super().__init__()
+        if hidden_size < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}.")
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {num_heads}.")
         if hidden_size % num_heads != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
         if sr_ratio < 1:
@@ -155,6 +192,11 @@ class MixFFN(nn.Module):
     def __init__(self, hidden_size: int, mlp_ratio: float = 4.0, dropout_rate: float = 0.0) -> None:
         super().__init__()
         hidden = int(hidden_size * mlp_ratio)
+        if hidden_size < 1 or hidden < 1:
+            raise ValueError(
+                f"need hidden_size >= 1 and a hidden layer int(hidden_size * mlp_ratio) >= 1; got hidden_size="
+                f"{hidden_size}, mlp_ratio={mlp_ratio} (hidden layer {hidden})."
+            )
         self.fc1 = nn.Linear(hidden_size, hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden).to(
             memory_format=torch.channels_last  # like its input (see EfficientSelfAttention.sr)
@@ -244,9 +286,13 @@ class PatcherBlock(nn.Module):
 
     The input is padded by ``context_padding`` pixels on every side (edge pixels replicated) and cut into a
     grid of ``large_patch x large_patch`` patches, each carrying its context ring. Every ``small_patch x
-    small_patch`` pixel block becomes one token; the transformer blocks run on each large patch on its own
+    small_patch`` pixel block becomes one token (a bare convolution with kernel = stride = ``small_patch``, no
+    normalisation after it, as in the reference); the transformer blocks run on each large patch on its own
     (patches are stacked along the batch axis and never see each other); after a LayerNorm the context
     tokens are dropped and the patches are put back in their grid places.
+
+    The weights are initialised like the reference encoder (``_init_encoder_weights``: truncated normal of std
+    0.02 for the linear layers, ``sqrt(2 / fan_out)`` normal for the convolutions, zero biases).
 
     Inputs whose size is not a multiple of ``large_patch`` are padded (replicating the edge) and the output
     cropped, so any ``H x W`` gives a ``ceil(H / small_patch) x ceil(W / small_patch)`` output. An output pixel
@@ -260,8 +306,9 @@ class PatcherBlock(nn.Module):
     ``small_patch`` on a grid aligned with the patches) without embedding the overlap twice.
 
     Without autograd, the large patches go through the blocks in groups whose Mix-FFN hidden activations fit in
-    about ``inference_chunk_bytes`` (an attribute, 12 MiB; 0 turns grouping off): the same values, with the
-    activations of a group staying in the CPU cache.
+    about ``inference_chunk_bytes`` (an attribute, 12 MiB; 0 turns grouping off; sized with the tokens' element
+    size, so float64 gets twice the groups of float32): the same values, with the activations of a group staying
+    in the CPU cache.
 
     Args:
         in_channels: channels of the stage input.
@@ -301,6 +348,8 @@ class PatcherBlock(nn.Module):
         use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
+        if in_channels < 1 or hidden_size < 1:
+            raise ValueError(f"need in_channels >= 1 and hidden_size >= 1; got {in_channels} and {hidden_size}.")
         if small_patch < 1 or large_patch < 1 or context_padding < 0:
             raise ValueError(
                 f"need small_patch >= 1, large_patch >= 1, context_padding >= 0; got small_patch={small_patch}, "
@@ -330,7 +379,6 @@ class PatcherBlock(nn.Module):
         self.small_patch = small_patch
         self.use_checkpoint = use_checkpoint
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=small_patch, stride=small_patch)
-        self.embed_norm = nn.LayerNorm(hidden_size)
         self.blocks = nn.ModuleList(
             [
                 TransformerBlock(hidden_size, num_heads, sr_ratio, mlp_ratio, drop_path_rates[i], dropout_rate)
@@ -342,9 +390,12 @@ class PatcherBlock(nn.Module):
         # fit in about this many bytes (see forward); 0 turns the grouping off
         self.inference_chunk_bytes = 12 * 2**20
         self._ffn_hidden = self.blocks[0].ffn.fc1.out_features
+        self.apply(_init_encoder_weights)
 
-    def _num_chunks(self, num_patches: int, tokens: int) -> int:
+    def _num_chunks(self, num_patches: int, tokens: int, element_size: int) -> int:
         """How many groups to run ``num_patches`` large patches of ``tokens`` tokens in (1: all at once).
+
+        ``element_size``: bytes per element of the tokens (4 for float32, 2 for bfloat16), which sizes the groups.
 
         Only without autograd (inference): the patches are independent, so running them group by group gives the
         same values and keeps each block's activations in the CPU cache instead of main memory. Not while
@@ -355,7 +406,7 @@ class PatcherBlock(nn.Module):
         if not torch.jit.is_scripting():
             if torch.jit.is_tracing() or torch.compiler.is_compiling():
                 return 1
-        hidden_bytes = num_patches * tokens * self._ffn_hidden * 4
+        hidden_bytes = num_patches * tokens * self._ffn_hidden * element_size
         return max(1, min(num_patches, (hidden_bytes + self.inference_chunk_bytes - 1) // self.inference_chunk_bytes))
 
     def _run_blocks(self, patches: torch.Tensor, kc: int, c: int) -> torch.Tensor:
@@ -379,14 +430,14 @@ class PatcherBlock(nn.Module):
         nh, nw = (h + L - 1) // L, (w + L - 1) // L  # grid of large patches
         # context ring on every side, plus the ragged bottom/right up to a whole number of large patches
         x = F.pad(x, (P, P + nw * L - w, P, P + nh * L - h), mode="replicate")
-        tokens = self.embed_norm(self.patch_embed(x).permute(0, 2, 3, 1))  # B x Ht x Wt x D, Ht = (nh*L + 2P)/S
+        tokens = self.patch_embed(x).permute(0, 2, 3, 1)  # B x Ht x Wt x D, Ht = (nh*L + 2P)/S
         k, c = L // S, P // S  # tokens per patch side (without context), context tokens per side
         kc = k + 2 * c
         d = tokens.shape[3]
         # overlapping windows -> (B*nh*nw) x (kc*kc) x D, in one gather of token rows (row-major flat indices)
         index = _window_index(nh, nw, k, kc, tokens.shape[2], x.device)
         patches = torch.index_select(tokens.reshape(b, -1, d), 1, index).view(b * nh * nw, kc * kc, d)
-        chunks = self._num_chunks(patches.shape[0], kc * kc)
+        chunks = self._num_chunks(patches.shape[0], kc * kc, patches.element_size())
         if chunks == 1:
             patches = self._run_blocks(patches, kc, c)
         else:

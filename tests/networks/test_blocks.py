@@ -67,7 +67,10 @@ def naive_mixffn(ffn: MixFFN, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def naive_patcher_block(block: PatcherBlock, x: torch.Tensor) -> torch.Tensor:
-    """The paper's Patcher block, literally: pad (replicate), cut every (L+2P) patch, run it alone, crop, place."""
+    """The paper's Patcher block, literally: pad (replicate), cut every (L+2P) patch, run it alone, crop, place.
+
+    The small patches are embedded by the bare strided convolution (no normalisation after it, as in the reference).
+    """
     b, _, h, w = x.shape
     L, P, S = block.large_patch, block.context_padding, block.small_patch
     nh, nw = math.ceil(h / L), math.ceil(w / L)
@@ -80,7 +83,7 @@ def naive_patcher_block(block: PatcherBlock, x: torch.Tensor) -> torch.Tensor:
         for j in range(nw):
             patch = xp[:, :, i * L : i * L + L + 2 * P, j * L : j * L + L + 2 * P]
             assert patch.shape[-2:] == (L + 2 * P, L + 2 * P)
-            tokens = block.embed_norm(block.patch_embed(patch).permute(0, 2, 3, 1)).reshape(b, kc * kc, d)
+            tokens = block.patch_embed(patch).permute(0, 2, 3, 1).reshape(b, kc * kc, d)
             for blk in block.blocks:
                 tokens = blk(tokens, kc, kc)
             centre = tokens.reshape(b, kc, kc, d)[:, c : c + k, c : c + k]
@@ -129,11 +132,23 @@ def test_attention_qkv_bias_flag():
     assert no_bias.q.bias is None and no_bias.kv.bias is None
 
 
-@pytest.mark.parametrize("kwargs,match", [({"hidden_size": 10, "num_heads": 3}, "divisible"), ({"sr_ratio": 0}, "sr_ratio")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"hidden_size": 10, "num_heads": 3}, "divisible"),
+        ({"sr_ratio": 0}, "sr_ratio"),
+        ({"num_heads": 0}, "num_heads must be >= 1"),  # was a ZeroDivisionError
+        ({"num_heads": -2}, "num_heads must be >= 1"),
+        ({"hidden_size": 0}, "hidden_size must be >= 1"),
+    ],
+)
 def test_attention_bad_config(kwargs, match):
     args = {"hidden_size": 8, "num_heads": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
         EfficientSelfAttention(**args)
+    if "hidden_size" not in kwargs:  # the block builds the same attention
+        with pytest.raises(ValueError, match=match):
+            TransformerBlock(**args)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -148,6 +163,12 @@ def test_mixffn_matches_naive_reference(h, w, ratio):
     x = torch.randn(2, h * w, 12)
     with torch.no_grad():
         torch.testing.assert_close(ffn(x, h, w), naive_mixffn(ffn, x, h, w), atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("hidden_size,ratio", [(8, 0.1), (0, 4.0), (8, 0.0)])
+def test_mixffn_bad_config(hidden_size, ratio):
+    with pytest.raises(ValueError, match="hidden"):
+        MixFFN(hidden_size, mlp_ratio=ratio)
 
 
 def test_mixffn_mixes_only_3x3_neighbours():
@@ -301,16 +322,35 @@ def test_patcher_block_inference_chunks_give_the_same_output():
     the output is that of one pass over all patches."""
     block = _small_block(L=8, P=2, S=2, sr=2, depth=2)
     x = torch.randn(2, 2, 24, 16)  # 2 images x 3 x 2 large patches
-    hidden_per_patch = 6 * 6 * block._ffn_hidden * 4  # (L + 2P) / S = 6 tokens per side
+    hidden_per_patch = 6 * 6 * block._ffn_hidden * 4  # (L + 2P) / S = 6 tokens per side, float32
     with torch.no_grad():
         block.inference_chunk_bytes = 0
-        assert block._num_chunks(12, 36) == 1
+        assert block._num_chunks(12, 36, 4) == 1
         whole = block(x)
         block.inference_chunk_bytes = 3 * hidden_per_patch
-        assert block._num_chunks(12, 36) == 4
+        assert block._num_chunks(12, 36, 4) == 4
         grouped = block(x)
     torch.testing.assert_close(grouped, whole, atol=1e-6, rtol=1e-6)
-    assert block._num_chunks(12, 36) == 1  # autograd on: one pass (the groups would only add copies)
+    assert block._num_chunks(12, 36, 4) == 1  # autograd on: one pass (the groups would only add copies)
+
+
+@pytest.mark.parametrize(
+    "dtype,groups", [(torch.float32, [4, 4, 4]), (torch.float64, [2] * 6), (torch.bfloat16, [6, 6])]
+)
+def test_patcher_block_groups_are_sized_by_the_element_size(dtype, groups):
+    """The groups fit the byte budget with the tokens' own element size: a budget that holds 4 float32 patches holds
+    2 float64 patches and 8 bfloat16 ones (12 patches: groups of 4, 2 and 6)."""
+    block = _small_block(L=8, P=2, S=2, sr=2, depth=1).to(dtype)
+    block.inference_chunk_bytes = 4 * 6 * 6 * block._ffn_hidden * 4  # 4 patches of 36 tokens in float32
+    sizes = []
+    block.blocks[0].register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    x = torch.randn(2, 2, 24, 16, dtype=dtype)  # 2 images x 3 x 2 large patches
+    with torch.no_grad():
+        out = block(x)
+    assert out.dtype == dtype
+    assert sizes == groups
+    element = torch.empty((), dtype=dtype).element_size()
+    assert all(n * 36 * block._ffn_hidden * element <= block.inference_chunk_bytes for n in sizes)
 
 
 def test_patcher_block_scripted_groups_match_eager():
@@ -319,7 +359,7 @@ def test_patcher_block_scripted_groups_match_eager():
     scripted = torch.jit.script(block)
     x = torch.randn(3, 2, 16, 16)
     with torch.no_grad():
-        assert block._num_chunks(12, 36) == 12
+        assert block._num_chunks(12, 36, 4) == 12
         torch.testing.assert_close(scripted(x), block(x), atol=1e-6, rtol=1e-6)
 
 
@@ -346,6 +386,9 @@ def test_patcher_block_trace_does_not_bake_in_the_groups():
         ({"sr_ratio": 4}, "sr_ratio .*4.* token grid .* 6"),
         ({"sr_ratio": 12}, "sr_ratio .*12"),  # larger than the grid: the key/value conv would fail at run time
         ({"sr_ratio": 0}, "sr_ratio"),
+        ({"in_channels": 0}, "in_channels"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_heads": 0}, "num_heads"),
     ],
 )
 def test_patcher_block_bad_config(kwargs, match):
@@ -353,3 +396,50 @@ def test_patcher_block_bad_config(kwargs, match):
             "small_patch": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
         PatcherBlock(**args)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# faithfulness to the reference code: the embedding and the initialisation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sr", [1, 2])
+def test_patcher_block_embedding_is_a_bare_conv(sr):
+    """The reference's PatchEmbed is a conv with kernel = stride = S and no norm: the only LayerNorms of a stage are
+    the blocks' two pre-norms, the spatial reduction's norm (R > 1) and the final one."""
+    block = PatcherBlock(2, 8, depth=3, num_heads=2, sr_ratio=sr, large_patch=8, context_padding=2)
+    assert not hasattr(block, "embed_norm")
+    norms = [n for n, m in block.named_modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 1 + 3 * (2 + (sr > 1)), norms
+    assert "norm" in norms
+
+
+def _assert_normal(w: torch.Tensor, std: float, name: str, rel: float = 0.05) -> None:
+    assert abs(w.mean().item()) < 5 * std / math.sqrt(w.numel()), name
+    assert abs(w.std().item() / std - 1) < rel, (name, w.std().item(), std)
+
+
+def test_patcher_block_init_follows_the_reference():
+    """``PatchTransformer._init_weights``: Linear ~ N(0, 0.02) truncated at +-2, bias 0; LayerNorm 1 / 0; Conv2d ~
+    N(0, 2 / fan_out) with fan_out = kh * kw * out / groups, bias 0. PyTorch's defaults (uniform, bound
+    1/sqrt(fan_in)) give stds of 0.032 for fc1 and 0.016 for fc2 here, and non-zero biases."""
+    block = PatcherBlock(64, 320, depth=2, num_heads=5, sr_ratio=2, large_patch=32, context_padding=8)
+    linears = [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+    convs = [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(linears) == 2 * 5 and len(convs) == 1 + 2 * 2 and len(norms) == 1 + 2 * 3
+    for name, m in linears:  # q 320x320 ... fc1 320x1280: at least 102,400 weights each
+        _assert_normal(m.weight, 0.02, name)
+        assert m.weight.abs().max() <= 2.0  # the truncation bounds (absolute, as in timm / torch)
+        assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
+    for name, m in norms:
+        assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+    expected = {
+        "patch_embed": math.sqrt(2 / (2 * 2 * 320)),  # 64 -> 320, kernel 2
+        "blocks.0.attn.sr": math.sqrt(2 / (2 * 2 * 320)),  # 320 -> 320, kernel 2
+        "blocks.0.ffn.dwconv": math.sqrt(2 / 9),  # 3x3 depthwise, 1280 groups
+    }
+    for name, m in convs:
+        key = name.replace("blocks.1", "blocks.0")
+        _assert_normal(m.weight, expected[key], name)
+        assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
