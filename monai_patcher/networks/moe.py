@@ -11,6 +11,23 @@ from torch import nn
 __all__ = ["MoEDecoder"]
 
 
+def _init_conv_module(module: nn.Module) -> None:
+    """Initialise a convolution like mmcv's ``ConvModule``, as the reference decoder's gating convolutions and its
+    ``linear_fuse`` (the head's 1x1 conv + BN + ReLU) are: kaiming normal (``mode="fan_out"``,
+    ``nonlinearity="relu"``: std ``sqrt(2 / (out_channels * kh * kw))``), bias 0; BatchNorm weight 1, bias 0.
+
+    Meant for ``module.apply``; other modules are left alone. The expert MLPs and the classifier keep PyTorch's
+    default initialisation, as in the reference (plain ``nn.Linear`` / ``nn.Conv2d`` there).
+    """
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 def _pixel_mlp(in_channels: int, hidden: Sequence[int]) -> nn.Sequential:
     """Pixel-wise MLP as 1x1 convolutions: ``in -> hidden[0] -> ... -> hidden[-1]``, ReLU after each layer."""
     layers: list[nn.Module] = []
@@ -29,9 +46,15 @@ class MoEDecoder(nn.Module):
        not to the finest map's size, keeps the experts aligned when the encoder rounded its sizes up (a 250-pixel
        side gives stage sizes 125/63/32/16, and 125/16 is not 8).
     2. The gating network (3x3 convolutions over the concatenated experts, channels ``gate_channels`` then one
-       per expert, ReLU between) followed by a softmax over experts gives weight maps ``W_i`` summing to 1.
+       per expert) followed by a softmax over experts gives weight maps ``W_i`` summing to 1. By default (the
+       paper) a ReLU follows every convolution but the last. With ``gate_norm=True`` (the reference's variant,
+       mmcv ``ConvModule`` layers) every convolution, the last one included, is a conv without bias + BatchNorm +
+       ReLU, and the softmax is taken after that last ReLU.
     3. ``O = sum_i W_i * F_i``, then a pixel-wise MLP, a 1x1 conv + BatchNorm + ReLU, dropout and a 1x1 conv
        to the class logits (at the finest encoder resolution; the caller upsamples to the input size).
+
+    The gating convolutions and the head's 1x1 conv before BatchNorm are initialised like the reference's mmcv
+    ``ConvModule`` (kaiming normal, fan_out, bias 0); the expert MLPs and the classifier keep PyTorch's defaults.
 
     Args:
         in_channels: channels of each encoder output, finest first (one expert each).
@@ -39,7 +62,8 @@ class MoEDecoder(nn.Module):
         decoder_dim: channels of every expert feature and of the head.
         gate_channels: hidden channels of the gating network's 3x3 convolutions (the paper: ``(256, 256, 256)``;
             the reference's best stroke/polyp config: ``(256,)``).
-        gate_norm: add BatchNorm after each hidden gating convolution (as the reference config does).
+        gate_norm: the reference's gating variant: BatchNorm + ReLU after every gating convolution, the last one
+            (to ``num_experts`` channels) included, convolutions without bias.
         dropout_rate: dropout before the classifier.
         feature_strides: stride of each encoder map relative to the first, finest first (the first is 1); default
             ``(1, 2, 4, ...)``, the Patcher encoder with ``small_patch=2``. Feature map ``i`` of ``H_i x W_i``
@@ -81,6 +105,8 @@ class MoEDecoder(nn.Module):
             )
         if out_channels < 1 or decoder_dim < 1:
             raise ValueError(f"out_channels and decoder_dim must be >= 1, got {out_channels} and {decoder_dim}.")
+        if any(c < 1 for c in gate_channels):
+            raise ValueError(f"gate_channels must all be >= 1, got {tuple(gate_channels)}.")
         if not 0.0 <= dropout_rate <= 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}.")
         self.num_experts = len(in_channels)
@@ -89,14 +115,16 @@ class MoEDecoder(nn.Module):
 
         gate: list[nn.Module] = []
         ch = decoder_dim * self.num_experts
-        for hidden in gate_channels:
-            gate.append(nn.Conv2d(ch, hidden, kernel_size=3, padding=1, bias=not gate_norm))
-            if gate_norm:
-                gate.append(nn.BatchNorm2d(hidden))
-            gate.append(nn.ReLU(inplace=True))
-            ch = hidden
-        gate.append(nn.Conv2d(ch, self.num_experts, kernel_size=3, padding=1))
+        widths = [*gate_channels, self.num_experts]
+        for j, width in enumerate(widths):
+            gate.append(nn.Conv2d(ch, width, kernel_size=3, padding=1, bias=not gate_norm))
+            if gate_norm:  # the reference's ConvModule: conv + BN + ReLU, the last one to num_experts included
+                gate += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            elif j < len(widths) - 1:
+                gate.append(nn.ReLU(inplace=True))
+            ch = width
         self.gate = nn.Sequential(*gate)
+        self.gate.apply(_init_conv_module)
 
         self.head = nn.Sequential(
             _pixel_mlp(decoder_dim, (decoder_dim, decoder_dim)),
@@ -106,6 +134,7 @@ class MoEDecoder(nn.Module):
             nn.Dropout2d(dropout_rate),
             nn.Conv2d(decoder_dim, out_channels, kernel_size=1),
         )
+        self.head[1:3].apply(_init_conv_module)  # the reference's linear_fuse (a ConvModule): 1x1 conv + BN
         # The decoder runs channels-last: a 1x1 convolution is then one GEMM over the pixels and oneDNN's 3x3
         # convolutions are faster in that layout; channels-last weights avoid a reorder on every call (and give
         # gradients the parameters' own layout, as DistributedDataParallel expects).

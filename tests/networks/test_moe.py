@@ -44,13 +44,38 @@ def test_gating_is_a_partition_of_unity(gate_channels, gate_norm):
     torch.testing.assert_close(gating.sum(dim=1), torch.ones(3, 12, 10), atol=1e-6, rtol=0)
     # the weights vary over the image (a constant map would mean the gate ignores its input)
     assert gating.std(dim=(2, 3)).max() > 1e-4
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in dec.gate) == (len(gate_channels) if gate_norm else 0)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in dec.gate) == (len(gate_channels) + 1 if gate_norm else 0)
     convs = [m for m in dec.gate if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [*gate_channels, 4]
     assert all(c.kernel_size == (3, 3) for c in convs)
 
 
-@pytest.mark.parametrize("gate_channels,gate_norm", [((8, 8), False), ((8,), True), ((), False)])
+@pytest.mark.parametrize("gate_channels", [(8, 8), (8,), ()])
+def test_gate_layers(gate_channels):
+    """Paper: conv-ReLU ... conv (with biases). ``gate_norm=True``, the reference's ConvModule layers: every conv,
+    the last one to the 4 experts included, is conv (no bias) + BatchNorm + ReLU, and the softmax comes after."""
+    Conv, BN, ReLU = torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU
+    widths = [*gate_channels, 4]
+    plain = _decoder(gate_channels=gate_channels).gate
+    assert [type(m) for m in plain] == [Conv, ReLU] * len(gate_channels) + [Conv]
+    assert all(m.bias is not None for m in plain if isinstance(m, Conv))
+    normed = _decoder(gate_channels=gate_channels, gate_norm=True).gate
+    assert [type(m) for m in normed] == [Conv, BN, ReLU] * len(widths)
+    assert [m.out_channels for m in normed if isinstance(m, Conv)] == widths
+    assert [m.num_features for m in normed if isinstance(m, BN)] == widths
+    assert all(m.bias is None for m in normed if isinstance(m, Conv))
+
+
+@pytest.mark.parametrize("gate_norm", [False, True])
+def test_gating_weights_sum_to_one_in_training(gate_norm):
+    """With batch statistics too (training mode), the gating maps are softmax weights."""
+    dec = _decoder(gate_channels=(8,), gate_norm=gate_norm).train()
+    _, gating = dec(_features(2, 9, 7))
+    assert (gating >= 0).all()
+    torch.testing.assert_close(gating.sum(dim=1), torch.ones(2, 9, 7), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("gate_channels,gate_norm", [((8, 8), False), ((8,), True), ((), False), ((), True)])
 def test_output_is_the_gated_sum_of_experts(gate_channels, gate_norm):
     """Recompute O = sum_i W_i F_i by hand from the decoder's own sub-modules and compare the logits.
 
@@ -182,10 +207,52 @@ def test_wrong_number_of_features_raises(n):
         dec(feats)
 
 
+def _assert_normal(w: torch.Tensor, std: float, name: str, rel: float = 0.06) -> None:
+    assert abs(w.mean().item()) < 5 * std / math.sqrt(w.numel()), name
+    assert abs(w.std().item() / std - 1) < rel, (name, w.std().item(), std)
+
+
+def _assert_pytorch_default(conv: torch.nn.Conv2d, name: str) -> None:
+    """PyTorch's default conv init: weight and bias uniform within +-1/sqrt(fan_in) (weight std 1/sqrt(3 fan_in))."""
+    fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    bound = 1 / math.sqrt(fan_in)
+    assert conv.weight.abs().max() <= bound and conv.bias.abs().max() <= bound, name
+    assert conv.bias.abs().max() > 0, name
+    if conv.weight.numel() >= 1000:
+        _assert_normal(conv.weight, bound / math.sqrt(3), name, rel=0.1)
+
+
+@pytest.mark.parametrize("gate_norm", [False, True])
+def test_init_follows_the_reference(gate_norm):
+    """The gating convs and the head's 1x1 conv before BatchNorm (the reference's mmcv ConvModules): kaiming normal,
+    fan_out, relu gain (std sqrt(2 / (out * kh * kw))), bias 0, BatchNorm 1 / 0. The expert MLPs and the classifier:
+    PyTorch's defaults, as the reference's nn.Linear / nn.Conv2d."""
+    dec = _decoder(decoder_dim=64, gate_channels=(64,), gate_norm=gate_norm)
+    gate_convs = [m for m in dec.gate if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in gate_convs] == [64, 4]
+    _assert_normal(gate_convs[0].weight, math.sqrt(2 / (64 * 9)), "gate.0")  # 256 -> 64: fan_in std would be 0.012
+    _assert_normal(gate_convs[1].weight, math.sqrt(2 / (4 * 9)), "gate last")  # 64 -> 4: 0.024 with the default
+    fuse = dec.head[1]
+    assert isinstance(fuse, torch.nn.Conv2d) and fuse.kernel_size == (1, 1)
+    assert isinstance(dec.head[2], torch.nn.BatchNorm2d)
+    _assert_normal(fuse.weight, math.sqrt(2 / 64), "head fuse")
+    for conv in [*gate_convs, fuse]:
+        assert conv.bias is None or torch.equal(conv.bias, torch.zeros_like(conv.bias))
+    for bn in [m for m in dec.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    for i, mlp in enumerate(dec.experts):
+        for j, conv in enumerate(m for m in mlp if isinstance(m, torch.nn.Conv2d)):
+            _assert_pytorch_default(conv, f"expert {i} layer {j}")
+    for j, conv in enumerate(m for m in dec.head[0] if isinstance(m, torch.nn.Conv2d)):
+        _assert_pytorch_default(conv, f"head MLP layer {j}")
+    _assert_pytorch_default(dec.head[-1], "classifier")
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         ({"in_channels": ()}, "in_channels"),
+        ({"gate_channels": (8, 0)}, "gate_channels"),
         ({"out_channels": 0}, "out_channels"),
         ({"decoder_dim": 0}, "decoder_dim"),
         ({"dropout_rate": 1.5}, "dropout_rate"),
