@@ -6,6 +6,8 @@ Mixture of Experts for Precise Medical Image Segmentation." MICCAI 2022, LNCS 13
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Set, Sized
+from numbers import Integral
 from typing import Any, Sequence
 
 import torch
@@ -18,13 +20,34 @@ from .moe import MoEDecoder
 __all__ = ["Patcher", "patcher_preset", "PATCHER_PRESETS"]
 
 
+def _is_int(value: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_int_sequence(value: Any) -> bool:
+    """An ordered collection of ints (list, tuple, 1-D NumPy integer array...); not a string, set or mapping."""
+    if isinstance(value, (str, bytes, Set, Mapping)) or not isinstance(value, Iterable) or not isinstance(value, Sized):
+        return False
+    return all(_is_int(v) for v in value)
+
+
+def _int_sequence(name: str, value: Any) -> tuple[int, ...]:
+    """``value`` as a tuple of ints; a ``ValueError`` naming ``name`` if it is not a sequence of ints."""
+    if not _is_int_sequence(value):
+        raise ValueError(f"{name} must be a sequence of ints, got {value!r}.")
+    return tuple(int(v) for v in value)
+
+
 def _per_stage(name: str, value: int | Sequence[int], num_stages: int) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * num_stages
-    value = tuple(value)
+    """``value`` for each of ``num_stages`` stages: an int repeated, or a sequence of one int per stage."""
+    if _is_int(value):
+        return (int(value),) * num_stages
+    if not _is_int_sequence(value):
+        raise ValueError(f"{name} must be an int or a sequence of one int per stage, got {value!r}.")
     if len(value) != num_stages:
         raise ValueError(f"{name} has {len(value)} values but the encoder has {num_stages} stages (len(embed_dims)).")
-    return value
+    return tuple(int(v) for v in value)
 
 
 class Patcher(nn.Module):
@@ -37,8 +60,12 @@ class Patcher(nn.Module):
     them pixel-wise with a gating network; the gating maps can be returned (``return_gating=True``) to see which
     scale the model trusts where (the paper's Fig. 4).
 
-    The defaults are the paper's / reference configuration (about 80 M parameters, about 389 GFLOP per
-    256 x 256 image). Any input size works: the network pads inside and returns logits of exactly ``H x W``.
+    The defaults are the paper's / reference configuration (82.7 M parameters, 78.45 M of them in the encoder;
+    390.6 GFLOP of matmuls and convolutions per 256 x 256 image as defined, the paper's "about 389", of which the
+    forward executes 383.8; see docs/architecture.md). Any input size works: the network pads inside and returns
+    contiguous logits of exactly ``H x W``; an empty batch or image is a ``ValueError``. The encoder's weights are
+    initialised like the reference's (see ``PatcherBlock``), the decoder's gating and fuse convolutions like its
+    mmcv ``ConvModule`` layers (see ``MoEDecoder``).
 
     Args:
         in_channels: input channels (2 for eADC + DWI stroke MRI, 3 for RGB polyp images).
@@ -54,7 +81,8 @@ class Patcher(nn.Module):
         small_patch: token size ``S`` (an int, or one value per stage); stage ``i`` downsamples by ``S``.
         decoder_dim: channels of the decoder's experts and head.
         gate_channels: hidden channels of the gating network's 3x3 convolutions.
-        gate_norm: BatchNorm after each hidden gating convolution (the reference config's variant).
+        gate_norm: the reference config's gating variant: BatchNorm + ReLU after every gating convolution, the
+            last one (to ``num_stages`` channels, before the softmax) included.
         drop_path_rate: stochastic depth, rising linearly from 0 to this value over all encoder blocks.
         dropout_rate: dropout before the decoder's classifier.
         return_gating: make ``forward`` return ``(logits, gating)`` with the mixture weights
@@ -99,9 +127,14 @@ class Patcher(nn.Module):
             raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
         if out_channels < 1:
             raise ValueError(f"out_channels must be >= 1, got {out_channels}.")
+        embed_dims = _int_sequence("embed_dims", embed_dims)
         num_stages = len(embed_dims)
         if num_stages < 1:
             raise ValueError("embed_dims must give at least one stage.")
+        depths = _int_sequence("depths", depths)
+        num_heads = _int_sequence("num_heads", num_heads)
+        sr_ratios = _int_sequence("sr_ratios", sr_ratios)
+        gate_channels = _int_sequence("gate_channels", gate_channels)
         for name, value in (("depths", depths), ("num_heads", num_heads), ("sr_ratios", sr_ratios)):
             if len(value) != num_stages:
                 raise ValueError(
@@ -110,9 +143,22 @@ class Patcher(nn.Module):
         large = _per_stage("large_patch", large_patch, num_stages)
         context = _per_stage("context_padding", context_padding, num_stages)
         small = _per_stage("small_patch", small_patch, num_stages)
-        for i, (d, nh) in enumerate(zip(embed_dims, num_heads)):
-            if nh < 1 or d % nh != 0:
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}.")
+        for i, (d, n, nh) in enumerate(zip(embed_dims, depths, num_heads)):
+            if d < 1:
+                raise ValueError(f"stage {i + 1}: embed_dims must be >= 1, got {d}.")
+            if n < 1:
+                raise ValueError(f"stage {i + 1}: depths must be >= 1, got {n}.")
+            if nh < 1:
+                raise ValueError(f"stage {i + 1}: num_heads must be >= 1, got {nh}.")
+            if d % nh != 0:
                 raise ValueError(f"stage {i + 1}: embed_dims ({d}) must be divisible by num_heads ({nh}).")
+            if int(d * mlp_ratio) < 1:
+                raise ValueError(
+                    f"stage {i + 1}: the Mix-FFN hidden layer int(embed_dims * mlp_ratio) = int({d} * {mlp_ratio}) "
+                    "must be >= 1."
+                )
         for i, (l, p, s) in enumerate(zip(large, context, small)):
             if s < 1 or l < 1 or p < 0:
                 raise ValueError(f"stage {i + 1}: need large_patch >= 1, small_patch >= 1, context_padding >= 0.")
@@ -132,8 +178,10 @@ class Patcher(nn.Module):
             raise ValueError(f"drop_path_rate must be in [0, 1], got {drop_path_rate}.")
         if not 0.0 <= dropout_rate <= 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}.")
-        if mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}.")
+        if decoder_dim < 1:
+            raise ValueError(f"decoder_dim must be >= 1, got {decoder_dim}.")
+        if any(c < 1 for c in gate_channels):
+            raise ValueError(f"gate_channels must all be >= 1, got {tuple(gate_channels)}.")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -181,12 +229,16 @@ class Patcher(nn.Module):
             raise ValueError(f"Patcher expects a B x C x H x W tensor, got shape {list(x.shape)}.")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Patcher was built for {self.in_channels} input channels, got {x.shape[1]}.")
+        if x.shape[0] == 0:
+            raise ValueError(f"Patcher got an empty batch (shape {list(x.shape)}).")
         h, w = x.shape[2], x.shape[3]
+        if h == 0 or w == 0:
+            raise ValueError(f"Patcher got an empty image (shape {list(x.shape)}).")
         logits, gating = self.decoder(self.forward_features(x))
         s = self.first_stride
         if s > 1:  # each first-stage pixel covers an s x s input block: upsample by s, crop the padding
             logits = F.interpolate(logits, scale_factor=float(s), mode="bilinear", align_corners=False)
-        logits = logits[:, :, :h, :w]
+        logits = logits[:, :, :h, :w].contiguous()  # the crop is a strided view when H or W is odd
         if self.return_gating:
             return logits, gating
         return logits

@@ -34,6 +34,7 @@ def test_output_shape(in_channels, out_channels, hw):
         out = net(torch.randn(2, in_channels, *hw))
     assert isinstance(out, torch.Tensor)
     assert out.shape == (2, out_channels, *hw)
+    assert out.is_contiguous()  # not a strided view of the padded logits (odd sizes)
     assert torch.isfinite(out).all()
 
 
@@ -57,6 +58,7 @@ def test_return_gating(hw):
     logits, gating = out
     gh, gw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
     assert logits.shape == (2, 2, *hw)
+    assert logits.is_contiguous() and gating.is_contiguous()
     assert gating.shape == (2, 4, gh, gw)
     assert (gating >= 0).all()
     torch.testing.assert_close(gating.sum(dim=1), torch.ones(2, gh, gw), atol=1e-5, rtol=0)
@@ -176,7 +178,20 @@ BAD_CONFIGS = [
     ({"small_patch": 0}, "small_patch >= 1"),
     ({"context_padding": -2}, "context_padding >= 0"),
     ({"num_heads": (1, 1, 3, 2)}, "stage 3: embed_dims .*64.* divisible by num_heads .*3"),
-    ({"num_heads": (1, 0, 2, 2)}, "num_heads"),
+    ({"num_heads": (1, 0, 2, 2)}, "stage 2: num_heads must be >= 1"),
+    ({"num_heads": (1, 1, -2, 2)}, "stage 3: num_heads must be >= 1"),
+    ({"embed_dims": (16, 0, 64, 64)}, "stage 2: embed_dims must be >= 1"),
+    ({"embed_dims": (16, 32, 64, -64)}, "stage 4: embed_dims must be >= 1"),
+    ({"mlp_ratio": 0.05}, r"stage 1: the Mix-FFN hidden layer int\(embed_dims \* mlp_ratio\)"),  # int(16 * 0.05) = 0
+    ({"gate_channels": (32, 0)}, "gate_channels must all be >= 1"),
+    ({"large_patch": 32.0}, "large_patch must be an int or a sequence"),
+    ({"large_patch": "32"}, "large_patch must be an int or a sequence"),
+    ({"context_padding": (8, 8, 8.0, 8)}, "context_padding must be an int or a sequence"),
+    ({"small_patch": None}, "small_patch must be an int or a sequence"),
+    ({"small_patch": True}, "small_patch must be an int or a sequence"),
+    ({"depths": 1}, "depths must be a sequence of ints"),
+    ({"embed_dims": "16"}, "embed_dims must be a sequence of ints"),
+    ({"num_heads": (1, 1, 2.0, 2)}, "num_heads must be a sequence of ints"),
     ({"depths": (1, 1, 1)}, "depths has 3 values"),
     ({"num_heads": (1, 1, 2, 2, 2)}, "num_heads has 5 values"),
     ({"sr_ratios": (4, 2)}, "sr_ratios has 2 values"),
@@ -186,7 +201,7 @@ BAD_CONFIGS = [
     ({"sr_ratios": (32, 2, 2, 1)}, "stage 1: sr_ratios .*32"),
     ({"sr_ratios": (5, 2, 2, 1)}, "sr_ratios .*5.* token grid"),
     ({"sr_ratios": (4, 0, 2, 1)}, "sr_ratios"),
-    ({"depths": (1, 0, 1, 1)}, "depth"),
+    ({"depths": (1, 0, 1, 1)}, "stage 2: depths must be >= 1"),
     ({"embed_dims": ()}, "embed_dims"),
     ({"in_channels": 0}, "in_channels must be >= 1"),
     ({"out_channels": 0}, "out_channels must be >= 1"),
@@ -217,11 +232,38 @@ def test_bad_input_raises():
         net(torch.randn(2, 32, 32))
 
 
+def test_empty_input_raises():
+    """An empty batch or image is a clear ValueError, not a reshape error deep in the encoder."""
+    net = tiny().eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="Patcher got an empty batch"):
+            net(torch.randn(0, 2, 32, 32))
+        with pytest.raises(ValueError, match="Patcher got an empty image"):
+            net(torch.randn(1, 2, 0, 32))
+        with pytest.raises(ValueError, match="Patcher got an empty image"):
+            net(torch.randn(1, 2, 32, 0))
+
+
+def test_integer_like_values_are_accepted():
+    """NumPy integers and integer arrays count as ints and sequences of ints; the stored values are Python ints."""
+    import numpy as np
+
+    net = tiny(large_patch=np.int64(32), context_padding=[np.int64(8)] * 4, embed_dims=np.array([16, 32, 64, 64]))
+    assert [(s.large_patch, s.context_padding) for s in net.stages] == [(32, 8)] * 4
+    assert all(type(s.large_patch) is int for s in net.stages)
+    assert [s.patch_embed.out_channels for s in net.stages] == [16, 32, 64, 64]
+
+
 def test_paper_preset_matches_the_paper():
-    """Construct only (a forward of the paper model takes seconds): ~78.5 M encoder parameters."""
+    """Construct only (a forward of the paper model takes seconds): ~78.5 M encoder parameters.
+
+    Exactly 78,450,176 in the encoder and 82,723,333 in all (2 input channels, 1 output): the small-patch
+    embedding is a bare conv as in the reference (a LayerNorm after it would add 2 * (64 + 128 + 320 + 512))."""
     net = patcher_preset("paper", in_channels=2, out_channels=1)
     encoder = sum(p.numel() for p in net.stages.parameters())
     assert abs(encoder - 78.5e6) / 78.5e6 < 0.01, encoder
+    assert encoder == 78_450_176
+    assert sum(p.numel() for p in net.parameters()) == 82_723_333
     assert [len(s.blocks) for s in net.stages] == [3, 6, 40, 3]
     assert [s.patch_embed.out_channels for s in net.stages] == [64, 128, 320, 512]
     assert [s.blocks[0].attn.num_heads for s in net.stages] == [1, 2, 5, 8]
@@ -245,7 +287,23 @@ def test_preset_overrides():
     net = patcher_preset("tiny", in_channels=3, out_channels=2, decoder_dim=24, gate_norm=True)
     assert net.in_channels == 3 and net.out_channels == 2
     assert net.decoder.experts[0][0].out_channels == 24
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.decoder.gate)
+    # the reference's gate: conv + BN + ReLU for the hidden layer and for the last one, to the 4 experts
+    assert [type(m).__name__ for m in net.decoder.gate] == ["Conv2d", "BatchNorm2d", "ReLU"] * 2
+
+
+def test_encoder_init_follows_the_reference():
+    """Every stage is initialised like the reference encoder (details in test_blocks): zero biases, LayerNorms at
+    1 / 0, linear weights of std 0.02; the decoder's expert MLPs keep PyTorch's default (non-zero biases)."""
+    net = patcher_preset("small")
+    linear = torch.cat([m.weight.flatten() for m in net.stages.modules() if isinstance(m, torch.nn.Linear)])
+    assert abs(linear.std().item() - 0.02) < 0.001
+    for name, p in net.stages.named_parameters():
+        if name.endswith("bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+    for m in net.stages.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+    assert net.decoder.experts[0][0].bias.abs().max() > 0
 
 
 @pytest.mark.parametrize(
