@@ -224,19 +224,23 @@ def _assert_pytorch_default(conv: torch.nn.Conv2d, name: str) -> None:
 
 @pytest.mark.parametrize("gate_norm", [False, True])
 def test_init_follows_the_reference(gate_norm):
-    """The gating convs and the head's 1x1 conv before BatchNorm (the reference's mmcv ConvModules): kaiming normal,
-    fan_out, relu gain (std sqrt(2 / (out * kh * kw))), bias 0, BatchNorm 1 / 0. The expert MLPs and the classifier:
-    PyTorch's defaults, as the reference's nn.Linear / nn.Conv2d."""
+    """The head's 1x1 conv before BatchNorm and, with ``gate_norm``, the gating convs (the reference's mmcv
+    ConvModules): kaiming normal, fan_out, relu gain (std sqrt(2 / (out * kh * kw))), bias 0, BatchNorm 1 / 0. The
+    expert MLPs, the classifier and gating convs without BatchNorm: PyTorch's defaults."""
     dec = _decoder(decoder_dim=64, gate_channels=(64,), gate_norm=gate_norm)
     gate_convs = [m for m in dec.gate if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in gate_convs] == [64, 4]
-    _assert_normal(gate_convs[0].weight, math.sqrt(2 / (64 * 9)), "gate.0")  # 256 -> 64: fan_in std would be 0.012
-    _assert_normal(gate_convs[1].weight, math.sqrt(2 / (4 * 9)), "gate last")  # 64 -> 4: 0.024 with the default
+    if gate_norm:
+        _assert_normal(gate_convs[0].weight, math.sqrt(2 / (64 * 9)), "gate.0")  # 256 -> 64: fan_in std 0.012
+        _assert_normal(gate_convs[1].weight, math.sqrt(2 / (4 * 9)), "gate last")  # 64 -> 4: 0.024 by default
+    else:
+        for j, conv in enumerate(gate_convs):
+            _assert_pytorch_default(conv, f"gate conv {j}")
     fuse = dec.head[1]
     assert isinstance(fuse, torch.nn.Conv2d) and fuse.kernel_size == (1, 1)
     assert isinstance(dec.head[2], torch.nn.BatchNorm2d)
     _assert_normal(fuse.weight, math.sqrt(2 / 64), "head fuse")
-    for conv in [*gate_convs, fuse]:
+    for conv in [*(gate_convs if gate_norm else []), fuse]:
         assert conv.bias is None or torch.equal(conv.bias, torch.zeros_like(conv.bias))
     for bn in [m for m in dec.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
         assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
@@ -246,6 +250,21 @@ def test_init_follows_the_reference(gate_norm):
     for j, conv in enumerate(m for m in dec.head[0] if isinstance(m, torch.nn.Conv2d)):
         _assert_pytorch_default(conv, f"head MLP layer {j}")
     _assert_pytorch_default(dec.head[-1], "classifier")
+
+
+@pytest.mark.parametrize("gate_channels", [(256, 256, 256), (128,), ()])
+def test_gating_starts_near_uniform(gate_channels):
+    """At initialisation every expert gets a fair share (about 1/4 at every pixel), so that all of them receive
+    gradients: a ConvModule init without BatchNorm saturated the softmax (mean top weight 0.7-0.8, some experts
+    at 0.1-1 %), and after 31 Kvasir steps the small preset's gating was stuck at W1 = 1."""
+    torch.manual_seed(0)
+    dec = MoEDecoder((64, 128, 320, 512), 1, decoder_dim=min(256, max(gate_channels, default=128)),
+                     gate_channels=gate_channels).eval()  # fmt: skip
+    feats = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate((64, 128, 320, 512))]  # LayerNorm'd scale
+    with torch.no_grad():
+        _, gating = dec(feats)
+    assert gating.max(1).values.mean() < 0.35, gating.max(1).values.mean()
+    assert gating.mean((0, 2, 3)).min() > 0.15, gating.mean((0, 2, 3))
 
 
 @pytest.mark.parametrize(
