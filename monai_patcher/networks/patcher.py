@@ -64,8 +64,8 @@ class Patcher(nn.Module):
     390.6 GFLOP of matmuls and convolutions per 256 x 256 image as defined, the paper's "about 389", of which the
     forward executes 383.8; see docs/architecture.md). Any input size works: the network pads inside and returns
     contiguous logits of exactly ``H x W``; an empty batch or image is a ``ValueError``. The encoder's weights are
-    initialised like the reference's (see ``PatcherBlock``), the decoder's gating and fuse convolutions like its
-    mmcv ``ConvModule`` layers (see ``MoEDecoder``).
+    initialised like the reference's (see ``PatcherBlock``), the decoder's fuse convolution (and, with
+    ``gate_norm``, its gating convolutions) like its mmcv ``ConvModule`` layers (see ``MoEDecoder``).
 
     Args:
         in_channels: input channels (2 for eADC + DWI stroke MRI, 3 for RGB polyp images).
