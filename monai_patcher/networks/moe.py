@@ -54,8 +54,9 @@ class MoEDecoder(nn.Module):
     3. ``O = sum_i W_i * F_i``, then a pixel-wise MLP, a 1x1 conv + BatchNorm + ReLU, dropout and a 1x1 conv
        to the class logits (at the finest encoder resolution; the caller upsamples to the input size).
 
-    The gating convolutions and the head's 1x1 conv before BatchNorm are initialised like the reference's mmcv
-    ``ConvModule`` (kaiming normal, fan_out, bias 0); the expert MLPs and the classifier keep PyTorch's defaults.
+    The head's 1x1 conv before BatchNorm and, with ``gate_norm``, the gating convolutions are initialised like the
+    reference's mmcv ``ConvModule`` (kaiming normal, fan_out, bias 0); the expert MLPs, the classifier and the
+    gating convolutions without BatchNorm keep PyTorch's defaults (so that the gating starts near uniform).
 
     Args:
         in_channels: channels of each encoder output, finest first (one expert each).
