@@ -36,13 +36,18 @@ __all__ = ["SliceDiceMetric", "SliceIoUMetric", "SliceMeanDice", "SliceMeanIoU",
 _PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
-def _plane_axis(affine: torch.Tensor, plane: str) -> int:
+def _orientation(affine: torch.Tensor) -> np.ndarray:
+    """nibabel's ``io_orientation`` of a 3D grid's affine: per array axis, its RAS world axis and direction (+-1)."""
+    from nibabel.orientations import io_orientation
+
+    return io_orientation(np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu())[:4, :4])
+
+
+def _plane_axis(affine: torch.Tensor, plane: str, ornt: np.ndarray | None = None) -> int:
     """The array axis (0-2) of a 3D grid along the world axis normal to ``plane``, as nibabel's ``io_orientation``
     assigns them (what ``Orientationd`` uses, so on an oblique scan it is the axis the network sliced along; a
     per-row argmax could give another axis, or two planes the same one)."""
-    from nibabel.orientations import io_orientation
-
-    ornt = io_orientation(np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu())[:4, :4])
+    ornt = _orientation(affine) if ornt is None else ornt
     return int(np.flatnonzero(ornt[:, 0] == _PLANES[plane])[0])
 
 
@@ -302,16 +307,15 @@ class OverlayWriter(_ItemWriter):
     def _ras_view(self, item: Mapping, vols: list) -> tuple[list, int, Callable[[int], int]]:
         """``vols`` (``X x Y x Z``) in RAS order, the RAS axis of ``self.slice_axis`` and the map from a RAS slice
         index back to the volume's own slice index."""
-        from nibabel.orientations import apply_orientation, io_orientation
+        from nibabel.orientations import apply_orientation
 
         affine = getattr(item[self.pred_key], "affine", None)
         if not isinstance(item[self.pred_key], MetaTensor) or affine is None:
             raise ValueError(f"slice_axis={self.slice_axis!r} needs a prediction with an affine (MetaTensor), "
                              f"got {type(item[self.pred_key]).__name__}.")
-        # per array axis: its RAS world axis and direction (+-1)
-        ornt = io_orientation(np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu()))
+        ornt = _orientation(affine)
         axis = _PLANES[str(self.slice_axis)]
-        own = int(np.nonzero(ornt[:, 0] == axis)[0][0])  # the volume's array axis along that RAS axis
+        own = _plane_axis(affine, str(self.slice_axis), ornt)  # the volume's array axis along that RAS axis
         n, flipped = vols[1].shape[own], ornt[own, 1] < 0
         vols = [None if v is None else apply_orientation(v, ornt) for v in vols]
         return vols, axis, (lambda k: n - 1 - k) if flipped else (lambda k: k)

@@ -178,10 +178,6 @@ class Patcher(nn.Module):
             raise ValueError(f"drop_path_rate must be in [0, 1], got {drop_path_rate}.")
         if not 0.0 <= dropout_rate <= 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}.")
-        if decoder_dim < 1:
-            raise ValueError(f"decoder_dim must be >= 1, got {decoder_dim}.")
-        if any(c < 1 for c in gate_channels):
-            raise ValueError(f"gate_channels must all be >= 1, got {tuple(gate_channels)}.")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
