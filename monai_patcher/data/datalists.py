@@ -93,7 +93,7 @@ def _files_below(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames.sort()
-        files += [p for p in (Path(dirpath, f) for f in sorted(filenames)) if p.is_file()]
+        files += [p for p in (Path(dirpath, f) for f in filenames) if p.is_file()]
     return sorted(files)
 
 

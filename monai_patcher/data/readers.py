@@ -18,6 +18,7 @@ the two placements.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
@@ -26,7 +27,7 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -466,9 +467,14 @@ def _restore_nifti_nonfinite(path: str, img: sitk.Image, nifti: _Nifti | None) -
     dtype = sitk.GetArrayViewFromImage(img).dtype
     fixed = sitk.GetImageFromArray(np.ascontiguousarray(arr.T).astype(dtype, copy=False), isVector=False)
     fixed.CopyInformation(img)
-    for key in img.GetMetaDataKeys():
-        fixed.SetMetaData(key, img.GetMetaData(key))
+    _copy_metadata(img, fixed)
     return fixed
+
+
+def _copy_metadata(src: sitk.Image, dst: sitk.Image) -> None:
+    """Copy every metadata key (the file's header fields) of ``src`` to ``dst``."""
+    for key in src.GetMetaDataKeys():
+        dst.SetMetaData(key, src.GetMetaData(key))
 
 
 def _corner_distance(a: np.ndarray, b: np.ndarray, size) -> float:
@@ -602,10 +608,19 @@ class _Nifti:
     def scaled(self) -> bool:
         """True if ``scl_slope``/``scl_inter`` change the stored values (for nibabel and for ITK's NIfTI reader,
         which ignore a zero or non-finite slope and a non-finite intercept)."""
-        slope, inter = float(self.raw_header["scl_slope"]), float(self.raw_header["scl_inter"])
-        if not np.isfinite(slope) or slope == 0:
-            return False
-        return slope != 1 or (np.isfinite(inter) and inter != 0)
+        # nibabel's array proxy holds the slope/intercept after that rule (1 / 0 when ignored)
+        return (float(self.image.dataobj.slope), float(self.image.dataobj.inter)) != (1.0, 0.0)
+
+
+@contextlib.contextmanager
+def _gzip_errors(path: str) -> Iterator[None]:
+    """Turn a truncated or corrupt gzip stream met inside the block into a ``DataError`` naming ``path``."""
+    try:
+        yield
+    except EOFError:
+        raise DataError.for_file(path, "truncated gzip file (the compressed stream ends early)") from None
+    except (OSError, zlib.error) as e:
+        raise DataError.for_file(path, f"corrupt gzip file: {e}") from None
 
 
 def _read_bytes(path: str) -> bytes:
@@ -618,12 +633,15 @@ def _read_bytes(path: str) -> bytes:
         data = f.read()
     if not path.lower().endswith(".gz"):
         return data
-    try:
+    with _gzip_errors(path):
         return gzip.decompress(data)
-    except EOFError:
-        raise DataError.for_file(path, "truncated gzip file (the compressed stream ends early)") from None
-    except (OSError, zlib.error) as e:
-        raise DataError.for_file(path, f"corrupt gzip file: {e}") from None
+
+
+def _check_gzip_stream(path: str) -> None:
+    """Decompress a ``.gz`` file to its end in 4 MiB chunks (flat memory), only to check it; ``DataError`` if bad."""
+    with _gzip_errors(path), gzip.open(path, "rb") as f:
+        while f.read(1 << 22):
+            pass
 
 
 def _check_complete(path: str) -> _Nifti | None:
@@ -634,11 +652,11 @@ def _check_complete(path: str) -> _Nifti | None:
     """
     lower = path.lower()
     is_nifti = lower.endswith((".nii", ".nii.gz"))
-    if not (is_nifti or lower.endswith(".gz")):
+    if not is_nifti:
+        if lower.endswith(".gz"):  # ITK reads (and decompresses) the file itself: check the stream only
+            _check_gzip_stream(path)
         return None
     data = _read_bytes(path)
-    if not is_nifti:
-        return None
     try:
         # NIfTI-2 headers are 540 bytes (sizeof_hdr, either byte order), NIfTI-1 348: parse the bytes in memory
         nifti2 = 540 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
@@ -692,8 +710,7 @@ def _nifti_from_memory(nifti: _Nifti, header: sitk.ImageFileReader) -> sitk.Imag
     img.SetOrigin(header.GetOrigin())
     img.SetSpacing(header.GetSpacing())
     img.SetDirection(header.GetDirection())
-    for key in header.GetMetaDataKeys():
-        img.SetMetaData(key, header.GetMetaData(key))
+    _copy_metadata(header, img)
     return img
 
 
