@@ -15,6 +15,9 @@ Variants (``--variants``, default all):
 - ``linear_1x1``: the decoder's 1x1 convs as ``F.linear`` on the channels-last view.
 - ``cat_gate``: the gating network's first convolution on the concatenated experts (one ``E * decoder_dim``
   channel buffer) instead of one convolution per expert, summed.
+- ``full_res_gate``: that first convolution split by expert, but every part a 3x3 convolution on the upsampled
+  expert, instead of the current code's per-tap GEMMs at the expert's own resolution
+  (``MoEDecoder._add_upsampled_conv``).
 
 ``--gate-conv`` instead times the gating network's first convolution alone at the paper preset's shapes (four
 256-channel experts at 128 x 128): on the concatenation, split by expert and summed (the current code), and on
@@ -113,8 +116,20 @@ def _linear_1x1(conv_forward: Callable) -> Callable:
     return forward
 
 
-def _cat_gate_logits(self, experts):
+def _cat_gate_logits(self, low, experts):
     return self.gate(torch.cat(experts, dim=1))
+
+
+def _full_res_gate_logits(self, low, experts):
+    """The gate's first convolution split by expert, every part on the upsampled expert (no low-resolution taps)."""
+    first = self.gate[0]
+    dim = experts[0].shape[1]
+    x = F.conv2d(experts[0], first.weight[:, :dim], first.bias, padding=1)
+    for i in range(1, self.num_experts):
+        x += F.conv2d(experts[i], first.weight[:, i * dim : (i + 1) * dim], None, padding=1)
+    for layer in list(self.gate)[1:]:
+        x = layer(x)
+    return x
 
 
 @contextlib.contextmanager
@@ -134,6 +149,8 @@ def variant(name: str, net: torch.nn.Module) -> Iterator[None]:
             stack.enter_context(_patched(blocks.EfficientSelfAttention, "forward", _attention(name)))
         elif name == "cat_gate":
             stack.enter_context(_patched(MoEDecoder, "_gate_logits", _cat_gate_logits))
+        elif name == "full_res_gate":
+            stack.enter_context(_patched(MoEDecoder, "_gate_logits", _full_res_gate_logits))
         elif name == "linear_1x1":
             stack.enter_context(_patched(torch.nn.Conv2d, "forward", _linear_1x1(torch.nn.Conv2d.forward)))
         else:
@@ -150,7 +167,7 @@ def _nchw_contiguous(self, memory_format=torch.contiguous_format):
 
 
 VARIANTS = ("nchw_decoder", "no_groups", "fused_dwconv_gelu", "matmul_attention", "contiguous_query",
-            "sr_as_gemm", "linear_1x1", "cat_gate")  # fmt: skip
+            "sr_as_gemm", "linear_1x1", "cat_gate", "full_res_gate")  # fmt: skip
 
 
 def compare(net: torch.nn.Module, x: torch.Tensor, name: str, rounds: int) -> dict[str, float]:

@@ -112,6 +112,7 @@ class MoEDecoder(nn.Module):
         if not 0.0 <= dropout_rate <= 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}.")
         self.num_experts = len(in_channels)
+        self.decoder_dim = decoder_dim
         self.feature_strides: List[int] = feature_strides
         self.experts = nn.ModuleList([_pixel_mlp(c, (decoder_dim, decoder_dim)) for c in in_channels])
 
@@ -141,29 +142,77 @@ class MoEDecoder(nn.Module):
             nn.Dropout2d(dropout_rate),
             nn.Conv2d(decoder_dim, out_channels, kernel_size=1),
         )
+        # experts with at least this many channels take the gate's first convolution at their own resolution
+        # (_add_upsampled_conv); below it the 9 upsampled taps cost more than the convolution they replace
+        # (decoder alone, 256 x 256 input: 0.64x the time at 256 channels, 0.82x at 128, 1.01x at 64, 1.29x at 32)
+        self.low_res_gate_min_channels = 128
         self.head[1:3].apply(_init_conv_module)  # the reference's linear_fuse (a ConvModule): 1x1 conv + BN
         # The decoder runs channels-last: a 1x1 convolution is then one GEMM over the pixels and oneDNN's 3x3
         # convolutions are faster in that layout; channels-last weights avoid a reorder on every call (and give
         # gradients the parameters' own layout, as DistributedDataParallel expects).
         self.to(memory_format=torch.channels_last)
 
-    def _gate_logits(self, experts: List[torch.Tensor]) -> torch.Tensor:
+    def _gate_logits(self, low: List[torch.Tensor], experts: List[torch.Tensor]) -> torch.Tensor:
         """The gating network on the experts side by side (``B x (E * decoder_dim) x H_0 x W_0``), without the cat.
 
         The first 3x3 convolution over the concatenation is the sum of one convolution per expert with that
         expert's slice of the weight: the same values up to float rounding, with no ``E * decoder_dim`` channel
-        buffer (67 MB for a 256 x 256 input) and faster on CPU (oneDNN runs the 256-channel convolutions at a
-        higher rate than one 1024-channel one; benchmarks/ab_variants.py ``cat_gate``).
+        buffer (67 MB for a 256 x 256 input) and faster on CPU (benchmarks/ab_variants.py ``cat_gate``). Without
+        autograd (inference) and with at least ``low_res_gate_min_channels`` (an attribute, 128) channels per
+        expert, the upsampled experts' parts run at their own resolution (:meth:`_add_upsampled_conv`).
+
+        Args:
+            low: each expert's MLP output at its stage's resolution.
+            experts: the same upsampled by the stage's stride and cropped to ``H_0 x W_0`` (``F_i``).
         """
         first = self.gate[0]
-        dim = experts[0].shape[1]
+        dim = self.decoder_dim
         x = F.conv2d(experts[0], first.weight[:, :dim], first.bias, padding=1)
         for i in range(1, self.num_experts):
-            x += F.conv2d(experts[i], first.weight[:, i * dim : (i + 1) * dim], None, padding=1)
+            weight = first.weight[:, i * dim : (i + 1) * dim]
+            # without autograd only: the backward of the 9 shifted slices costs more than it saves
+            if self.feature_strides[i] > 1 and dim >= self.low_res_gate_min_channels and not torch.is_grad_enabled():
+                self._add_upsampled_conv(x, low[i], weight, self.feature_strides[i])
+            else:
+                x += F.conv2d(experts[i], weight, None, padding=1)
         for j, layer in enumerate(self.gate):
             if j > 0:
                 x = layer(x)
         return x
+
+    @staticmethod
+    def _add_upsampled_conv(out: torch.Tensor, low: torch.Tensor, weight: torch.Tensor, stride: int) -> None:
+        """``out += conv2d(crop(upsample(low)), weight, padding=1)``, with the GEMMs at ``low``'s resolution.
+
+        A 3x3 convolution is the sum over its 9 taps of a 1x1 convolution (a per-pixel linear map of the channels)
+        shifted by the tap's offset, with zeros outside the image (the padding). A per-pixel channel map commutes
+        with bilinear upsampling (a per-channel spatial map) and with the crop, so each tap's 1x1 convolution runs
+        on the ``stride``-times smaller map, and only its ``out_channels`` result is upsampled, cropped and added
+        at the tap's offset. The same values up to float rounding, with ``1 / stride**2`` of the multiply-adds
+        (the paper preset at 256 x 256: the 58 GFLOP of the three upsampled experts' parts become 6.3, and the
+        decoder takes 0.56 instead of 0.77 s on 2 CPU cores; ``benchmarks/ab_variants.py --variants
+        full_res_gate`` compares whole forwards).
+
+        Args:
+            out: ``B x out_channels x H_0 x W_0``, added to in place.
+            low: ``B x C x h x w`` with ``h * stride >= H_0`` and ``w * stride >= W_0``.
+            weight: ``out_channels x C x 3 x 3``.
+            stride: the upsampling factor of ``low``.
+        """
+        b, c, h, w = low.shape
+        h0, w0 = out.shape[2], out.shape[3]
+        taps = weight.permute(2, 3, 1, 0).reshape(9, c, weight.shape[0])  # (ky, kx) x C x out_channels
+        # B x C x h x w (channels-last) -> 1 x (B*h*w) x C; one GEMM per tap: 9 x (B*h*w) x out_channels
+        z = torch.matmul(low.permute(0, 2, 3, 1).reshape(1, b * h * w, c), taps)
+        for t in range(9):
+            # out[p] += up[p + d] for the tap's offset d = (ky - 1, kx - 1), where both are inside the image
+            ky, kx = t // 3, t % 3
+            tap = z[t].view(b, h, w, -1).permute(0, 3, 1, 2)  # a channels-last view
+            # upsampled to h*stride x w*stride; the slices below stay inside its first h0 x w0 (the crop)
+            up = F.interpolate(tap, size=[h * stride, w * stride], mode="bilinear", align_corners=False)
+            dst_y, src_y, ny = (1, 0, h0 - 1) if ky == 0 else (0, ky - 1, h0 - ky + 1)
+            dst_x, src_x, nx = (1, 0, w0 - 1) if kx == 0 else (0, kx - 1, w0 - kx + 1)
+            out[:, :, dst_y : dst_y + ny, dst_x : dst_x + nx] += up[:, :, src_y : src_y + ny, src_x : src_x + nx]
 
     def forward(self, features: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mix the experts.
@@ -178,10 +227,12 @@ class MoEDecoder(nn.Module):
         if len(features) != self.num_experts:
             raise ValueError(f"expected {self.num_experts} feature maps, got {len(features)}.")
         h0, w0 = features[0].shape[2], features[0].shape[3]
-        experts = []
+        low: List[torch.Tensor] = []  # each expert at its stage's resolution
+        experts: List[torch.Tensor] = []  # upsampled to the first map's size
         for i, mlp in enumerate(self.experts):  # indexing, not zip: TorchScript needs a static ModuleList loop
             # the MLP runs at the stage's own resolution, before upsampling
             e = mlp(features[i].contiguous(memory_format=torch.channels_last))
+            low.append(e)
             if i > 0:
                 # upsample by the stage's stride (to H_i * s, the same values as scale_factor=s), then crop what
                 # the encoder's rounding up added; the crop is a no-op view when the sizes divide exactly, and
@@ -195,7 +246,7 @@ class MoEDecoder(nn.Module):
                 e = F.interpolate(e, size=[e.shape[2] * s, e.shape[3] * s], mode="bilinear", align_corners=False)
                 e = e[:, :, :h0, :w0].contiguous(memory_format=torch.channels_last)
             experts.append(e)
-        gating = torch.softmax(self._gate_logits(experts), dim=1)  # B x E x H_0 x W_0
+        gating = torch.softmax(self._gate_logits(low, experts), dim=1)  # B x E x H_0 x W_0
         mixed = gating[:, :1] * experts[0]  # B x decoder_dim x H_0 x W_0, accumulated expert by expert
         for i in range(1, self.num_experts):
             mixed.addcmul_(gating[:, i : i + 1], experts[i])  # in place: no product needs ``mixed`` for its grad

@@ -36,6 +36,33 @@ def test_count_flops_adds_the_attention_matmuls_torch_misses_on_cpu():
     assert total == linears + sr_conv + attention
 
 
+def test_as_defined_counts_the_work_the_forward_skips():
+    """Small preset at 64 x 64: without its low-resolution gate taps the count grows by exactly the three upsampled
+    experts' full-resolution 3x3 convolutions minus their taps' GEMMs; ``as_defined`` also drops the centre-only last
+    blocks (more again), and restores the model afterwards. A model that is not a Patcher is counted as it is."""
+    from monai_patcher.networks import blocks, patcher_preset
+
+    net = patcher_preset("small", in_channels=2, out_channels=1).eval()
+    x = torch.randn(1, 2, 64, 64)
+    executed, _ = bench_network.count_flops(net, x)
+    net.decoder.low_res_gate_min_channels = 2**62
+    full_res_gate, _ = bench_network.count_flops(net, x)
+    net.decoder.low_res_gate_min_channels = 128
+    c, out, h0 = 128, 128, 32  # decoder_dim, gate_channels[0], the gate's resolution (64 / 2)
+    saved = sum(2 * 9 * c * out * (h0 * h0 - (h0 // s) ** 2) for s in (2, 4, 8))
+    assert full_res_gate - executed == saved
+    run_blocks = blocks.PatcherBlock._run_blocks
+    with bench_network.as_defined(net):
+        defined, _ = bench_network.count_flops(net, x)
+    assert defined > full_res_gate
+    assert blocks.PatcherBlock._run_blocks is run_blocks and net.decoder.low_res_gate_min_channels == 128
+    assert bench_network.count_flops(net, x)[0] == executed
+    unet = bench_network.build_model("unet")
+    plain = bench_network.count_flops(unet, x)
+    with bench_network.as_defined(unet):
+        assert bench_network.count_flops(unet, x) == plain
+
+
 def test_matmul_probe_records_every_sample():
     probe = bench_network.MatmulProbe(n=128)
     rates = [probe.sample() for _ in range(3)]
@@ -49,6 +76,10 @@ def test_measure_row_is_consistent():
     assert 0 < row["gflop_attention"] < row["gflop"]
     assert abs(row["ratio"] - row["gflops"] / row["matmul_gflops"]) < 1e-9
     assert row["ratio_without_attention"] < row["ratio"]
+    # the architecture as defined does at least the work executed (the tiny preset skips some in its last blocks)
+    assert row["gflop_defined_without_attention"] > row["gflop"] - row["gflop_attention"]
+    assert abs(row["ratio_defined_without_attention"] - row["gflop_defined_without_attention"] / row["time_s"]
+               / row["matmul_gflops"]) < 1e-9  # fmt: skip
     table = bench_network.format_table([row, {"model": "broken", "error": "boom"}], 64, 2)
     lines = table.splitlines()
     assert len({ln.count("|") for ln in lines}) == 1  # every row has the header's columns

@@ -28,8 +28,12 @@ import torch
 from monai_patcher.networks import PATCHER_PRESETS, patcher_preset
 
 
-def _tiny(**kw):
+def _tiny(low_res_gate=False, **kw):
+    """The tiny preset; ``low_res_gate``: its 32-channel experts take the gate's low-resolution path too (by default
+    only experts of 128 channels or more do; ``MoEDecoder._add_upsampled_conv``)."""
     net = patcher_preset("tiny", in_channels=2, out_channels=1, **kw).eval()
+    if low_res_gate:
+        net.decoder.low_res_gate_min_channels = 1
     with torch.no_grad():  # non-trivial BatchNorm statistics, so a lost buffer would show
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -57,9 +61,9 @@ def _jit_roundtrip(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     return torch.jit.load(buf)
 
 
-@pytest.mark.parametrize("return_gating", [False, True])
-def test_torchscript_script(return_gating):
-    net = _tiny(return_gating=return_gating)
+@pytest.mark.parametrize("return_gating,low_res_gate", [(False, False), (True, False), (True, True)])
+def test_torchscript_script(return_gating, low_res_gate):
+    net = _tiny(low_res_gate, return_gating=return_gating)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(net)
@@ -72,8 +76,9 @@ def test_torchscript_script(return_gating):
             _assert_same(loaded(x), ref)
 
 
-def test_torchscript_trace_and_save_load(tmp_path):
-    net = _tiny()
+@pytest.mark.parametrize("low_res_gate", [False, True])
+def test_torchscript_trace_and_save_load(tmp_path, low_res_gate):
+    net = _tiny(low_res_gate)
     x = torch.randn(1, 2, 64, 64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -100,12 +105,13 @@ def test_torchscript_trace_with_gating():
             _assert_same(traced(x), net(x))
 
 
-def test_onnx_dynamo_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("low_res_gate", [False, True])
+def test_onnx_dynamo_matches_pytorch(tmp_path, low_res_gate):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from torch.export import Dim
 
-    net = _tiny(return_gating=True)
+    net = _tiny(low_res_gate, return_gating=True)
     path = tmp_path / "patcher.onnx"
     h, w = 64, 48
     with warnings.catch_warnings():
@@ -138,12 +144,13 @@ def test_onnx_dynamo_matches_pytorch(tmp_path):
         assert abs(torch.from_numpy(gating) - ref_gating).max() <= 1e-4
 
 
-def test_onnx_legacy_opset17_dynamic_size(tmp_path):
+@pytest.mark.parametrize("low_res_gate", [False, True])
+def test_onnx_legacy_opset17_dynamic_size(tmp_path, low_res_gate):
     """Legacy exporter at opset 17 with dynamic batch, H and W; onnxruntime at other (odd) sizes and batches."""
     ort = pytest.importorskip("onnxruntime")
     import onnx
 
-    net = _tiny(return_gating=True)
+    net = _tiny(low_res_gate, return_gating=True)
     path = tmp_path / "patcher17.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

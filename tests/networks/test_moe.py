@@ -22,9 +22,14 @@ def _features(b: int, h: int, w: int, channels=CHANNELS) -> list[torch.Tensor]:
     return feats
 
 
-def _decoder(**kw) -> MoEDecoder:
+def _decoder(low_res_gate: bool = False, **kw) -> MoEDecoder:
+    """A small decoder; ``low_res_gate``: its 8-channel experts take the gate's low-resolution path
+    (``MoEDecoder._add_upsampled_conv``, by default for 128 channels or more)."""
     args = {"in_channels": CHANNELS, "out_channels": 3, "decoder_dim": 8, "gate_channels": (8, 8), "dropout_rate": 0.0}
-    return MoEDecoder(**{**args, **kw})
+    dec = MoEDecoder(**{**args, **kw})
+    if low_res_gate:
+        dec.low_res_gate_min_channels = 1
+    return dec
 
 
 @pytest.mark.parametrize("h,w", [(16, 16), (15, 21), (1, 3)])
@@ -75,13 +80,15 @@ def test_gating_weights_sum_to_one_in_training(gate_norm):
     torch.testing.assert_close(gating.sum(dim=1), torch.ones(2, 9, 7), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("low_res_gate", [False, True])
 @pytest.mark.parametrize("gate_channels,gate_norm", [((8, 8), False), ((8,), True), ((), False), ((), True)])
-def test_output_is_the_gated_sum_of_experts(gate_channels, gate_norm):
+def test_output_is_the_gated_sum_of_experts(gate_channels, gate_norm, low_res_gate):
     """Recompute O = sum_i W_i F_i by hand from the decoder's own sub-modules and compare the logits.
 
-    The reference runs the gate on the concatenated experts; the decoder splits its first convolution by expert.
+    The reference runs the gate on the concatenated experts; the decoder splits its first convolution by expert,
+    and with ``low_res_gate`` runs the upsampled experts' parts at their own resolution.
     """
-    dec = _decoder(gate_channels=gate_channels, gate_norm=gate_norm).eval()
+    dec = _decoder(low_res_gate, gate_channels=gate_channels, gate_norm=gate_norm).eval()
     for m in dec.gate.modules():  # non-trivial running statistics, so BatchNorm is not the identity
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -104,13 +111,14 @@ def test_output_is_the_gated_sum_of_experts(gate_channels, gate_norm):
 def _size_based_forward(dec: MoEDecoder, features: list[torch.Tensor]):
     """The decoder before ``feature_strides``: every expert interpolated to the finest map's size."""
     h0, w0 = features[0].shape[2:]
-    experts = []
+    low, experts = [], []
     for i, mlp in enumerate(dec.experts):
         e = mlp(features[i].contiguous(memory_format=torch.channels_last))
+        low.append(e)
         if i > 0:
             e = F.interpolate(e, size=[h0, w0], mode="bilinear", align_corners=False)
         experts.append(e)
-    gating = torch.softmax(dec._gate_logits(experts), dim=1)
+    gating = torch.softmax(dec._gate_logits(low, experts), dim=1)
     mixed = gating[:, :1] * experts[0]
     for i in range(1, dec.num_experts):
         mixed.addcmul_(gating[:, i : i + 1], experts[i])
@@ -155,9 +163,10 @@ def test_crop_consistency_odd_sizes(h, w):
     torch.testing.assert_close(gc[..., :keep_h, :keep_w], gf[..., :keep_h, :keep_w], atol=1e-6, rtol=1e-5)
 
 
-def test_feature_strides_other_than_powers_of_two():
+@pytest.mark.parametrize("low_res_gate", [False, True])
+def test_feature_strides_other_than_powers_of_two(low_res_gate):
     """Strides (1, 4, 8, 16) (an encoder with small_patch (2, 4, 2, 2)): expert i is upsampled by its stride."""
-    dec = _decoder(feature_strides=(1, 4, 8, 16)).eval()
+    dec = _decoder(low_res_gate, feature_strides=(1, 4, 8, 16)).eval()
     assert dec.feature_strides == [1, 4, 8, 16]
     feats = [torch.randn(1, c, s, s) for c, s in zip(CHANNELS, (30, 8, 4, 2))]  # 8 * 4 = 32 covers 30
     with torch.no_grad():
@@ -283,3 +292,59 @@ def test_gating_starts_near_uniform(gate_channels):
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _decoder(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "stride,low_size,out_size",
+    [(2, (5, 7), (10, 14)), (2, (5, 7), (9, 13)), (4, (3, 4), (10, 14)), (8, (2, 2), (10, 14)), (3, (4, 3), (12, 7)),
+     (2, (1, 1), (1, 2))],
+)  # fmt: skip
+def test_upsampled_conv_at_low_resolution_equals_the_full_resolution_conv(stride, low_size, out_size):
+    """``_add_upsampled_conv`` adds exactly ``conv2d(crop(upsample(low)), weight, padding=1)``, border rows and
+    columns (zero padding, bilinear edge clamping) and crops that cut inside a low-resolution pixel included,
+    and so do the gradients it passes back to ``low`` and the weight."""
+    torch.manual_seed(0)
+    low = torch.randn(2, 6, *low_size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    start = torch.randn(2, 5, *out_size, dtype=torch.float64)
+    up = F.interpolate(low, scale_factor=float(stride), mode="bilinear", align_corners=False)
+    ref = start + F.conv2d(up[:, :, : out_size[0], : out_size[1]], weight, padding=1)
+    out = start.clone()
+    MoEDecoder._add_upsampled_conv(out, low, weight, stride)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    grad = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (low, weight), grad)
+    for g, r in zip(torch.autograd.grad(out, (low, weight), grad), ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-12)
+
+
+def test_low_resolution_gate_is_taken_from_128_channels_without_autograd():
+    """Without autograd, the paper and small presets' experts (256 and 128 channels) take the low-resolution path,
+    the tiny preset's (32) the full-resolution convolution; both give the same decoder output up to float rounding.
+    With autograd (training) the full-resolution convolution is always used."""
+    calls = []
+    original = MoEDecoder._add_upsampled_conv
+
+    def counting(out, low, weight, stride):
+        calls.append(low.shape[1])
+        original(out, low, weight, stride)
+
+    feats = _features(1, 12, 10)
+    for dim, expect in ((128, [128] * 3), (32, [])):
+        dec = _decoder(decoder_dim=dim, gate_channels=(16,)).eval()
+        calls.clear()
+        with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(MoEDecoder, "_add_upsampled_conv", staticmethod(counting))
+            logits, gating = dec(feats)
+        assert calls == expect
+        dec.low_res_gate_min_channels = 1 if dim == 32 else 10**6  # the other path
+        with torch.no_grad():
+            other_logits, other_gating = dec(feats)
+        torch.testing.assert_close(other_gating, gating, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(other_logits, logits, atol=1e-6, rtol=1e-5)
+    dec = _decoder(decoder_dim=128, gate_channels=(16,)).eval()
+    calls.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MoEDecoder, "_add_upsampled_conv", staticmethod(counting))
+        dec(feats)[0].sum().backward()
+    assert calls == []
