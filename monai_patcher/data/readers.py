@@ -947,7 +947,10 @@ class SimpleITKReader(ImageReader):
         meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(size[:sr])
         meta[MetaKeys.SPACE] = SpaceKeys.RAS if self.affine_lps_to_ras else SpaceKeys.LPS
         if self.channel_dim is None:
-            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan") if (ncomp == 1 and dim <= 3) else -1
+            if ncomp == 1 and dim <= 3:
+                meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan")
+            else:  # the 4th axis (t, z, y, x) comes first in SimpleITK's order; vector components last in both
+                meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0 if (self.reverse_indexing and ncomp == 1) else -1
         else:
             meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = self.channel_dim
         return arr, meta

@@ -380,6 +380,10 @@ def test_real_nibabel_samples(shared_path_fn):
         np.testing.assert_allclose(a.affine.numpy(), n.affine, atol=1e-4)
     a = LoadImage(reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)(p)
     assert tuple(a.shape) == (2, 128, 96, 24)
+    # SimpleITK's axis order (t, z, y, x): the time axis is already first
+    r = LoadImage(reader=SimpleITKReader(reverse_indexing=True), image_only=True, ensure_channel_first=True)(p)
+    assert tuple(r.shape) == (2, 24, 96, 128)
+    np.testing.assert_array_equal(r.numpy(), a.numpy().transpose(0, 3, 2, 1))
 
 
 def test_real_isles_geometry_matches_nibabel(shared_path_fn):
@@ -901,3 +905,25 @@ def test_truncated_nifti_with_a_gap_before_the_voxels(tmp_path):
     p = tmp_path / "gap_cut.nii.gz"
     p.write_bytes(gzip.compress(raw[:-100]))
     _assert_clean_error(p, f"truncated NIfTI file: {len(raw)} bytes expected")
+
+
+def test_reverse_indexing_channel_dim_of_4d_and_vector_images(tmp_path):
+    """With ``reverse_indexing`` a 4D image comes back ``(t, z, y, x)``, so its channel axis is 0 (-1 would make
+    ``EnsureChannelFirst`` move ``x`` to the front); vector components stay last, ``(z, y, x, c)``; without it both
+    are last, ``(x, y, z, t)`` / ``(x, y, z, c)``."""
+    from monai.transforms import EnsureChannelFirst
+
+    a = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(5, 4, 3, 2)  # x, y, z, t
+    path = _write_nifti(tmp_path / "four_d.nii.gz", a, np.eye(4))
+    vec = sitk.GetImageFromArray(np.arange(3 * 4 * 5 * 2, dtype=np.float32).reshape(3, 4, 5, 2), isVector=True)
+    vec_path = tmp_path / "vector.mha"
+    sitk.WriteImage(vec, str(vec_path))
+    for reverse, four_d, vector in ((True, (2, 3, 4, 5), (3, 4, 5, 2)), (False, (5, 4, 3, 2), (5, 4, 3, 2))):
+        reader = SimpleITKReader(reverse_indexing=reverse)
+        for p, shape, channels in ((path, four_d, 2), (vec_path, vector, 2)):
+            out = LoadImage(reader=reader, image_only=True)(p)
+            assert tuple(out.shape) == shape, (p, reverse)
+            first = EnsureChannelFirst()(out)
+            assert first.shape[0] == channels, (p, reverse, tuple(first.shape))
+    out = EnsureChannelFirst()(LoadImage(reader=SimpleITKReader(reverse_indexing=True), image_only=True)(path))
+    np.testing.assert_array_equal(out.numpy(), a.transpose(3, 2, 1, 0))
