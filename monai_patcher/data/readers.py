@@ -737,7 +737,8 @@ class SimpleITKReader(ImageReader):
         affine_lps_to_ras: convert SimpleITK's LPS geometry to a RAS affine (MONAI's default, as
             ``ITKReader`` and ``NibabelReader`` do). Default True.
         reverse_indexing: return SimpleITK's numpy axis order ``(z, y, x)`` instead of MONAI's
-            ``(x, y, z)``. Default False. It does not change the metadata.
+            ``(x, y, z)``. Default False. It does not change the affine or the other metadata, except that a 4D
+            image, ``(t, z, y, x)``, has ``original_channel_dim`` 0.
         allow_slice_gaps: read DICOM series whose slice positions have gaps (see :func:`dicom_series_files`;
             refused by default: the geometry would be wrong).
         b_value: from a DICOM series holding images of several diffusion b-values, read those of this one
