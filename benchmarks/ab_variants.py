@@ -17,7 +17,7 @@ Variants (``--variants``, default all):
   channel buffer) instead of one convolution per expert, summed.
 - ``full_res_gate``: that first convolution split by expert, but every part a 3x3 convolution on the upsampled
   expert, instead of the current code's per-tap GEMMs at the expert's own resolution
-  (``MoEDecoder._add_upsampled_conv``).
+  (``MoEDecoder._add_upsampled_conv``; the variant sets ``low_res_gate_min_channels`` out of reach).
 
 ``--gate-conv`` instead times the gating network's first convolution alone at the paper preset's shapes (four
 256-channel experts at 128 x 128): on the concatenation, split by expert and summed (the current code), and on
@@ -120,18 +120,6 @@ def _cat_gate_logits(self, low, experts):
     return self.gate(torch.cat(experts, dim=1))
 
 
-def _full_res_gate_logits(self, low, experts):
-    """The gate's first convolution split by expert, every part on the upsampled expert (no low-resolution taps)."""
-    first = self.gate[0]
-    dim = experts[0].shape[1]
-    x = F.conv2d(experts[0], first.weight[:, :dim], first.bias, padding=1)
-    for i in range(1, self.num_experts):
-        x += F.conv2d(experts[i], first.weight[:, i * dim : (i + 1) * dim], None, padding=1)
-    for layer in list(self.gate)[1:]:
-        x = layer(x)
-    return x
-
-
 @contextlib.contextmanager
 def variant(name: str, net: torch.nn.Module) -> Iterator[None]:
     """Run the code inside with variant ``name`` in place."""
@@ -150,7 +138,7 @@ def variant(name: str, net: torch.nn.Module) -> Iterator[None]:
         elif name == "cat_gate":
             stack.enter_context(_patched(MoEDecoder, "_gate_logits", _cat_gate_logits))
         elif name == "full_res_gate":
-            stack.enter_context(_patched(MoEDecoder, "_gate_logits", _full_res_gate_logits))
+            stack.enter_context(_patched(net.decoder, "low_res_gate_min_channels", 2**62))
         elif name == "linear_1x1":
             stack.enter_context(_patched(torch.nn.Conv2d, "forward", _linear_1x1(torch.nn.Conv2d.forward)))
         else:
