@@ -50,7 +50,8 @@ class MoEDecoder(nn.Module):
        per expert) followed by a softmax over experts gives weight maps ``W_i`` summing to 1. By default (the
        paper) a ReLU follows every convolution but the last. With ``gate_norm=True`` (the reference's variant,
        mmcv ``ConvModule`` layers) every convolution, the last one included, is a conv without bias + BatchNorm +
-       ReLU, and the softmax is taken after that last ReLU.
+       ReLU, and the softmax is taken after that last ReLU. In inference the upsampled experts' parts of the first
+       convolution are computed at the experts' own resolution (the same values; see ``_add_upsampled_conv``).
     3. ``O = sum_i W_i * F_i``, then a pixel-wise MLP, a 1x1 conv + BatchNorm + ReLU, dropout and a 1x1 conv
        to the class logits (at the finest encoder resolution; the caller upsamples to the input size).
 
