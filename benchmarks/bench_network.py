@@ -108,24 +108,24 @@ def _run_blocks_on_all_tokens(self, patches: torch.Tensor, kc: int, c: int) -> t
 
 @contextlib.contextmanager
 def as_defined(model: nn.Module) -> Iterator[None]:
-    """Inside, a Patcher runs without its two work-saving paths, so its FLOPs are those of the architecture as
-    defined (the same outputs up to float rounding): every transformer block computes all its tokens (no centre-only
-    last block), and the decoder's gate convolves the upsampled experts at full resolution (no low-resolution taps,
-    ``MoEDecoder._add_upsampled_conv``). Other models are unchanged."""
-    from monai_patcher.networks import Patcher
+    """Inside, every Patcher in ``model`` (the model itself or a wrapped one) runs without its two work-saving paths,
+    so its FLOPs are those of the architecture as defined (the same outputs up to float rounding): every transformer
+    block computes all its tokens (no centre-only last block), and the decoder's gate convolves the upsampled experts
+    at full resolution (no low-resolution taps, ``MoEDecoder._add_upsampled_conv``). Other models are unchanged."""
     from monai_patcher.networks.blocks import PatcherBlock
+    from monai_patcher.networks.moe import MoEDecoder
 
-    if not isinstance(model, Patcher):
-        yield
-        return
-    run_blocks, min_channels = PatcherBlock._run_blocks, model.decoder.low_res_gate_min_channels
+    decoders = [m for m in model.modules() if isinstance(m, MoEDecoder)]
+    run_blocks, min_channels = PatcherBlock._run_blocks, [d.low_res_gate_min_channels for d in decoders]
     PatcherBlock._run_blocks = _run_blocks_on_all_tokens
-    model.decoder.low_res_gate_min_channels = 2**62
+    for d in decoders:
+        d.low_res_gate_min_channels = 2**62
     try:
         yield
     finally:
         PatcherBlock._run_blocks = run_blocks
-        model.decoder.low_res_gate_min_channels = min_channels
+        for d, m in zip(decoders, min_channels):
+            d.low_res_gate_min_channels = m
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:

@@ -57,6 +57,9 @@ def test_as_defined_counts_the_work_the_forward_skips():
     assert defined > full_res_gate
     assert blocks.PatcherBlock._run_blocks is run_blocks and net.decoder.low_res_gate_min_channels == 128
     assert bench_network.count_flops(net, x)[0] == executed
+    wrapped = torch.nn.Sequential(net)  # a Patcher inside another module (benchmarks/models.py wraps them)
+    with bench_network.as_defined(wrapped):
+        assert bench_network.count_flops(wrapped, x)[0] == defined
     unet = bench_network.build_model("unet")
     plain = bench_network.count_flops(unet, x)
     with bench_network.as_defined(unet):
