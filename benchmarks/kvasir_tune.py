@@ -1,0 +1,139 @@
+"""Kvasir-SEG recipe search: the same short-run tuning budget for every model, on val/ only.
+
+Each model gets the same grid, run with ``benchmarks/kvasir.py`` at ``--budget-minutes`` of process CPU time:
+
+- stage 1: learning rate 1e-4, 3e-4 and 1e-3 with the harness's warm-up (5 % of the budget);
+- stage 2: the model's best stage-1 learning rate (best val Dice) with a longer warm-up (20 % of the budget).
+
+The recipe a model keeps for its long runs is its best of the four. Several workers share one plan (run this
+command once per worker, each with 1 torch thread): a worker claims the next job whose inputs are ready by
+creating its folder (atomic), so two workers never run the same job and a stopped worker's finished jobs are
+kept::
+
+    python benchmarks/kvasir_tune.py --out /work/runs/kvasir_tuning --budget-minutes 12 &
+    python benchmarks/kvasir_tune.py --out /work/runs/kvasir_tuning --budget-minutes 12 &
+    python benchmarks/kvasir_tune.py --out /work/runs/kvasir_tuning --report   # the table, any time
+
+A job's folder holds ``<model>/log.json`` (the harness's log) and ``job.json``; ``done`` marks a finished job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODELS = ("patcher_small", "patcher_small_s4_gate0", "unet", "segformer_b0", "swin_unetr")
+LRS = (1e-4, 3e-4, 1e-3)
+BASE_WARMUP = 0.05
+LONG_WARMUP = 0.2
+
+
+def job_name(model: str, lr: float, warmup: float) -> str:
+    return f"{model}__lr{lr:g}__wu{warmup:g}"
+
+
+def best_of(out: Path, model: str, names: list[str]) -> tuple[str, float] | None:
+    """The best finished job among ``names`` by val Dice (full resolution), or None if one is not finished."""
+    best = None
+    for n in names:
+        d = out / n
+        if not (d / "done").exists():
+            return None
+        log = json.loads((d / model / "log.json").read_text())
+        dice = log.get("best", {}).get("dice_full", float("nan"))
+        if best is None or dice > best[1]:
+            best = (n, dice)
+    return best
+
+
+def plan(out: Path) -> list[dict]:
+    """Jobs in order; a stage-2 job has a learning rate only once its model's stage 1 is finished."""
+    jobs = []
+    for lr in LRS:  # stage 1, interleaved over models so that two workers share the load evenly
+        for m in MODELS:
+            jobs.append({"model": m, "lr": lr, "warmup": BASE_WARMUP, "name": job_name(m, lr, BASE_WARMUP)})
+    for m in MODELS:
+        stage1 = [job_name(m, lr, BASE_WARMUP) for lr in LRS]
+        best = best_of(out, m, stage1)
+        lr = float(best[0].split("__lr")[1].split("__")[0]) if best else None
+        jobs.append({"model": m, "lr": lr, "warmup": LONG_WARMUP, "name": job_name(m, lr, LONG_WARMUP) if best else None,
+                     "after": stage1})
+    return jobs
+
+
+def claim(out: Path) -> dict | None | str:
+    """Claim the next ready job (its folder created atomically); "wait" if only unready jobs remain."""
+    waiting = False
+    for job in plan(out):
+        if job["name"] is None:
+            waiting = True
+            continue
+        try:
+            (out / job["name"]).mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return job
+    return "wait" if waiting else None
+
+
+def run_job(job: dict, args) -> int:
+    d = args.out / job["name"]
+    cmd = [sys.executable, str(HERE / "kvasir.py"), "--models", job["model"], "--lr", str(job["lr"]),
+           "--warmup", str(job["warmup"]), "--budget-minutes", str(args.budget_minutes), "--evals", str(args.evals),
+           "--threads", "1", "--out", str(d)]
+    if args.cache.exists():
+        (d / "cache").symlink_to(args.cache.resolve())
+    (d / "job.json").write_text(json.dumps({**job, "command": " ".join(cmd), "pid": os.getpid()}, indent=1))
+    print(f"[{time.strftime('%H:%M:%S')}] start {job['name']}", flush=True)
+    with open(d / "stdout.log", "w") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if rc == 0:
+        (d / "done").write_text("")
+    print(f"[{time.strftime('%H:%M:%S')}] end {job['name']} rc {rc}", flush=True)
+    return rc
+
+
+def report(out: Path) -> str:
+    rows = ["| model | lr | warm-up | val Dice (full) | best step | steps | state |", "|---|---|---|---|---|---|---|"]
+    for d in sorted(p for p in out.iterdir() if p.is_dir() and "__lr" in p.name):
+        job = json.loads((d / "job.json").read_text()) if (d / "job.json").exists() else {}
+        log_path = d / job.get("model", "?") / "log.json"
+        log = json.loads(log_path.read_text()) if log_path.exists() else {}
+        best = log.get("best", {})
+        state = "done" if (d / "done").exists() else "running"
+        rows.append(f"| {job.get('model')} | {job.get('lr'):g} | {job.get('warmup'):g} | "
+                    f"{100 * best.get('dice_full', float('nan')):.2f} | {best.get('step')} | {log.get('steps')} | {state} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--budget-minutes", type=float, default=12.0)
+    p.add_argument("--evals", type=int, default=4)
+    p.add_argument("--cache", type=Path, default=HERE / "results" / "kvasir" / "cache",
+                   help="decoded-data cache shared by the jobs (made by the first kvasir.py run)")
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        print(report(args.out))
+        return 0
+    while True:
+        job = claim(args.out)
+        if job is None:
+            return 0
+        if job == "wait":
+            time.sleep(30)
+            continue
+        run_job(job, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
