@@ -14,7 +14,8 @@ kept::
     python benchmarks/kvasir_tune.py --out /work/runs/kvasir_tuning --budget-minutes 12 &
     python benchmarks/kvasir_tune.py --out /work/runs/kvasir_tuning --report   # the table, any time
 
-A job's folder holds ``<model>/log.json`` (the harness's log) and ``job.json``; ``done`` marks a finished job.
+A job's folder holds ``<model>/log.json`` (the harness's log), ``job.json`` and ``stdout.log``; ``done`` marks a
+finished job. A failed job stops its worker and keeps its folder (delete the folder to run the job again).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def run_job(job: dict, args) -> int:
     d = args.out / job["name"]
     cmd = [sys.executable, str(HERE / "kvasir.py"), "--models", job["model"], "--lr", str(job["lr"]),
            "--warmup", str(job["warmup"]), "--budget-minutes", str(args.budget_minutes), "--evals", str(args.evals),
-           "--threads", "1", "--out", str(d)]
+           "--threads", "1", "--out", str(d), "--data", str(args.data)]
     if args.cache.exists():
         (d / "cache").symlink_to(args.cache.resolve())
     (d / "job.json").write_text(json.dumps({**job, "command": " ".join(cmd), "pid": os.getpid()}, indent=1))
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--evals", type=int, default=4)
     p.add_argument("--cache", type=Path, default=HERE / "results" / "kvasir" / "cache",
                    help="decoded-data cache shared by the jobs (made by the first kvasir.py run)")
+    p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "Kvasir-SEG")
     p.add_argument("--report", action="store_true")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,9 @@ def main(argv=None) -> int:
         if job == "wait":
             time.sleep(30)
             continue
-        run_job(job, args)
+        rc = run_job(job, args)
+        if rc != 0:  # stop this worker; the failed job's folder stays for inspection (delete it to rerun)
+            return rc
 
 
 if __name__ == "__main__":
