@@ -14,7 +14,17 @@ Every model gets the same data, augmentation, input size, loss, optimiser and bu
 - augmentation (per sample, plain torch): random rescale 0.5-1.5 of the input size, random crop/pad to 256,
   horizontal and vertical flips, random 90-degree rotation; ImageNet mean/std normalisation;
 - loss ``monai_patcher.losses.BCEIoULoss`` (boundary-weighted BCE + IoU); Adam lr 1e-4; linear warm-up over
-  ``--warmup`` of the budget, then poly decay (power 0.9) to 0 at the end of the budget; batch 8.
+  ``--warmup`` of the budget, then poly decay (power 0.9) to 0 at the end of the budget; batch 8;
+- precision (``--precision``): fp32, or bf16 (``torch.autocast("cpu", dtype=torch.bfloat16)`` around the
+  forward, loss and metrics in fp32); evaluation runs in the training precision.
+
+``--budget-steps N`` replaces the CPU-time budget by N optimiser steps (learning rate and evaluations then follow
+the step count: a deterministic schedule, for tests and step-matched comparisons).
+
+A run survives an interruption: ``OUT/<model>/resume.pt`` (model, optimiser, random generators, data order,
+CPU time spent, history, best) is written atomically at each evaluation and every ``--save-every-minutes`` of
+training CPU time; the same command with ``--resume`` continues from it (same seed, same schedule, the CPU time
+already spent counted). Without ``--resume`` an unfinished ``resume.pt`` is never overwritten.
 
 Evaluation (per-image Dice and IoU, mean over images, threshold 0.5 on the sigmoid): the model sees the
 256 x 256 val image; "full" metrics upsample the logits (bilinear) to the original mask size, "256" metrics
@@ -25,12 +35,15 @@ Score a saved checkpoint on any image/mask folder pair::
     python benchmarks/kvasir.py --eval-only --checkpoint benchmarks/results/kvasir/patcher_small/best.pt \\
         --images ../shared/data/Kvasir-SEG/val/images --masks ../shared/data/Kvasir-SEG/val/masks
 
+(``best.pt`` records the model name, input size and precision it was trained with; the evaluation uses them.)
+
 ``--smoke`` runs the whole flow on a few images with tiny settings in well under a minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -39,7 +52,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +65,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from models import MODEL_NAMES, PATCHER_VARIANTS, build_model, count_parameters, describe_model  # noqa: E402
 
+from monai_patcher.checkpoint import RNGState, atomic_save, atomic_write  # noqa: E402
 from monai_patcher.losses import BCEIoULoss  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
@@ -59,6 +73,11 @@ DEFAULT_OUT = HERE / "results" / "kvasir"
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+PRECISIONS = ("fp32", "bf16")
+RESUME_FILE = "resume.pt"
+#: the settings a resumed run must share with the run it continues (they decide data, schedule and results)
+RUN_KEYS = ("batch_size", "eval_batch_size", "input_size", "base_size", "scale_range", "lr", "warmup", "seed",
+            "budget_minutes", "budget_steps", "evals", "limit_train", "limit_val", "precision")
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -112,15 +131,18 @@ def load_split(images_dir, masks_dir, size: int, full_masks: bool = False, limit
 
 
 def cached_split(cache_dir: Path | None, tag: str, *args, **kwargs) -> dict:
-    """``load_split`` with an on-disk cache (``cache_dir/tag.pt``; never commit it: it is derived data)."""
-    if cache_dir is None:
-        return load_split(*args, **kwargs)
-    path = Path(cache_dir) / f"{tag}.pt"
-    if path.exists():
+    """``load_split`` with an on-disk cache (``cache_dir/tag.pt``; never commit it: it is derived data).
+
+    Only a whole split is cached, written atomically so that several runs can share one cache folder
+    (``--cache-dir``); with ``limit`` a cached whole split is returned as it is (the caller keeps its first
+    images) and a missing one is decoded without caching.
+    """
+    path = None if cache_dir is None else Path(cache_dir) / f"{tag}.pt"
+    if path is not None and path.exists():
         return torch.load(path, weights_only=False)
     data = load_split(*args, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, path)
+    if path is not None and kwargs.get("limit") is None:
+        atomic_save(data, path)
     return data
 
 
@@ -178,17 +200,30 @@ def dice_iou(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> 
     return 2.0 * inter / (ps + gs), inter / union
 
 
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """The context a forward runs in: nothing for ``"fp32"``, CPU autocast to bfloat16 for ``"bf16"``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 @torch.no_grad()
-def predict_logits(model, images_u8: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Logits ``N x 1 x H x W`` for uint8 images ``N x 3 x H x W`` (eval mode)."""
+def predict_logits(model, images_u8: torch.Tensor, batch_size: int = 8, precision: str = "fp32") -> torch.Tensor:
+    """Logits ``N x 1 x H x W`` (float32) for uint8 images ``N x 3 x H x W`` (eval mode, forward in ``precision``)."""
     model.eval()
-    out = [model(normalize(images_u8[i : i + batch_size])) for i in range(0, len(images_u8), batch_size)]
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        x = normalize(images_u8[i : i + batch_size])
+        with autocast(precision):
+            out.append(model(x).float())
     return torch.cat(out)
 
 
-def evaluate(model, data: dict, batch_size: int = 8) -> dict:
+def evaluate(model, data: dict, batch_size: int = 8, precision: str = "fp32") -> dict:
     """Per-image Dice/IoU (mean over images) at the input size and, if present, at the original mask size."""
-    logits = predict_logits(model, data["images"], batch_size)
+    logits = predict_logits(model, data["images"], batch_size, precision)
     d256, i256, dfull, ifull = [], [], [], []
     for j in range(len(logits)):
         d, i = dice_iou(logits[j, 0] > 0, data["masks"][j, 0] > 0)
@@ -244,6 +279,12 @@ def train_for_budget(
     warmup: float,
     stop_on_nonfinite: bool = False,
     log_prefix: str = "",
+    *,
+    budget_steps: int | None = None,
+    precision: str = "fp32",
+    state: dict | None = None,
+    save_state: Callable[[dict], None] | None = None,
+    save_every_s: float = 0.0,
 ) -> Progress:
     """The benchmarks' training loop: Adam + ``BCEIoULoss`` for ``budget_s`` seconds of process CPU time.
 
@@ -252,19 +293,49 @@ def train_for_budget(
     ``res = evaluate_fn()`` (its CPU time counted apart, as ``eval_cpu_s``) then ``on_eval(progress, res)``.
     With ``stop_on_nonfinite`` a non-finite loss ends the run (a message, no evaluation). Returns the final
     :class:`Progress`.
+
+    ``budget_steps`` makes the budget that many steps instead (learning rate and evaluations then depend on the
+    step count only: a deterministic schedule). ``precision`` is the forward's (:func:`autocast`); the loss is
+    computed in float32 either way.
+
+    Resuming: ``save_state(loop_state)`` is called after each ``on_eval`` and after the first step that ends
+    ``save_every_s`` seconds of training CPU time since the last call (0: at evaluations only). ``loop_state``
+    holds the optimiser, the :class:`Progress`, the next evaluation time, the losses since the last evaluation
+    and the global random generators (``RNGState``); passed back as ``state`` (to a model and ``next_batch`` in
+    the same state as then), the run goes on exactly as if it had not stopped.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = BCEIoULoss()
-    eval_every = budget_s / max(evals, 1)
+    total = float(budget_steps) if budget_steps else budget_s
+    eval_every = total / max(evals, 1)
     p = Progress()
     next_eval, losses = eval_every, []
-    while p.train_cpu_s < budget_s:
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        p = Progress(**state["progress"])
+        next_eval, losses = state["next_eval"], list(state["losses"])
+        RNGState().load_state_dict(state["rng"])
+    saved_at = p.train_cpu_s
+
+    def spent() -> float:
+        return p.step if budget_steps else p.train_cpu_s
+
+    def save() -> None:
+        nonlocal saved_at
+        saved_at = p.train_cpu_s
+        if save_state is not None:
+            save_state({"optimizer": opt.state_dict(), "progress": asdict(p), "next_eval": next_eval,
+                        "losses": list(losses), "rng": RNGState().state_dict()})
+
+    while spent() < total:
         c0, w0 = time.process_time(), time.perf_counter()
         for g in opt.param_groups:
-            g["lr"] = lr_at(p.train_cpu_s / budget_s, lr, warmup)
+            g["lr"] = lr_at(spent() / total, lr, warmup)
         x, y = next_batch()
         model.train()
-        loss = loss_fn(model(x), y)
+        with autocast(precision):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -275,7 +346,7 @@ def train_for_budget(
         if stop_on_nonfinite and not math.isfinite(losses[-1]):
             print(f"{log_prefix}non-finite loss at step {p.step}; stopping", flush=True)
             break
-        if p.train_cpu_s >= next_eval or p.train_cpu_s >= budget_s:
+        if spent() >= next_eval or spent() >= total:
             next_eval += eval_every
             c1 = time.process_time()
             res = evaluate_fn()
@@ -283,11 +354,59 @@ def train_for_budget(
             p.lr, p.train_loss = opt.param_groups[0]["lr"], float(np.mean(losses))
             losses = []
             on_eval(p, res)
+            save()
+        elif save_every_s > 0 and p.train_cpu_s - saved_at >= save_every_s:
+            save()
     return p
 
 
+def _write_json(obj, path: Path, **kwargs) -> None:
+    """``json.dump`` to ``path`` atomically (a reader never sees half a file)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, **kwargs)
+
+    atomic_write(path, write)
+
+
+def best_checkpoint(name: str, step: int, model: torch.nn.Module, args) -> dict:
+    """What ``best.pt`` holds: the weights and everything :func:`eval_only` needs to rebuild and run the model."""
+    return {"model": name, "step": step, "state_dict": model.state_dict(), "input_size": args.input_size,
+            "in_channels": 3, "out_channels": 1, "precision": args.precision}
+
+
+def load_resume_state(name: str, path: Path, args) -> dict | None:
+    """The run state to continue from ``path`` (``--resume``), or None to start afresh.
+
+    Without ``--resume`` a finished run is started afresh, an unfinished one is an error (its state is never
+    overwritten by accident). With ``--resume`` a missing state starts afresh; a state written with other
+    :data:`RUN_KEYS` settings is an error (it would not continue the same run).
+    """
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not args.resume:
+        if state.get("finished"):
+            return None
+        raise SystemExit(f"{path}: an unfinished run of {name} (step {state['loop']['progress']['step']}); "
+                         "continue it with --resume, or delete the file to start afresh")
+    now = run_config(args)
+    diff = {k: (state["config"].get(k), now.get(k)) for k in RUN_KEYS
+            if _plain(state["config"].get(k)) != _plain(now.get(k))}
+    if diff:
+        raise SystemExit(f"{path}: --resume with other settings than the run it continues "
+                         f"(setting: (saved, now)): {diff}")
+    return state
+
+
+def _plain(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
 def train_one(name: str, train: dict, val: dict, args, out_dir: Path) -> dict:
-    """Train ``name`` for ``args.budget_minutes`` of process CPU time; evaluate on val at intervals."""
+    """Train ``name`` for ``args.budget_minutes`` of process CPU time (or ``args.budget_steps`` steps); evaluate on
+    val at intervals; keep ``resume.pt`` up to date and, with ``args.resume``, continue from it."""
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = build_model(name, in_channels=3, out_channels=1)
@@ -295,6 +414,11 @@ def train_one(name: str, train: dict, val: dict, args, out_dir: Path) -> dict:
     budget = args.budget_minutes * 60.0
     mdir = out_dir / name
     mdir.mkdir(parents=True, exist_ok=True)
+    state_path = mdir / RESUME_FILE
+    state = load_resume_state(name, state_path, args)
+    if state is not None and state.get("finished"):
+        print(f"[{name}] finished already ({state_path}); nothing to resume", flush=True)
+        return json.loads((mdir / "log.json").read_text())
     log = {
         "model": name,
         "description": describe_model(name),
@@ -305,8 +429,22 @@ def train_one(name: str, train: dict, val: dict, args, out_dir: Path) -> dict:
     }
     n = len(train["images"])
     perm, pos = torch.randperm(n, generator=gen), 0
-    best = {"dice_full": -1.0}
-    print(f"[{name}] {n_params / 1e6:.2f} M parameters, budget {budget:.0f} s CPU", flush=True)
+    best, best_per_image = {"dice_full": -1.0}, {}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        gen.set_state(state["generator"])
+        perm, pos = state["perm"], state["pos"]
+        log["history"], best, best_per_image = state["history"], state["best"], state["best_per_image"]
+        log["resumed"] = state["resumed"] + [{k: state["loop"]["progress"][k] for k in ("step", "train_cpu_s")}]
+        if best.get("step") == state["loop"]["progress"]["step"]:  # it may have stopped before best.pt was written
+            atomic_save(best_checkpoint(name, best["step"], model, args), mdir / "best.pt")
+            _write_json(best_per_image, mdir / "best_per_image.json")
+        print(f"[{name}] resuming from step {state['loop']['progress']['step']} "
+              f"({state['loop']['progress']['train_cpu_s']:.0f} s CPU spent)", flush=True)
+    budget_text = f"{args.budget_steps} steps" if args.budget_steps else f"{budget:.0f} s CPU"
+    print(f"[{name}] {n_params / 1e6:.2f} M parameters, budget {budget_text}, precision {args.precision} "
+          "(training and evaluation)", flush=True)
+    new_best = False
 
     def next_batch():
         nonlocal perm, pos
@@ -317,7 +455,7 @@ def train_one(name: str, train: dict, val: dict, args, out_dir: Path) -> dict:
         return augment_batch(train["images"][idx], train["masks"][idx], args.input_size, args.scale_range, gen)
 
     def on_eval(p: Progress, res: dict) -> None:
-        nonlocal best
+        nonlocal best, best_per_image, new_best
         rec = {
             "step": p.step,
             "epoch": p.step * args.batch_size / n,
@@ -333,24 +471,37 @@ def train_one(name: str, train: dict, val: dict, args, out_dir: Path) -> dict:
         if res[key] > best.get("dice_full", -1.0):
             best = {**rec, "dice_full": res[key]}
             best.update({k: v for k, v in res.items() if not k.startswith("per_image")})
-            torch.save(
-                {"model": name, "step": p.step, "state_dict": model.state_dict(), "input_size": args.input_size},
-                mdir / "best.pt",
-            )
-            with open(mdir / "best_per_image.json", "w") as f:
-                json.dump({"names": val["names"], **{k: v for k, v in res.items() if k.startswith("per_image")}}, f)
+            best_per_image = {"names": val["names"], **{k: v for k, v in res.items() if k.startswith("per_image")}}
+            new_best = True
         print(
             f"[{name}] step {p.step} ep {rec['epoch']:.2f} cpu {p.train_cpu_s:.0f}s wall {p.train_wall_s:.0f}s "
             f"loss {rec['train_loss']:.3f} val dice {res.get('dice_full', res['dice_256']):.4f} "
             f"iou {res.get('iou_full', res['iou_256']):.4f} (256: {res['dice_256']:.4f})",
             flush=True,
         )
-        with open(mdir / "log.json", "w") as f:
-            json.dump({**log, "best": best, "steps": p.step}, f, indent=1)
+
+    loop_state = state["loop"] if state is not None else None
+
+    def save_state(loop: dict | None, finished: bool = False) -> None:
+        # the state first: if the process stops before best.pt is written, the resumed run writes it (above)
+        nonlocal new_best, loop_state
+        loop_state = loop
+        atomic_save({"model": model.state_dict(), "loop": loop, "generator": gen.get_state(), "perm": perm,
+                     "pos": pos, "history": log["history"], "best": best, "best_per_image": best_per_image,
+                     "resumed": log.get("resumed", []), "config": run_config(args), "finished": finished},
+                    state_path)
+        if new_best:
+            atomic_save(best_checkpoint(name, best["step"], model, args), mdir / "best.pt")
+            _write_json(best_per_image, mdir / "best_per_image.json")
+            new_best = False
+        if not finished:
+            _write_json({**log, "best": best, "steps": loop["progress"]["step"]}, mdir / "log.json", indent=1)
 
     done = train_for_budget(
-        model, next_batch, lambda: evaluate(model, val, args.eval_batch_size), on_eval, budget, args.evals,
-        args.lr, args.warmup, stop_on_nonfinite=True, log_prefix=f"[{name}] ",
+        model, next_batch, lambda: evaluate(model, val, args.eval_batch_size, args.precision), on_eval, budget,
+        args.evals, args.lr, args.warmup, stop_on_nonfinite=True, log_prefix=f"[{name}] ",
+        budget_steps=args.budget_steps, precision=args.precision, state=loop_state, save_state=save_state,
+        save_every_s=args.save_every_minutes * 60.0,
     )
     log.update(
         best=best,
@@ -362,8 +513,8 @@ def train_one(name: str, train: dict, val: dict, args, out_dir: Path) -> dict:
         sec_per_step_cpu=done.train_cpu_s / max(done.step, 1),
         cut_short_by_budget=True,
     )
-    with open(mdir / "log.json", "w") as f:
-        json.dump(log, f, indent=1)
+    _write_json(log, mdir / "log.json", indent=1)
+    save_state(loop_state, finished=True)  # log.json is final before the state says so
     return log
 
 
@@ -386,6 +537,8 @@ def write_summary(out_dir: Path) -> list[dict]:
                 "steps": log.get("steps"),
                 "epochs": round(log.get("epochs", float("nan")), 2),
                 "budget_cpu_min": log["config"]["budget_minutes"],
+                "budget_steps": log["config"].get("budget_steps"),
+                "precision": log["config"].get("precision", "fp32"),
                 "train_cpu_s": round(log.get("train_cpu_s", float("nan")), 1),
                 "train_wall_s": round(log.get("train_wall_s", float("nan")), 1),
                 "cpu_s_per_step": round(log.get("sec_per_step_cpu", float("nan")), 2),
@@ -409,19 +562,24 @@ def write_summary(out_dir: Path) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------- eval
 def eval_only(args) -> dict:
+    """Score ``args.checkpoint`` (a ``best.pt``) on ``args.images`` / ``args.masks`` with the model, input size and
+    precision it records (``--model`` / ``--precision`` override them; checkpoints without them: fp32)."""
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     name = args.model or ckpt["model"]
-    model = build_model(name, 3, 1)
+    model = build_model(name, ckpt.get("in_channels", 3), ckpt.get("out_channels", 1))
     model.load_state_dict(ckpt["state_dict"])
     size = int(ckpt.get("input_size", args.input_size))
+    precision = args.precision or ckpt.get("precision", "fp32")
     data = load_split(args.images, args.masks, size, full_masks=True, limit=args.limit)
     c0, w0 = time.process_time(), time.perf_counter()
-    res = evaluate(model, data, args.eval_batch_size)
+    res = evaluate(model, data, args.eval_batch_size, precision)
     out = {
         "model": name,
         "checkpoint": str(args.checkpoint),
         "step": ckpt.get("step"),
         "images": len(data["names"]),
+        "input_size": size,
+        "precision": precision,
         **{k: round(v, 4) for k, v in res.items() if not k.startswith("per_image")},
         "eval_cpu_s": round(time.process_time() - c0, 2),
         "eval_wall_s": round(time.perf_counter() - w0, 2),
@@ -452,6 +610,8 @@ def parse_args(argv=None):
     p.add_argument("--models", default="patcher_small,unet,attention_unet,swin_unetr,segformer_b0",
                    help=f"comma-separated, from {list(MODEL_NAMES) + sorted(set(PATCHER_VARIANTS) - set(MODEL_NAMES))}")
     p.add_argument("--budget-minutes", type=float, default=6.0, help="training budget per model, process CPU minutes")
+    p.add_argument("--budget-steps", type=int, default=None,
+                   help="budget in optimiser steps instead of CPU time (a deterministic schedule)")
     p.add_argument("--evals", type=int, default=5, help="val evaluations per model, evenly spaced in CPU time")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-batch-size", type=int, default=8)
@@ -461,11 +621,18 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.05, help="linear warm-up, fraction of the budget")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="forward precision of training and evaluation (default fp32; eval-only: the checkpoint's)")
+    p.add_argument("--resume", action="store_true", help="continue each model's run from OUT/<model>/resume.pt")
+    p.add_argument("--save-every-minutes", type=float, default=5.0,
+                   help="also save resume.pt after this much training CPU time (0: at evaluations only)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time equals compute time)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--limit-val", type=int, default=None)
-    p.add_argument("--no-cache", action="store_true", help="do not cache the decoded data in OUT/cache")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="folder of the decoded-data cache, may be shared by runs (default OUT/cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache the decoded data")
     p.add_argument("--summary-only", action="store_true", help="only rebuild OUT/summary.* from the model logs")
     p.add_argument("--smoke", action="store_true", help="tiny run of the whole flow (< 1 min)")
     p.add_argument("--eval-only", action="store_true")
@@ -477,6 +644,10 @@ def parse_args(argv=None):
     p.add_argument("--per-image-csv", type=Path, default=None, help="eval-only: write per-image scores")
     args = p.parse_args(argv)
     args.scale_range = tuple(args.scale_range)
+    if args.budget_steps is not None and args.budget_steps < 1:
+        p.error("--budget-steps must be at least 1")
+    if not args.eval_only:
+        args.precision = args.precision or "fp32"
     if args.smoke:
         args.limit_train = args.limit_train or 16
         args.limit_val = args.limit_val or 8
@@ -509,7 +680,7 @@ def main(argv=None) -> int:
         if m not in MODEL_NAMES and m not in PATCHER_VARIANTS:
             raise SystemExit(f"unknown model {m!r}")
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = None if args.no_cache else args.out / "cache"
+    cache = None if args.no_cache else args.cache_dir or args.out / "cache"
     t0 = time.perf_counter()
     train = cached_split(cache, f"train_{args.base_size}", args.data / "train" / "images", args.data / "train" / "masks",
                          args.base_size, limit=args.limit_train)

@@ -87,9 +87,7 @@ def run_job(job: dict, args) -> int:
     d = args.out / job["name"]
     cmd = [sys.executable, str(HERE / "kvasir.py"), "--models", job["model"], "--lr", str(job["lr"]),
            "--warmup", str(job["warmup"]), "--budget-minutes", str(args.budget_minutes), "--evals", str(args.evals),
-           "--threads", "1", "--out", str(d), "--data", str(args.data)]
-    if args.cache.exists():
-        (d / "cache").symlink_to(args.cache.resolve())
+           "--threads", "1", "--out", str(d), "--data", str(args.data), "--cache-dir", str(args.cache.resolve())]
     (d / "job.json").write_text(json.dumps({**job, "command": " ".join(cmd), "pid": os.getpid()}, indent=1))
     print(f"[{time.strftime('%H:%M:%S')}] start {job['name']}", flush=True)
     with open(d / "stdout.log", "w") as f:
@@ -119,7 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget-minutes", type=float, default=12.0)
     p.add_argument("--evals", type=int, default=4)
     p.add_argument("--cache", type=Path, default=HERE / "results" / "kvasir" / "cache",
-                   help="decoded-data cache shared by the jobs (made by the first kvasir.py run)")
+                   help="decoded-data cache shared by the jobs (made by the first job)")
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "Kvasir-SEG")
     p.add_argument("--report", action="store_true")
     args = p.parse_args(argv)

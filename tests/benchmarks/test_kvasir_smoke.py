@@ -19,16 +19,6 @@ sys.path.insert(0, str(BENCH))
 import kvasir  # noqa: E402
 
 
-def _mini_kvasir(src: Path, dst: Path, n: int = 4) -> Path:
-    for split in ("train", "val"):
-        names = sorted((src / split / "images").iterdir())[:n]
-        for sub in ("images", "masks"):
-            (dst / split / sub).mkdir(parents=True)
-            for p in names:
-                (dst / split / sub / p.name).symlink_to(src / split / sub / p.name)
-    return dst
-
-
 def test_augment_and_metrics():
     gen = torch.Generator().manual_seed(0)
     img = torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8)
@@ -46,8 +36,8 @@ def test_augment_and_metrics():
     assert kvasir.lr_at(1.0, 1.0, 0.1) == 0.0
 
 
-def test_train_eval_only_and_figure(shared_path_fn, tmp_path, capsys):
-    data = _mini_kvasir(shared_path_fn("Kvasir-SEG"), tmp_path / "kvasir")
+def test_train_eval_only_and_figure(mini_kvasir, tmp_path, capsys):
+    data = mini_kvasir
     out = tmp_path / "out"
     args = ["--data", str(data), "--models", "patcher_tiny", "--budget-minutes", "0.01", "--input-size", "64",
             "--base-size", "80", "--batch-size", "2", "--evals", "1", "--out", str(out), "--no-cache"]
