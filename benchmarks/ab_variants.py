@@ -33,31 +33,29 @@ so a little slower than a plain forward) and counts the page faults of each forw
 
 Usage::
 
-    python benchmarks/ab_variants.py --preset paper --rounds 8
-    python benchmarks/ab_variants.py --preset paper --breakdown
-    python benchmarks/ab_variants.py --gate-conv --rounds 7
-    python benchmarks/ab_variants.py --preset paper --compile --rounds 8
-    python benchmarks/ab_variants.py --preset small --variants no_groups nchw_decoder
+    python -m benchmarks.ab_variants --preset paper --rounds 8
+    python -m benchmarks.ab_variants --preset paper --breakdown
+    python -m benchmarks.ab_variants --gate-conv --rounds 7
+    python -m benchmarks.ab_variants --preset paper --compile --rounds 8
+    python -m benchmarks.ab_variants --preset small --variants no_groups nchw_decoder
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
-import sys
 import time
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from monai_patcher.networks import blocks
+from monai_patcher.networks.blocks import _grid_to_tokens, _tokens_to_grid
+from monai_patcher.networks.moe import MoEDecoder
 
-from monai_patcher.networks import blocks, patcher_preset  # noqa: E402
-from monai_patcher.networks.blocks import _grid_to_tokens, _tokens_to_grid  # noqa: E402
-from monai_patcher.networks.moe import MoEDecoder  # noqa: E402
+from .models import build_patcher
 
 
 @contextlib.contextmanager
@@ -296,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         print(gate_conv(args.rounds))
         return
     torch.manual_seed(0)
-    net = patcher_preset(args.preset).eval()
+    net = build_patcher(f"patcher_{args.preset}", in_channels=2).eval()
     x = torch.randn(1, 2, args.size, args.size)
     print(f"preset {args.preset}, 1 x 2 x {args.size} x {args.size}, {torch.get_num_threads()} threads")
     if args.breakdown:

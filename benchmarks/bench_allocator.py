@@ -9,7 +9,7 @@ processes of the same code, and that variation is what this measures.
 
 Usage::
 
-    python benchmarks/bench_allocator.py --preset paper --processes 6 --forwards 5
+    python -m benchmarks.bench_allocator --preset paper --processes 6 --forwards 5
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
+from . import child_env, module_command
 
 
 def child(preset: str, size: int, forwards: int, keep: bool) -> dict:
@@ -36,10 +34,10 @@ def child(preset: str, size: int, forwards: int, keep: bool) -> dict:
         raise SystemExit("this platform has no glibc mallopt")
     import torch
 
-    from monai_patcher.networks import patcher_preset
+    from .models import build_patcher
 
     torch.manual_seed(0)
-    net = patcher_preset(preset).eval()
+    net = build_patcher(f"patcher_{preset}", in_channels=2).eval()
     x = torch.randn(1, 2, size, size)
     faults, times = [], []
     with torch.inference_mode():
@@ -66,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(child(args.preset, args.size, args.forwards, args.child == "keep")))
         return
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env = {k: v for k, v in child_env().items() if not k.startswith("MALLOC_")}
     print(f"preset {args.preset}, 1 x 2 x {args.size} x {args.size}, {args.forwards} forwards per process, "
           f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     print("| process | allocator | page faults per forward | forward (s, median) | max RSS (MiB) |")
@@ -74,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: dict[str, list[dict]] = {"default": [], "keep": []}
     for i in range(2 * args.processes):
         mode = ("default", "keep")[i % 2]
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--preset", args.preset,
-               "--size", str(args.size), "--forwards", str(args.forwards)]  # fmt: skip
+        cmd = module_command("bench_allocator", "--child", mode, "--preset", args.preset, "--size", str(args.size),
+                             "--forwards", str(args.forwards))
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         r = json.loads(res.stdout.strip().splitlines()[-1])
         rows[mode].append(r)

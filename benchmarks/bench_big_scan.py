@@ -8,7 +8,7 @@ and writes the mask. A baseline child builds the same predictor (imports, networ
 
 Usage::
 
-    python benchmarks/bench_big_scan.py [--shape 512 512 300] [--sw_batch_sizes 1 8 32] [--preset tiny]
+    python -m benchmarks.bench_big_scan [--shape 512 512 300] [--sw_batch_sizes 1 8 32] [--preset tiny]
         [--workdir /tmp/big_scan] [--out benchmarks/results/big_scan/summary.json]
 
 The network's weights are random (memory and time do not depend on them). Runtime on 2 CPU cores: ~2-4 min
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from . import child_env, module_command
 
 
 def _rss_mb() -> float:
@@ -104,9 +106,10 @@ def main() -> None:
     print(f"wrote {args.shape} DWI + ADC float32 ({case['input_bytes'] / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s")
 
     def run(extra: list[str]) -> dict:
-        cmd = [sys.executable, __file__, "--child", "--preset", args.preset, "--input", str(work / "in"),
-               "--output", str(work / "out"), *extra]
-        proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        cmd = module_command("bench_big_scan", "--child", "--preset", args.preset, "--input", str(work / "in"),
+                             "--output", str(work / "out"), *extra)
+        proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace",
+                              env=child_env(PYTHONWARNINGS="ignore"))
         if proc.returncode != 0:
             raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -127,7 +130,7 @@ def main() -> None:
         "shape": args.shape, "dtype": "float32", "channels": 2, "input_mb": round(case["input_bytes"] / mib, 1),
         "preset": args.preset, "baseline_mb": baseline["peak_mb"], "runs": rows,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "command": "python benchmarks/bench_big_scan.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.bench_big_scan " + " ".join(sys.argv[1:]),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,11 @@ memory, and large tensors are not page-faulted in again on every forward.
 
 Usage::
 
-    python benchmarks/bench_network.py                                  # paper/small/tiny + the MONAI models
-    python benchmarks/bench_network.py --presets small tiny --models unet --repeats 10
-    python benchmarks/bench_network.py --presets paper --models --keep-freed-memory
-    python benchmarks/bench_network.py --profile paper                  # top ops of one forward, by self CPU time
-    python benchmarks/bench_network.py --train-step --batch-size 8      # one training step per model (time, memory)
+    python -m benchmarks.bench_network                                  # paper/small/tiny + the MONAI models
+    python -m benchmarks.bench_network --presets small tiny --models unet --repeats 10
+    python -m benchmarks.bench_network --presets paper --models --keep-freed-memory
+    python -m benchmarks.bench_network --profile paper                  # top ops of one forward, by self CPU time
+    python -m benchmarks.bench_network --train-step --batch-size 8      # one training step per model (time, memory)
 """
 
 from __future__ import annotations
@@ -42,46 +42,29 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from monai_patcher.allocator import keep_freed_memory
 
-from monai_patcher.allocator import keep_freed_memory  # noqa: E402
+from . import child_env, models, module_command
 
 PRESETS = ("paper", "small", "tiny")
 MONAI_MODELS = ("unet", "attention_unet", "swin_unetr")
+#: ``--models`` choices: the registry's networks other than the Patcher presets
+OTHER_MODELS = tuple(n for n in models.MODEL_NAMES if not n.startswith("patcher_"))
 
 
 def build_model(name: str, in_channels: int = 2, out_channels: int = 1) -> nn.Module:
-    """Build a benchmarked network by name.
+    """A benchmarked network from the registry (:mod:`benchmarks.models`), in eval mode.
 
     Args:
-        name: a Patcher preset (``"paper"``, ``"small"``, ``"tiny"``) or ``"unet"``, ``"attention_unet"``,
-            ``"swin_unetr"`` (MONAI, ``spatial_dims=2``).
+        name: a Patcher preset (``"paper"``, ``"small"``, ``"tiny"``: the registry's ``patcher_<preset>``) or any
+            other registry name (``"unet"``, ``"attention_unet"``, ``"swin_unetr"``, ...).
         in_channels: input channels.
         out_channels: output channels.
 
     Returns:
         The model in eval mode.
     """
-    if name in PRESETS:
-        from monai_patcher.networks import patcher_preset
-
-        net = patcher_preset(name, in_channels=in_channels, out_channels=out_channels)
-    elif name == "unet":
-        from monai.networks.nets import UNet
-
-        net = UNet(2, in_channels, out_channels, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2),
-                   num_res_units=2)  # fmt: skip
-    elif name == "attention_unet":
-        from monai.networks.nets import AttentionUnet
-
-        net = AttentionUnet(2, in_channels, out_channels, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2))
-    elif name == "swin_unetr":
-        from monai.networks.nets import SwinUNETR
-
-        net = SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48, spatial_dims=2)
-    else:
-        raise ValueError(f"unknown model {name!r}; choose from {PRESETS + MONAI_MODELS}.")
-    return net.eval()
+    return models.build_model(f"patcher_{name}" if name in PRESETS else name, in_channels, out_channels).eval()
 
 
 def _register_cpu_attention_flops() -> None:
@@ -269,14 +252,13 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     Returns:
         The row, or ``{"model": name, "error": ...}`` when the child failed.
     """
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--size", str(args.size),
-           "--in-channels", str(args.in_channels), "--repeats", str(args.repeats),
-           "--time-budget", str(args.time_budget)]  # fmt: skip
+    cmd = module_command("bench_network", "--child", name, "--size", str(args.size), "--in-channels",
+                         str(args.in_channels), "--repeats", str(args.repeats), "--time-budget", str(args.time_budget))
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.keep_freed_memory:
         cmd.append("--keep-freed-memory")
-    res = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
+    res = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=child_env())
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
         return {"model": name, "error": (res.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -340,7 +322,8 @@ def profile(name: str, size: int, in_channels: int, row_limit: int = 25) -> str:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--presets", nargs="*", default=list(PRESETS), choices=PRESETS, help="Patcher presets")
-    p.add_argument("--models", nargs="*", default=list(MONAI_MODELS), choices=MONAI_MODELS, help="MONAI networks")
+    p.add_argument("--models", nargs="*", default=list(MONAI_MODELS), choices=OTHER_MODELS,
+                   help="other networks of benchmarks.models (default: the MONAI ones)")
     p.add_argument("--size", type=int, default=256, help="image side (default 256)")
     p.add_argument("--in-channels", type=int, default=2, help="input channels (default 2)")
     p.add_argument("--repeats", type=int, default=10, help="timed forwards per model (default 10)")
@@ -354,10 +337,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
     p.add_argument("--train-step", action="store_true",
                    help="instead: time one optimiser step (forward + backward + Adam) per model, in child processes,\n"
-                        "with peak memory (benchmarks/bench_train_step.py; RGB input, --size, --batch-size)")
+                        "with peak memory (benchmarks.bench_train_step; RGB input, --size, --batch-size)")
     p.add_argument("--batch-size", type=int, default=8, help="--train-step batch size (default 8)")
     p.add_argument("--train-models", default=None,
-                   help="--train-step: comma-separated names from benchmarks/models.py (default: all compared models)")
+                   help="--train-step: comma-separated names from benchmarks.models (default: all compared models)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -368,8 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train_step:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import bench_train_step
+        from . import bench_train_step
 
         ts_args = ["--batch-size", str(args.batch_size), "--size", str(args.size), "--threads", str(args.threads or 1)]
         bench_train_step.main(ts_args + (["--models", args.train_models] if args.train_models else []))

@@ -5,8 +5,8 @@ module in the same process. Each round times every reader once per file, in an o
 (the machine is shared and noisy); the table gives the median and the minimum over the rounds. Before timing, the
 current reader's array and affine are checked against the baseline's (NaN compared equal).
 
-    python benchmarks/bench_readers.py --rounds 9
-    python benchmarks/bench_readers.py --baseline 612fd12 --files /path/a.nii.gz /path/b.nii.gz
+    python -m benchmarks.bench_readers --rounds 9
+    python -m benchmarks.bench_readers --baseline 612fd12 --files /path/a.nii.gz /path/b.nii.gz
 
 The default files are the real BraTS FLAIR and the ISLES'22 DWI and ADC from ``../shared/data`` (or
 ``$MONAI_PATCHER_DATA``); nothing is written.

@@ -1,6 +1,6 @@
 """Training-step speed and memory: one optimiser step (forward + backward + Adam) per model, each in its own process.
 
-    python benchmarks/bench_train_step.py --models patcher_small,unet --batch-size 8 --size 256 --threads 1
+    python -m benchmarks.bench_train_step --models patcher_small,unet --batch-size 8 --size 256 --threads 1
 
 For every model a child process builds the network (random init), runs ``--warmup`` untimed steps (the first
 Adam step allocates the optimiser state) and then ``--steps`` timed steps on random data (``B x 3 x size x
@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import child_env, module_command
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = "patcher_small,unet,attention_unet,swin_unetr,segformer_b0,segformer_b5,patcher_paper"
 
@@ -35,11 +37,9 @@ def _rss_mb() -> float:
 def child(args) -> dict:
     import torch
 
-    sys.path.insert(0, str(HERE))
-    sys.path.insert(0, str(HERE.parent))
-    from models import build_model, count_parameters
-
     from monai_patcher.losses import BCEIoULoss
+
+    from .models import build_model, count_parameters
 
     if args.mem_limit_gb > 0:  # fail with an allocation error instead of pushing a shared machine into swap/OOM
         lim = int(args.mem_limit_gb * 2**30)
@@ -103,10 +103,10 @@ def main(argv=None) -> int:
     rows = []
     args.out.mkdir(parents=True, exist_ok=True)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        cmd = [sys.executable, __file__, "--child", name, "--batch-size", str(args.batch_size), "--size",
-               str(args.size), "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps),
-               "--mem-limit-gb", str(args.mem_limit_gb)]
-        proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
+        cmd = module_command("bench_train_step", "--child", name, "--batch-size", str(args.batch_size), "--size",
+                             str(args.size), "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps",
+                             str(args.steps), "--mem-limit-gb", str(args.mem_limit_gb))
+        proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=child_env())
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             row = {"model": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}

@@ -3,7 +3,7 @@
 Trains a Patcher (small preset by default) on the axial slices of ``train/`` (pat0005, pat0006), selects the
 best evaluation on ``validation/`` (pat0003, pat0004) and reports per-volume Dice and per-slice Dice there::
 
-    python benchmarks/brats.py --budget-minutes 10 --threads 1
+    python -m benchmarks.brats --budget-minutes 10 --threads 1
 
 - input: 2 channels, FLAIR and T1c (already z-scored inside the brain by the data's provider), label
   ``OTMultiClass > 0`` (whole tumour); axial slices (axis 2) resized from 240 x 240 to 256 x 256;
@@ -34,12 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from .kvasir import Progress, dice_iou, run_config, train_for_budget
+from .models import PATCHER_VARIANTS, build_model, count_parameters, describe_model
 
-from kvasir import Progress, dice_iou, run_config, train_for_budget  # noqa: E402
-from models import PATCHER_VARIANTS, build_model, count_parameters, describe_model  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "BraTS2015-DeepMedic-examples"
 

@@ -22,7 +22,7 @@ The training budget is a number of steps (``--iterations``), chosen from the ste
 as stored) and per-slice Dice/IoU (``SliceMeanDice``: mean over the slices whose ground truth has tumour). With ``--figure``
 a few tumour slices per validation case are drawn TP green / FP red / FN white.
 
-    python benchmarks/brats_bundle.py --iterations 200 --threads 2 --network-override 'small_patch=[4,2,2,2]' \
+    python -m benchmarks.brats_bundle --iterations 200 --threads 2 --network-override 'small_patch=[4,2,2,2]' \
         --network-override 'gate_channels=[]' --figure docs/figures/brats_overlays.png
 """
 
@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ROOT
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "BraTS2015-DeepMedic-examples"
 CONFIGS = ROOT / "bundles" / "patcher_stroke" / "configs"
 COPY_T5 = "{'_target_': 'CopyItemsd', 'keys': 'adc', 'names': 'eadc'}"
@@ -149,9 +149,9 @@ def load_bundle_net(args, datalist: Path, ckpt: Path):
 
 
 def bn_check(args, datalist: Path, ckpt: Path, n_slices: int = 8) -> dict:
-    """The check of ``benchmarks/brats_bn_check.py`` for any network: ``n_slices`` tumour slices of the first
-    validation case, predicted with BatchNorm running statistics (eval mode) and with batch statistics (train mode,
-    no gradient). Far apart fractions of predicted tumour mean the running statistics have not settled."""
+    """``n_slices`` tumour slices of the first validation case, predicted with BatchNorm running statistics (eval
+    mode) and with batch statistics (train mode, no gradient). Far apart fractions of predicted tumour mean the
+    running statistics have not settled."""
     import torch
 
     pre, net = load_bundle_net(args, datalist, ckpt)
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-train", action="store_true", help="evaluate the existing last checkpoint only")
     p.add_argument("--bn-check", action="store_true",
                    help="also predict 8 tumour slices of the first validation case with BatchNorm running and batch "
-                        "statistics (the check of benchmarks/brats_bn_check.py)")
+                        "statistics")
     p.add_argument("--skip-eval", action="store_true",
                    help="train only (e.g. a short probe of the step time); no validation case is looked at")
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
-"""Figures for docs/results.md from the outputs of benchmarks/kvasir.py.
+"""Figures for docs/results.md from the outputs of ``python -m benchmarks.kvasir``.
 
-    python benchmarks/figures.py --results benchmarks/results/kvasir --figures docs/figures \\
+    python -m benchmarks.figures --results benchmarks/results/kvasir --figures docs/figures \\
         --overlay-models patcher_small,unet --gating-model patcher_small
 
 - ``kvasir_dice_vs_time.png``: val Dice (original resolution) against training CPU time, every model;
@@ -20,18 +20,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from kvasir import DEFAULT_DATA, dice_iou, list_pairs, normalize  # noqa: E402
-from models import build_model  # noqa: E402
 
 from monai_patcher.visualize import overlay  # noqa: E402
+
+from .kvasir import DEFAULT_DATA, autocast, dice_iou, list_pairs, normalize  # noqa: E402
+from .models import build_model  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
 
 
 def dice_vs_time(results: Path, path: Path, skip: tuple[str, ...] = ()) -> None:
@@ -56,10 +55,11 @@ def dice_vs_time(results: Path, path: Path, skip: tuple[str, ...] = ()) -> None:
 
 
 def load_best(results: Path, name: str):
+    """The best checkpoint of ``name``: model (eval mode), input size, step, and the precision it was trained in."""
     ckpt = torch.load(results / name / "best.pt", map_location="cpu", weights_only=True)
     model = build_model(ckpt["model"], 3, 1)
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), int(ckpt.get("input_size", 256)), ckpt.get("step")
+    return model.eval(), int(ckpt.get("input_size", 256)), ckpt.get("step"), ckpt.get("precision", "fp32")
 
 
 def read_pair(img_path: Path, mask_path: Path):
@@ -71,15 +71,14 @@ def read_pair(img_path: Path, mask_path: Path):
 
 
 @torch.no_grad()
-def predict(model, img: np.ndarray, size: int, gating: bool = False):
-    """Logits at the original size (and the gating maps at the network's output size)."""
+def predict(model, img: np.ndarray, size: int, gating: bool = False, precision: str = "fp32"):
+    """Logits at the original size (and the gating maps at the network's output size); forward in ``precision``."""
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     x = normalize(x.round().clamp(0, 255).to(torch.uint8))
-    if gating:
-        logits, g = model.with_gating(x)
-    else:
-        logits, g = model(x), None
+    with autocast(precision):
+        logits, g = model.with_gating(x) if gating else (model(x), None)
+    logits, g = logits.float(), None if g is None else g.float()
     up = F.interpolate(logits, size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
     return up, g
 
@@ -88,10 +87,10 @@ def overlays(results: Path, data: Path, models: list[str], names: list[str], pat
     pairs = {i.stem: (i, m) for i, m in list_pairs(data / "val" / "images", data / "val" / "masks")}
     fig, axes = plt.subplots(len(models), len(names), figsize=(3.2 * len(names), 2.9 * len(models)), squeeze=False)
     for r, name in enumerate(models):
-        model, size, step = load_best(results, name)
+        model, size, step, precision = load_best(results, name)
         for c, stem in enumerate(names):
             img, mask = read_pair(*pairs[stem])
-            up, _ = predict(model, img, size)
+            up, _ = predict(model, img, size, precision=precision)
             pred = (up > 0).numpy()
             d, i = dice_iou(pred, mask)
             ax = axes[r, c]
@@ -106,13 +105,13 @@ def overlays(results: Path, data: Path, models: list[str], names: list[str], pat
 
 def gating_figure(results: Path, data: Path, model_name: str, names: list[str], path: Path) -> None:
     pairs = {i.stem: (i, m) for i, m in list_pairs(data / "val" / "images", data / "val" / "masks")}
-    model, size, step = load_best(results, model_name)
+    model, size, step, precision = load_best(results, model_name)
     cols = ["image + prediction"] + [f"W{k} (stage {k} expert)" for k in range(1, 5)]
     fig, axes = plt.subplots(len(names), 5, figsize=(14, 2.9 * len(names)), squeeze=False)
     outs = []
     for stem in names:
         img, mask = read_pair(*pairs[stem])
-        up, g = predict(model, img, size, gating=True)
+        up, g = predict(model, img, size, gating=True, precision=precision)
         outs.append((img, mask, (up > 0).numpy(), g[0].numpy()))
     lo = min(float(o[3].min()) for o in outs)  # one colour scale for all maps, stretched to their range
     hi = max(float(o[3].max()) for o in outs)

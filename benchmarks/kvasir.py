@@ -5,7 +5,7 @@ One command trains each model in ``--models`` on ``train/`` for the same budget 
 ``val/`` at regular CPU-time intervals, keeps the best checkpoint by val Dice and writes a log per model plus
 a summary (JSON, CSV and a Markdown table) into ``--out``::
 
-    python benchmarks/kvasir.py --models patcher_small,unet,segformer_b0 --budget-minutes 10 --threads 1
+    python -m benchmarks.kvasir --models patcher_small,unet,segformer_b0 --budget-minutes 10 --threads 1
 
 Every model gets the same data, augmentation, input size, loss, optimiser and budget:
 
@@ -32,7 +32,7 @@ compare with the mask resized to 256 x 256. The full-resolution numbers are the 
 
 Score a saved checkpoint on any image/mask folder pair::
 
-    python benchmarks/kvasir.py --eval-only --checkpoint benchmarks/results/kvasir/patcher_small/best.pt \\
+    python -m benchmarks.kvasir --eval-only --checkpoint benchmarks/results/kvasir/patcher_small/best.pt \\
         --images ../shared/data/Kvasir-SEG/val/images --masks ../shared/data/Kvasir-SEG/val/masks
 
 (``best.pt`` records the model name, input size and precision it was trained with; the evaluation uses them.)
@@ -59,14 +59,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from monai_patcher.checkpoint import RNGState, atomic_save, atomic_write
+from monai_patcher.losses import BCEIoULoss
+
+from .models import MODEL_NAMES, PATCHER_VARIANTS, build_model, count_parameters, describe_model
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from models import MODEL_NAMES, PATCHER_VARIANTS, build_model, count_parameters, describe_model  # noqa: E402
-
-from monai_patcher.checkpoint import RNGState, atomic_save, atomic_write  # noqa: E402
-from monai_patcher.losses import BCEIoULoss  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
 DEFAULT_OUT = HERE / "results" / "kvasir"

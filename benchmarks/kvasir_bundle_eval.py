@@ -1,20 +1,20 @@
-"""Score a ``benchmarks/kvasir.py`` Patcher checkpoint with the polyp bundle's own ``evaluate.json``.
+"""Score a ``benchmarks.kvasir`` Patcher checkpoint with the polyp bundle's own ``evaluate.json``.
 
 A cross-check of two independent evaluation paths on real Kvasir-SEG images, each image at its own size:
 
-- ``benchmarks/kvasir.py`` (plain torch): the val image resized to 256 x 256, logits upsampled (bilinear) to the
+- ``benchmarks.kvasir`` (plain torch): the val image resized to 256 x 256, logits upsampled (bilinear) to the
   mask's size, threshold 0.5, per-image Dice ("full");
 - the bundle (``bundles/patcher_polyp``, MONAI transforms): ``LoadImaged(PILReader)``, ``Resized`` to 256 x 256,
   sigmoid, ``Invertd`` back to the image's size, threshold 0.5, ``MeanDice`` against the mask as stored.
 
-The checkpoint's state dict (saved by ``kvasir.py`` around a ``PatcherLogits`` wrapper: keys ``net.*``) is written
+The checkpoint's state dict (saved by ``benchmarks.kvasir`` around a ``PatcherLogits`` wrapper: keys ``net.*``) is written
 as a bundle checkpoint (``{"model": state_dict}``) into ``--out``, and the bundle runs with the checkpoint's preset
-and overrides (``benchmarks/models.py``) as command-line overrides. The two paths differ in their resize code
+and overrides (``benchmarks.models``) as command-line overrides. The two paths differ in their resize code
 (torch ``interpolate`` vs MONAI ``Resize``) and in orientation: MONAI's ``PILReader`` gives ``W x H`` arrays, so
 the bundle's network sees each image transposed (the training of both paths includes flips and 90-degree
 rotations). Per-image differences are printed with the means::
 
-    python benchmarks/kvasir_bundle_eval.py --checkpoint benchmarks/results/kvasir/patcher_small_s4_gate0/best.pt
+    python -m benchmarks.kvasir_bundle_eval --checkpoint benchmarks/results/kvasir/patcher_small_s4_gate0/best.pt
 """
 
 from __future__ import annotations
@@ -28,23 +28,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+from . import ROOT
+from .brats_bundle import run  # runs a bundle command, logs it, times it
+from .models import PATCHER_VARIANTS
 
-from brats_bundle import run  # noqa: E402  (runs a bundle command, logs it, times it)
-from models import PATCHER_VARIANTS  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 CONFIGS = ROOT / "bundles" / "patcher_polyp" / "configs"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "Kvasir-SEG" / "val"
 
 
 def bundle_checkpoint(src: Path, dst: Path) -> tuple[str, dict]:
-    """Write ``src`` (a kvasir.py ``best.pt``) as a bundle checkpoint; returns its model name and Patcher config."""
+    """Write ``src`` (a ``benchmarks.kvasir`` ``best.pt``) as a bundle checkpoint; returns its model name and Patcher config."""
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     name = ckpt["model"]
     if name not in PATCHER_VARIANTS:
-        raise SystemExit(f"{src}: model {name!r} is not a Patcher variant of benchmarks/models.py")
+        raise SystemExit(f"{src}: model {name!r} is not a Patcher variant of benchmarks.models")
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
     dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state}, dst)
@@ -53,7 +52,7 @@ def bundle_checkpoint(src: Path, dst: Path) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="a benchmarks/kvasir.py best.pt of a Patcher")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a benchmarks.kvasir best.pt of a Patcher")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with images/ and masks/")
     p.add_argument("--out", type=Path, default=HERE / "results" / "kvasir_bundle_eval")
     p.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,6 @@
 """Kvasir-SEG recipe search: the same short-run tuning budget for every model, on val/ only.
 
-Each model gets the same grid, run with ``benchmarks/kvasir.py`` at ``--budget-minutes`` of process CPU time:
+Each model gets the same grid, run with ``python -m benchmarks.kvasir`` at ``--budget-minutes`` of process CPU time:
 
 - stage 1: learning rate 1e-4, 3e-4 and 1e-3 with the harness's warm-up (5 % of the budget);
 - stage 2: the model's best stage-1 learning rate (best val Dice) with a longer warm-up (20 % of the budget).
@@ -10,9 +10,9 @@ command once per worker, each with 1 torch thread): a worker claims the next job
 creating its folder (atomic), so two workers never run the same job and a stopped worker's finished jobs are
 kept::
 
-    python benchmarks/kvasir_tune.py --out /work/runs/kvasir_tuning --budget-minutes 12 &
-    python benchmarks/kvasir_tune.py --out /work/runs/kvasir_tuning --budget-minutes 12 &
-    python benchmarks/kvasir_tune.py --out /work/runs/kvasir_tuning --report   # the table, any time
+    python -m benchmarks.kvasir_tune --out /work/runs/kvasir_tuning --budget-minutes 12 &
+    python -m benchmarks.kvasir_tune --out /work/runs/kvasir_tuning --budget-minutes 12 &
+    python -m benchmarks.kvasir_tune --out /work/runs/kvasir_tuning --report   # the table, any time
 
 A job's folder holds ``<model>/log.json`` (the harness's log), ``job.json`` and ``stdout.log``; ``done`` marks a
 finished job. A failed job stops its worker and keeps its folder (delete the folder to run the job again).
@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from . import child_env, module_command
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("patcher_small", "patcher_small_s4_gate0", "unet", "segformer_b0", "swin_unetr")
@@ -85,13 +87,14 @@ def claim(out: Path) -> dict | None | str:
 
 def run_job(job: dict, args) -> int:
     d = args.out / job["name"]
-    cmd = [sys.executable, str(HERE / "kvasir.py"), "--models", job["model"], "--lr", str(job["lr"]),
-           "--warmup", str(job["warmup"]), "--budget-minutes", str(args.budget_minutes), "--evals", str(args.evals),
-           "--threads", "1", "--out", str(d), "--data", str(args.data), "--cache-dir", str(args.cache.resolve())]
+    cmd = module_command("kvasir", "--models", job["model"], "--lr", str(job["lr"]), "--warmup", str(job["warmup"]),
+                         "--budget-minutes", str(args.budget_minutes), "--evals", str(args.evals), "--threads", "1",
+                         "--out", str(d), "--data", str(args.data),
+                         "--cache-dir", str(args.cache.resolve()))
     (d / "job.json").write_text(json.dumps({**job, "command": " ".join(cmd), "pid": os.getpid()}, indent=1))
     print(f"[{time.strftime('%H:%M:%S')}] start {job['name']}", flush=True)
     with open(d / "stdout.log", "w") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env())
     if rc == 0:
         (d / "done").write_text("")
     print(f"[{time.strftime('%H:%M:%S')}] end {job['name']} rc {rc}", flush=True)

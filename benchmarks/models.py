@@ -1,4 +1,4 @@
-"""The segmentation networks compared in the benchmarks, built the same way everywhere.
+"""The segmentation networks compared in the benchmarks: the one registry every benchmark builds its models from.
 
 Every model maps ``B x C x H x W`` to binary logits ``B x 1 x H x W`` (``build_model``). Nothing is downloaded:
 SegFormer is built from a ``transformers.SegformerConfig`` with random initialisation (the MiT-b0 / MiT-b5
@@ -11,19 +11,15 @@ overrides, see ``PATCHER_VARIANTS``), ``unet``, ``attention_unet``, ``swin_unetr
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from monai_patcher.networks import patcher_preset
 
-from monai_patcher.networks import patcher_preset  # noqa: E402
-
-__all__ = ["MODEL_NAMES", "PATCHER_VARIANTS", "build_model", "count_parameters", "describe_model"]
+__all__ = ["MODEL_NAMES", "PATCHER_VARIANTS", "build_model", "build_patcher", "count_parameters", "describe_model"]
 
 MODEL_NAMES = (
     "patcher_small",
@@ -99,11 +95,19 @@ class PatcherLogits(nn.Module):
         return self.net(x)
 
 
+def build_patcher(name: str, in_channels: int = 3, out_channels: int = 1) -> nn.Module:
+    """The ``Patcher`` of a ``PATCHER_VARIANTS`` name itself, without :class:`PatcherLogits` (for benchmarks that
+    reach into its modules); random initialisation."""
+    if name not in PATCHER_VARIANTS:
+        raise ValueError(f"unknown Patcher variant {name!r}; choose from {sorted(PATCHER_VARIANTS)}")
+    preset, overrides = PATCHER_VARIANTS[name]
+    return patcher_preset(preset, in_channels=in_channels, out_channels=out_channels, **overrides)
+
+
 def build_model(name: str, in_channels: int = 3, out_channels: int = 1) -> nn.Module:
     """Build a benchmark network by name (see the module docstring); random initialisation."""
     if name in PATCHER_VARIANTS:
-        preset, overrides = PATCHER_VARIANTS[name]
-        return PatcherLogits(patcher_preset(preset, in_channels=in_channels, out_channels=out_channels, **overrides))
+        return PatcherLogits(build_patcher(name, in_channels, out_channels))
     if name == "unet":
         from monai.networks.nets import UNet
 

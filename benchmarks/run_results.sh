@@ -10,23 +10,23 @@ R=benchmarks/results
 mkdir -p "$R" docs/figures
 BUDGET=${BUDGET:-10}
 (
-  python benchmarks/kvasir.py --models patcher_small,segformer_b0 --budget-minutes "$BUDGET" --threads 1
+  python -m benchmarks.kvasir --models patcher_small,segformer_b0 --budget-minutes "$BUDGET" --threads 1
 ) > "$R/worker_a.log" 2>&1 &
 (
-  python benchmarks/kvasir.py --models unet,attention_unet,swin_unetr --budget-minutes "$BUDGET" --threads 1
-  python benchmarks/bench_train_step.py --threads 1 --batch-size 8 \
+  python -m benchmarks.kvasir --models unet,attention_unet,swin_unetr --budget-minutes "$BUDGET" --threads 1
+  python -m benchmarks.bench_train_step --threads 1 --batch-size 8 \
       --models patcher_small,patcher_small_s4_gate0,unet,attention_unet,swin_unetr,segformer_b0,segformer_b5
-  python benchmarks/bench_train_step.py --threads 1 --batch-size 1 --models patcher_paper --out "$R/train_step_b1"
-  python benchmarks/kvasir.py --models patcher_small_s4_gate0 --budget-minutes "$BUDGET" --threads 1  # tuning
+  python -m benchmarks.bench_train_step --threads 1 --batch-size 1 --models patcher_paper --out "$R/train_step_b1"
+  python -m benchmarks.kvasir --models patcher_small_s4_gate0 --budget-minutes "$BUDGET" --threads 1  # tuning
 ) > "$R/worker_b.log" 2>&1 &
 wait
 # BraTS through the stroke bundle: alone, 2 threads, the tuned CPU variant of the Kvasir tuning section, 200 steps
 # (fixed from a 6-step probe of the step time, `--skip-eval`, before any validation case was looked at). About 15 min
 # of training and 3 of evaluation on the shared machine. (The first BraTS run, in worker a, was
 # `--preset small --iterations 20 --threads 1`: all-foreground in eval mode, see docs/results.md.)
-python benchmarks/brats_bundle.py --preset small --network-override 'small_patch=[4,2,2,2]' \
+python -m benchmarks.brats_bundle --preset small --network-override 'small_patch=[4,2,2,2]' \
     --network-override 'gate_channels=[]' --iterations 200 --threads 2 --bn-check --figure docs/figures/brats_overlays.png \
     > "$R/brats_bundle.log" 2>&1
-python benchmarks/kvasir.py --summary-only
-python benchmarks/figures.py --overlay-models patcher_small,patcher_small_s4_gate0,segformer_b0 --gating-model patcher_small
-python benchmarks/tables.py
+python -m benchmarks.kvasir --summary-only
+python -m benchmarks.figures --overlay-models patcher_small,patcher_small_s4_gate0,segformer_b0 --gating-model patcher_small
+python -m benchmarks.tables

@@ -1,6 +1,6 @@
 """Markdown tables for docs/results.md from the benchmark outputs (so no number is copied by hand).
 
-    python benchmarks/tables.py            # prints the Kvasir, BraTS and training-step tables
+    python -m benchmarks.tables            # prints the Kvasir, BraTS and training-step tables
 """
 
 from __future__ import annotations
@@ -79,8 +79,13 @@ def train_step(paths=(R / "train_step" / "summary.md", R / "train_step_b1" / "su
     return "\n".join(p.read_text() for p in paths if p.exists())
 
 
-if __name__ == "__main__":
-    which = sys.argv[1:] or ["kvasir", "history", "brats", "train_step"]
-    for w in which:
+def main(argv: list[str] | None = None) -> int:
+    tables = {"kvasir": kvasir, "history": history, "brats": brats, "train_step": train_step}
+    for w in (sys.argv[1:] if argv is None else argv) or list(tables):
         print(f"### {w}\n")
-        print(globals()[w]())
+        print(tables[w]())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from monai_patcher.networks import EfficientSelfAttention
 
-import bench_network  # noqa: E402
-
-from monai_patcher.networks import EfficientSelfAttention  # noqa: E402
+from benchmarks import bench_network
 
 
 class _Attn(torch.nn.Module):

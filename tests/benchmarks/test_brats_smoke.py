@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import brats  # noqa: E402
+from benchmarks import brats
 
 
 def test_brats_smoke_run_writes_log_summary_and_figure(shared_path_fn, tmp_path):

@@ -7,16 +7,12 @@ steps (``--budget-steps``), so that the schedule, unlike a CPU-time one, is the 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import kvasir  # noqa: E402
+from benchmarks import kvasir
 
 TIMING = ("train_cpu_s", "train_wall_s", "eval_cpu_s_total")
 

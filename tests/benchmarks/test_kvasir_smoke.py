@@ -7,16 +7,11 @@ training run, the eval-only path on a saved checkpoint, the Dice-vs-time figure 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import kvasir  # noqa: E402
+from benchmarks import kvasir
 
 
 def test_augment_and_metrics():
@@ -52,14 +47,14 @@ def test_train_eval_only_and_figure(mini_kvasir, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["images"] == 4 and 0 <= res["dice_full"] <= 1 and 0 <= res["iou_full"] <= res["dice_full"] + 1e-9
 
-    import figures
+    from benchmarks import figures
 
     figures.dice_vs_time(out, tmp_path / "dice.png")
     assert (tmp_path / "dice.png").stat().st_size > 1000
 
 
 def test_train_step_child(tmp_path):
-    import bench_train_step
+    from benchmarks import bench_train_step
 
     assert bench_train_step.main(["--models", "patcher_tiny", "--batch-size", "1", "--size", "32", "--warmup", "0",
                                   "--out", str(tmp_path)]) == 0
