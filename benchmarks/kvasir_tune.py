@@ -16,6 +16,14 @@ kept::
 
 A job's folder holds ``<model>/log.json`` (the harness's log), ``job.json`` and ``stdout.log``; ``done`` marks a
 finished job. A failed job stops its worker and keeps its folder (delete the folder to run the job again).
+
+The long runs use each model's recipe from a finished search: ``--final`` runs every model of ``--models`` at its
+best tuned learning rate and warm-up for ``--budget-minutes`` into ``OUT/<model>__<budget>min`` (workers share the
+jobs the same way; a job is run with the harness's ``--resume``, so after an interruption the same command, with
+the interrupted job's folder deleted from ``OUT/claims``, continues it instead of starting again)::
+
+    python -m benchmarks.kvasir_tune --out /work/runs/kvasir_final --final /work/runs/kvasir_tuning \
+        --models unet,segformer_b0,swin_unetr --budget-minutes 60 &
 """
 
 from __future__ import annotations
@@ -85,12 +93,35 @@ def claim(out: Path) -> dict | None | str:
     return "wait" if waiting else None
 
 
+def recipe(tuning: Path, model: str) -> dict:
+    """The model's best finished search job (val Dice): ``{"lr", "warmup", "from", "dice_full"}``."""
+    names = [p.name for p in tuning.iterdir() if p.name.startswith(f"{model}__lr")]
+    if len(names) < len(LRS) + 1 or not all((tuning / n / "done").exists() for n in names):
+        raise SystemExit(f"the search for {model} in {tuning} is not finished ({len(names)} jobs started)")
+    name, dice = best_of(tuning, model, names)
+    job = json.loads((tuning / name / "job.json").read_text())
+    return {"lr": job["lr"], "warmup": job["warmup"], "from": name, "dice_full": dice}
+
+
+def claim_final(args) -> dict | None:
+    """Claim the next long run of ``--models`` (a claim folder in ``OUT/claims``, created atomically)."""
+    for m in args.models.split(","):
+        name = f"{m}__{args.budget_minutes:g}min"
+        try:
+            (args.out / "claims" / name).mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return {"model": m, "name": name, **recipe(args.final, m)}
+    return None
+
+
 def run_job(job: dict, args) -> int:
     d = args.out / job["name"]
+    d.mkdir(parents=True, exist_ok=True)
     cmd = module_command("kvasir", "--models", job["model"], "--lr", str(job["lr"]), "--warmup", str(job["warmup"]),
                          "--budget-minutes", str(args.budget_minutes), "--evals", str(args.evals), "--threads", "1",
-                         "--out", str(d), "--data", str(args.data),
-                         "--cache-dir", str(args.cache.resolve()))
+                         "--out", str(d), "--data", str(args.data), "--cache-dir", str(args.cache.resolve()),
+                         "--precision", args.precision, "--resume")
     (d / "job.json").write_text(json.dumps({**job, "command": " ".join(cmd), "pid": os.getpid()}, indent=1))
     print(f"[{time.strftime('%H:%M:%S')}] start {job['name']}", flush=True)
     with open(d / "stdout.log", "w") as f:
@@ -103,7 +134,7 @@ def run_job(job: dict, args) -> int:
 
 def report(out: Path) -> str:
     rows = ["| model | lr | warm-up | val Dice (full) | best step | steps | state |", "|---|---|---|---|---|---|---|"]
-    for d in sorted(p for p in out.iterdir() if p.is_dir() and "__lr" in p.name):
+    for d in sorted(p for p in out.iterdir() if p.is_dir() and "__" in p.name):
         job = json.loads((d / "job.json").read_text()) if (d / "job.json").exists() else {}
         log_path = d / job.get("model", "?") / "log.json"
         log = json.loads(log_path.read_text()) if log_path.exists() else {}
@@ -123,13 +154,16 @@ def main(argv=None) -> int:
                    help="decoded-data cache shared by the jobs (made by the first job)")
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "Kvasir-SEG")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--final", type=Path, default=None, help="a finished search folder: run the long runs")
+    p.add_argument("--models", default=",".join(MODELS), help="--final: the models, in order")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report:
         print(report(args.out))
         return 0
     while True:
-        job = claim(args.out)
+        job = claim_final(args) if args.final else claim(args.out)
         if job is None:
             return 0
         if job == "wait":
