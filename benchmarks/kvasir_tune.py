@@ -19,7 +19,7 @@ finished job. A failed job stops its worker and keeps its folder (delete the fol
 
 The long runs use each model's recipe from a finished search: ``--final`` runs every model of ``--models`` at its
 best tuned learning rate and warm-up for ``--budget-minutes`` into ``OUT/<model>__<budget>min`` (workers share the
-jobs the same way; a job is run with the harness's ``--resume``, so after an interruption the same command, with
+jobs the same way and wait for a model's search to finish; a job is run with the harness's ``--resume``, so after an interruption the same command, with
 the interrupted job's folder deleted from ``OUT/claims``, continues it instead of starting again)::
 
     python -m benchmarks.kvasir_tune --out /work/runs/kvasir_final --final /work/runs/kvasir_tuning \
@@ -93,26 +93,35 @@ def claim(out: Path) -> dict | None | str:
     return "wait" if waiting else None
 
 
-def recipe(tuning: Path, model: str) -> dict:
-    """The model's best finished search job (val Dice): ``{"lr", "warmup", "from", "dice_full"}``."""
+def recipe(tuning: Path, model: str) -> dict | None:
+    """The model's best finished search job (val Dice): ``{"lr", "warmup", "from", "dice_full"}``; None while its
+    search (the three stage-1 jobs and the stage-2 job) is not finished."""
     names = [p.name for p in tuning.iterdir() if p.name.startswith(f"{model}__lr")]
     if len(names) < len(LRS) + 1 or not all((tuning / n / "done").exists() for n in names):
-        raise SystemExit(f"the search for {model} in {tuning} is not finished ({len(names)} jobs started)")
+        return None
     name, dice = best_of(tuning, model, names)
     job = json.loads((tuning / name / "job.json").read_text())
     return {"lr": job["lr"], "warmup": job["warmup"], "from": name, "dice_full": dice}
 
 
-def claim_final(args) -> dict | None:
-    """Claim the next long run of ``--models`` (a claim folder in ``OUT/claims``, created atomically)."""
+def claim_final(args) -> dict | None | str:
+    """Claim the next long run of ``--models`` whose search is finished (a claim folder in ``OUT/claims``, created
+    atomically); "wait" if only runs whose search is still going remain."""
+    waiting = False
     for m in args.models.split(","):
         name = f"{m}__{args.budget_minutes:g}min"
+        if (args.out / "claims" / name).exists():
+            continue
+        rec = recipe(args.final, m)
+        if rec is None:  # checked before claiming, so an unfinished search leaves no claim behind
+            waiting = True
+            continue
         try:
             (args.out / "claims" / name).mkdir(parents=True)
         except FileExistsError:
             continue
-        return {"model": m, "name": name, **recipe(args.final, m)}
-    return None
+        return {"model": m, "name": name, **rec}
+    return "wait" if waiting else None
 
 
 def run_job(job: dict, args) -> int:
