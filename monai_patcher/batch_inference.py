@@ -58,12 +58,13 @@ import numpy as np
 import torch
 
 from .allocator import keep_freed_memory
+from .data.readers.suffixes import VOLUME_FORMATS, suffixes
 
 __all__ = ["Case", "CaseResult", "find_cases", "BatchPredictor", "run_batch", "main"]
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_EXT = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+_IMAGE_EXT = suffixes(VOLUME_FORMATS)
 _LABEL_RE = re.compile(r"(^|_)(msk|mask|seg|label|labels|prob)(\.|$)", re.I)
 _MODALITY_RE = {"dwi": re.compile(r"dwi|trace", re.I), "adc": re.compile(r"adc", re.I)}
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.readers import holds_dicom_files, strip_suffix, suffixes
+
 __all__ = [
     "find_bundle_root",
     "latest_checkpoint",
@@ -42,8 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_NIFTI = (".nii", ".nii.gz")
-_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_NIFTI = suffixes("nifti")
+_IMAGE_EXT = suffixes("image2d")
 
 
 def _bundle_dir_from_config(config_file: str | os.PathLike) -> Path:
@@ -146,23 +148,7 @@ def _is_nifti(p: Path) -> bool:
 
 
 def _nifti_stem(p: Path) -> str:
-    n = p.name
-    return n[: -len(".nii.gz")] if n.lower().endswith(".nii.gz") else n[: -len(".nii")]
-
-
-def _has_dicom(folder: Path) -> bool:
-    for p in sorted(folder.iterdir())[:50]:
-        if p.is_file():
-            if p.suffix.lower() in (".dcm", ".dicom", ".ima"):
-                return True
-            try:
-                with open(p, "rb") as f:
-                    f.seek(128)
-                    if f.read(4) == b"DICM":
-                        return True
-            except OSError:
-                continue
-    return False
+    return strip_suffix(p.name, "nifti")
 
 
 def _find_label(stem: str, label_dir: Path | None, case_folder: str | None = None) -> str | None:
@@ -287,7 +273,7 @@ def stroke_inference_datalist(
         raise ValueError(f"{src}: pass its ADC with --input_adc (DWI and ADC are needed), or a 2-channel NIfTI file")
     niftis = sorted(p for p in src.rglob("*") if p.is_file() and _is_nifti(p))
     if not niftis:
-        if _has_dicom(src):
+        if holds_dicom_files(src):
             raise ValueError(
                 f"{src} is a DICOM series folder: the stroke model needs DWI and ADC, which are separate series; "
                 "pass the DWI folder as --input and the ADC folder as --input_adc."

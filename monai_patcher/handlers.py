@@ -24,6 +24,7 @@ from monai.metrics.meaniou import compute_iou
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, min_version, optional_import
 
+from .data.readers.suffixes import strip_suffix
 from .visualize import gating_rgb, overlay, save_png, volume_overlays
 
 Events, _ = optional_import("ignite.engine", "0.4.4", min_version, "Events")
@@ -199,11 +200,7 @@ def _case_name(item: Mapping, keys: tuple[Hashable, ...], default: str, formatte
         if isinstance(name, (list, tuple)):
             name = name[-1] if name else None
         if name:
-            base = Path(str(name)).name
-            for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-                if base.lower().endswith(ext):
-                    return base[: -len(ext)]
-            return base
+            return strip_suffix(str(name))
     return default
 
 

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import DataError
+from .readers.suffixes import suffix_of
 
 __all__ = [
     "split_cases",
@@ -41,8 +42,6 @@ __all__ = [
     "build_kvasir_datalist",
     "load_datalist",
 ]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def split_cases(cases: Sequence, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, list]:
@@ -250,9 +249,9 @@ def build_case_folder_datalist(
 def _pairs(images_dir: Path, masks_dir: Path) -> list[dict]:
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise DataError.for_file(images_dir.parent, "expected an images/ and a masks/ folder")
-    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in masks_dir.iterdir() if suffix_of(p.name, "image2d")}
     items = []
-    for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for img in sorted(p for p in images_dir.iterdir() if suffix_of(p.name, "image2d")):
         if img.stem not in masks:
             raise DataError.for_file(img, f"no mask with the same name in {masks_dir}")
         items.append({"case": img.stem, "image": str(img), "label": str(masks.pop(img.stem))})

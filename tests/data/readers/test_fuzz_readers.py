@@ -172,7 +172,7 @@ def _fuzz_main(workdir: str, shared_dicom: str = "", only: str = "-1") -> None:
 
 
 def test_hostile_nifti_and_dicom_bytes_give_clear_errors(tmp_path):
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    shared = Path(__file__).resolve().parents[3].parent / "shared" / "data"
     shared = Path(os.environ.get("MONAI_PATCHER_DATA", shared))
     mr_small = shared / "package-bundled-samples" / "pydicom" / "data" / "test_files" / "MR_small.dcm"
     code = (
