@@ -200,9 +200,9 @@ def _root_message(e: BaseException) -> str:
 
 
 def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
-    """:func:`~monai_patcher.checkpoint.atomic_write`, the temporary name keeping the extension (for the writers);
+    """:func:`~monai_patcher.io.atomic_write`, the temporary name keeping the extension (for the writers);
     ``overwrite=False``: raise ``FileExistsError`` rather than replace a file (even one created meanwhile)."""
-    from .checkpoint import atomic_write
+    from .io.atomic import atomic_write
 
     atomic_write(path, write, suffix=".tmp" + "".join(Path(path.name).suffixes), overwrite=overwrite)
 
@@ -224,7 +224,7 @@ class BatchPredictor:
 
     Args:
         checkpoint: a weights file (a state dict, or a dict with ``"model"``/``"network"``/``"state_dict"``),
-            loaded with ``weights_only=True`` (:func:`monai_patcher.checkpoint.safe_load_checkpoint`). None:
+            loaded with ``weights_only=True`` (:func:`monai_patcher.io.safe_load_checkpoint`). None:
             random weights (tests, benchmarks).
         preset: Patcher preset (``"paper"``, ``"small"``, ``"tiny"``).
         spatial_size: in-plane size the slices are resized to (the bundle's ``spatial_size``).
@@ -260,7 +260,7 @@ class BatchPredictor:
             raise ValueError(f"channel_order must name 'dwi' and 'adc' once each, got {list(channel_order)}")
         net = network if network is not None else patcher_preset(preset, in_channels=2, out_channels=1)
         if checkpoint is not None:
-            from .checkpoint import CheckpointMismatchError, load_error_details, safe_load_checkpoint
+            from .io.checkpoint import CheckpointMismatchError, load_error_details, safe_load_checkpoint
 
             state = safe_load_checkpoint(checkpoint, map_location="cpu")
             if isinstance(state, dict):
@@ -367,7 +367,7 @@ def run_batch(
 
     One case's failure (any ``Exception``, including ``MemoryError``) never stops the others. Temporary files that
     an interrupted earlier run left in ``output_dir`` are removed first (only those, and never one that a running
-    process may still be writing: :func:`~monai_patcher.checkpoint.remove_stale_temp_files`). ``output_dir`` may be
+    process may still be writing: :func:`~monai_patcher.io.remove_stale_temp_files`). ``output_dir`` may be
     inside ``input_dir`` (it is not taken for a case folder).
 
     A case is complete when every requested output exists (the mask, and with ``save_prob`` the probability
@@ -376,7 +376,7 @@ def run_batch(
     ``save_prob`` before) gets its missing outputs written and existing ones kept; an output that another process
     creates while the case runs is kept too (the case is then ``skipped``, saying so).
     """
-    from .checkpoint import remove_stale_temp_files
+    from .io.atomic import remove_stale_temp_files
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from monai_patcher.batch_inference import BatchPredictor, find_cases, main, run_batch
-from monai_patcher.checkpoint import CheckpointError, UnsafeCheckpointError
+from monai_patcher.io import CheckpointError, UnsafeCheckpointError
 from monai_patcher.data.demo import make_demo_case
 
 SHAPE = (40, 36, 6)

@@ -31,13 +31,44 @@ from monai.utils import MetaKeys
 from ..data.errors import DataError
 from .checks import source_name
 
-__all__ = ["RandSliced", "SliceDataset", "extract_slice", "stack_slices", "slice_labels"]
+__all__ = ["RandSliced", "SliceDataset", "extract_slice", "stack_slices", "slice_labels", "PLANES", "plane_axis"]
 
 #: metadata entries every 2D sample carries (so predictions can be put back into their volume)
 SLICE_INDEX = "slice_index"
 SLICE_AXIS = "slice_axis"
 NUM_SLICES = "num_slices"
 VOLUME_AFFINE = "volume_affine"
+
+#: anatomical plane -> the RAS world axis its slices are stacked along (MONAI affines map voxels to RAS)
+PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def affine_orientation(affine) -> np.ndarray:
+    """nibabel's ``io_orientation`` of a 3D grid's affine: per array axis, its RAS world axis and direction (+-1)."""
+    from nibabel.orientations import io_orientation
+
+    return io_orientation(np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu())[:4, :4])
+
+
+def plane_axis(affine, plane: str, ornt: np.ndarray | None = None) -> int:
+    """The array axis (0-2) of a 3D grid along the world axis normal to ``plane`` (a key of :data:`PLANES`).
+
+    Axes are assigned as nibabel's ``io_orientation`` assigns them (what ``Orientationd`` uses, so on an oblique
+    scan it is the axis the network sliced along; a per-row argmax could give another axis, or two planes the same
+    one).
+
+    Args:
+        affine: the grid's voxel-to-RAS affine (4 x 4).
+        plane: ``"sagittal"``, ``"coronal"`` or ``"axial"``.
+        ornt: :func:`affine_orientation` of ``affine``, if already computed.
+
+    Example:
+        >>> affine = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])  # array axis 0 is S
+        >>> plane_axis(affine, "axial"), plane_axis(affine, "sagittal")
+        (0, 1)
+    """
+    ornt = affine_orientation(affine) if ornt is None else ornt
+    return int(np.flatnonzero(ornt[:, 0] == PLANES[plane])[0])
 VOLUME_SHAPE = "volume_spatial_shape"
 
 
