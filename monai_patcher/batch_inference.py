@@ -10,7 +10,8 @@ Usage::
     python -m monai_patcher.batch_inference --input scans/ --output masks/ --checkpoint model.pt \\
         [--preset paper|small|tiny] [--overwrite] [--sw_batch_size 8] [--device cpu] [--save_prob]
 
-Input (``--input``, a folder; not recursive beyond one level of case folders). A *case* is one of:
+Input (``--input``, a folder; not recursive beyond one level of case folders). A *case* is one of
+(:func:`monai_patcher.data.cases.find_cases`):
 
 - ``<case>.nii[.gz]``: one 2-channel NIfTI (``X x Y x Z x 2``, channels DWI then ADC; ``--channel_order adc,dwi``
   for the other order);
@@ -46,7 +47,6 @@ import io
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -58,33 +58,11 @@ import numpy as np
 import torch
 
 from .allocator import keep_freed_memory
-from .data.readers.suffixes import VOLUME_FORMATS, suffixes
+from .data.cases import Case, find_cases
 
-__all__ = ["Case", "CaseResult", "find_cases", "BatchPredictor", "run_batch", "main"]
+__all__ = ["CaseResult", "BatchPredictor", "run_batch", "write_summary", "main"]
 
 logger = logging.getLogger(__name__)
-
-_IMAGE_EXT = suffixes(VOLUME_FORMATS)
-_LABEL_RE = re.compile(r"(^|_)(msk|mask|seg|label|labels|prob)(\.|$)", re.I)
-_MODALITY_RE = {"dwi": re.compile(r"dwi|trace", re.I), "adc": re.compile(r"adc", re.I)}
-
-
-@dataclass
-class Case:
-    """One case: its name (output prefix) and either a 2-channel file or a DWI + ADC pair (files or folders)."""
-
-    name: str
-    two_channel: str | None = None
-    dwi: str | None = None
-    adc: str | None = None
-    problem: str | None = None  # found while discovering (e.g. a DWI without its ADC)
-    folder: str | None = None  # the case folder (``<case>/`` layout)
-
-    @property
-    def source(self) -> str:
-        """The file (or folder) that identifies this case in reports: always a path."""
-        return self.two_channel or self.folder or self.dwi or self.adc or self.name
-
 
 @dataclass
 class CaseResult:
@@ -98,87 +76,6 @@ class CaseResult:
     seconds: float = 0.0
     lesion_voxels: int | None = None
     extra: dict = field(default_factory=dict)
-
-
-def _strip_ext(name: str) -> str:
-    lower = name.lower()
-    for ext in _IMAGE_EXT:
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def _is_image_file(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(_IMAGE_EXT) and not p.name.startswith(".")
-
-
-def _case_from_folder(folder: Path) -> Case:
-    found: dict[str, list[Path]] = {"dwi": [], "adc": []}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or (p.is_file() and (not _is_image_file(p) or _LABEL_RE.search(_strip_ext(p.name)))):
-            continue
-        for key, rx in _MODALITY_RE.items():
-            if rx.search(_strip_ext(p.name)):
-                found[key].append(p)
-    case = Case(folder.name, folder=str(folder))
-    for key in ("dwi", "adc"):
-        if len(found[key]) == 1:
-            setattr(case, key, str(found[key][0]))
-        elif not found[key]:
-            case.problem = f"{folder}: case folder has no {key.upper()} (a file or DICOM folder whose name contains {key!r})"
-        else:
-            case.problem = f"{folder}: case folder has several {key.upper()} candidates: {[q.name for q in found[key]]}"
-    return case
-
-
-def find_cases(input_dir: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> list[Case]:
-    """The cases in ``input_dir`` (see the module docstring). Never reads image data.
-
-    Args:
-        input_dir: the input folder.
-        exclude: folders that are not cases even if they are in ``input_dir`` (the output folder, when it is
-            inside the input folder: ``--input scans --output scans/masks``); compared after resolving.
-
-    Raises:
-        FileNotFoundError: ``input_dir`` does not exist or holds no case.
-    """
-    src = Path(input_dir)
-    if not src.is_dir():
-        raise FileNotFoundError(f"--input {src}: no such folder")
-    excluded = {Path(p).resolve() for p in exclude}
-    cases: list[Case] = []
-    files = sorted(p for p in src.iterdir() if _is_image_file(p))
-    by_name = {p.name: p for p in files}
-    used: set[str] = set()
-    for p in files:
-        m = re.match(r"(?P<stem>.+)_(?P<mod>dwi|adc)(?P<ext>\.[a-z.]+)$", p.name, re.I)
-        if not m or p.name in used:
-            continue
-        stem, mod, ext = m.group("stem"), m.group("mod").lower(), m.group("ext")
-        other = "adc" if mod == "dwi" else "dwi"
-        partner = next((by_name[n] for n in by_name if re.fullmatch(re.escape(stem) + "_" + other + r"\.[a-z.]+", n, re.I)), None)
-        used.add(p.name)
-        case = Case(stem, **{mod: str(p)})
-        if partner is None:
-            case.problem = f"{p}: no {other.upper()} file ({stem}_{other}{ext}) next to this {mod.upper()} file"
-        else:
-            used.add(partner.name)
-            setattr(case, other, str(partner))
-        cases.append(case)
-    for p in files:
-        if p.name in used or _LABEL_RE.search(_strip_ext(p.name)):
-            continue
-        cases.append(Case(_strip_ext(p.name), two_channel=str(p)))
-    for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if d.resolve() not in excluded:
-            cases.append(_case_from_folder(d))
-    if not cases:
-        raise FileNotFoundError(f"--input {src}: no case found (NIfTI/MHA/NRRD files or case folders)")
-    names = [c.name for c in cases]
-    for c in cases:  # two inputs that would write the same output
-        if names.count(c.name) > 1 and c.problem is None:
-            c.problem = f"{c.source}: another input has the same case name {c.name!r}; rename one of them"
-    return cases
 
 
 def _root_message(e: BaseException) -> str:
@@ -284,39 +181,6 @@ class BatchPredictor:
             mode="gaussian", progress=False,
         )
 
-    def _items(self, case: Case, work: Path) -> dict[str, str]:
-        """The ``{"dwi", "adc"}`` paths of a case; a 2-channel file is checked, then split into two files."""
-        if case.problem:
-            raise ValueError(case.problem)
-        if case.two_channel is None:
-            return {"dwi": str(case.dwi), "adc": str(case.adc)}
-        import nibabel as nib
-
-        from .bundle_utils import _split_two_channel  # the bundle's own split: same channel files as inference.json
-
-        path = Path(case.two_channel)
-        if not path.name.lower().endswith((".nii", ".nii.gz")):
-            raise ValueError(
-                f"{path}: a single file must be a 2-channel NIfTI; name single-modality files <case>_dwi / <case>_adc"
-            )
-        try:
-            shape = nib.load(str(path)).shape  # header only
-            if len(shape) != 4 or shape[3] != 2:
-                raise ValueError(
-                    f"{path}: expected a 2-channel volume (X x Y x Z x 2, channels {'/'.join(self.channel_order).upper()}), "
-                    f"got shape {tuple(shape)}; give single-modality files as <case>_dwi / <case>_adc pairs"
-                )
-            return _split_two_channel(path, work, self.channel_order)
-        except ValueError as e:
-            if str(path) in str(e):
-                raise
-            raise ValueError(f"{path}: cannot read this 2-channel NIfTI file: {str(e).splitlines()[0]}") from None
-        except Exception as e:  # nibabel: ImageFileError, EOFError (truncated gzip), OSError (truncated file), ...
-            raise ValueError(
-                f"{path}: cannot read this 2-channel NIfTI file (empty, truncated or corrupt?): "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            ) from None
-
     @torch.no_grad()
     def predict(self, case: Case, work_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Probabilities and mask of one case in its input grid: ``(prob, mask, meta)`` (``1 x X x Y x Z``).
@@ -326,7 +190,7 @@ class BatchPredictor:
         """
         from monai.transforms import Invertd
 
-        items = self._items(case, Path(work_dir))
+        items = case.items(work_dir, self.channel_order)
         try:
             d = self.preprocessing(items)
         except Exception as e:

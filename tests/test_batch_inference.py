@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_patcher.batch_inference import BatchPredictor, find_cases, main, run_batch
+from monai_patcher.batch_inference import BatchPredictor, main, run_batch
+from monai_patcher.data.cases import find_cases
 from monai_patcher.io import CheckpointError, UnsafeCheckpointError
 from monai_patcher.data.demo import make_demo_case
 

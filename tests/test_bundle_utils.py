@@ -1,6 +1,5 @@
-"""monai_patcher.bundle_utils helpers not covered through the bundles' end-to-end tests."""
+"""monai_patcher.bundle_utils: the helpers only the bundles need (insert_after), and PatcherWithGating."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,62 +19,6 @@ def test_insert_after_by_class_name():
 def test_insert_after_missing_class_names_what_is_there():
     with pytest.raises(ValueError, match=r"no CheckGeometryd in the transforms \(EnsureChannelFirstd\)"):
         insert_after([EnsureChannelFirstd(keys="image")], "CheckGeometryd", CopyItemsd(keys="a", names="b"))
-
-
-def test_one_label_file_for_several_cases_is_refused(tmp_path):
-    """A single --label file was given to every case of a folder (overlays coloured against the wrong mask)."""
-    from monai_patcher.bundle_utils import image_datalist, stroke_inference_datalist
-    from monai_patcher.data import write_demo_dataset
-
-    write_demo_dataset(tmp_path / "demo", num_cases=3)
-    label = tmp_path / "demo" / "case000" / "label.nii.gz"
-    with pytest.raises(ValueError, match="one label file but --input .* holds 3 cases"):
-        stroke_inference_datalist(tmp_path / "demo", label=label)
-    (item,) = stroke_inference_datalist(tmp_path / "demo" / "case000", label=label)  # one case: fine
-    assert item["label"] == str(label)
-    for name in ("a.png", "b.png"):
-        (tmp_path / "img").mkdir(exist_ok=True)
-        (tmp_path / "img" / name).write_bytes(b"x")
-    with pytest.raises(ValueError, match="one mask file but --input .* holds 2 images"):
-        image_datalist(tmp_path / "img", label=tmp_path / "img" / "a.png")
-
-
-def test_label_folder_matches_case_folders_by_folder_name(tmp_path):
-    """Case-folder layout (case003/dwi.nii.gz + adc.nii.gz): the case is its folder's name, so a label folder
-    works (every case was named 'dwi' and no label could match)."""
-    import shutil
-
-    from monai_patcher.bundle_utils import stroke_inference_datalist
-    from monai_patcher.data import write_demo_dataset
-
-    write_demo_dataset(tmp_path / "demo", num_cases=3)
-    labels = tmp_path / "labels"
-    labels.mkdir()
-    shutil.copy(tmp_path / "demo" / "case000" / "label.nii.gz", labels / "case000.nii.gz")
-    shutil.copy(tmp_path / "demo" / "case001" / "label.nii.gz", labels / "case001_seg.nii.gz")
-    shutil.copy(tmp_path / "demo" / "case002" / "label.nii.gz", labels / "case002_msk.nii.gz")
-    items = stroke_inference_datalist(tmp_path / "demo", label=labels)
-    got = {Path(i["dwi"]).parent.name: Path(i["label"]).name for i in items}
-    assert got == {"case000": "case000.nii.gz", "case001": "case001_seg.nii.gz", "case002": "case002_msk.nii.gz"}
-    (labels / "case002_msk.nii.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="no label found for case 'case002'"):
-        stroke_inference_datalist(tmp_path / "demo", label=labels)
-
-
-def test_demo_dataset_is_rewritten_for_other_settings(tmp_path):
-    """ensure_demo_dataset reused the first dataset whatever num_cases/seed were asked for later."""
-    import json
-
-    from monai_patcher.bundle_utils import ensure_demo_dataset
-
-    def cases(path):
-        d = json.loads(Path(path).read_text())
-        return sorted(i["dwi"] for v in d.values() if isinstance(v, list) for i in v)
-
-    first = ensure_demo_dataset(tmp_path, num_cases=4, seed=0)
-    assert len(cases(first)) == 4 and ensure_demo_dataset(tmp_path, num_cases=4, seed=0) == first
-    again = ensure_demo_dataset(tmp_path, num_cases=3, seed=1)
-    assert len(cases(again)) == 3
 
 
 # ------------------------------------------------------------------------------------------ PatcherWithGating

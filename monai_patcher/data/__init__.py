@@ -1,7 +1,7 @@
-"""Data: readers, datalist builders and the synthetic demo dataset.
+"""Data: readers, case discovery, datalist builders and the synthetic demo dataset.
 
 Importing this module registers :class:`SimpleITKReader` under the name ``"SimpleITKReader"`` for
-MONAI's ``LoadImage(d)`` (see :func:`register_reader`). The datalist and demo modules are imported on
+MONAI's ``LoadImage(d)`` (see :func:`register_reader`). The case, datalist and demo modules are imported on
 first use (so ``python -m monai_patcher.data.demo`` runs cleanly).
 """
 
@@ -13,6 +13,12 @@ from .readers import SimpleITKReader, dicom_series_files, register_reader
 register_reader()
 
 _LAZY = {
+    "Case": "cases",
+    "find_cases": "cases",
+    "split_two_channel": "cases",
+    "stroke_inference_datalist": "cases",
+    "stroke_output_name": "cases",
+    "image_datalist": "cases",
     "build_isles22_datalist": "datalists",
     "build_case_folder_datalist": "datalists",
     "build_kvasir_datalist": "datalists",
@@ -21,6 +27,7 @@ _LAZY = {
     "load_datalist": "datalists",
     "make_demo_case": "demo",
     "write_demo_dataset": "demo",
+    "ensure_demo_dataset": "demo",
 }
 
 __all__ = ["DataError", "SimpleITKReader", "dicom_series_files", "register_reader"] + list(_LAZY)

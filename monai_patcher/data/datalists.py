@@ -1,5 +1,8 @@
 """Datalist builders: dataset folders -> MONAI datalist JSON (``load_decathlon_datalist`` format).
 
+The cases are found by :mod:`monai_patcher.data.cases` (ISLES'22 BIDS, one folder per case, Kvasir-SEG style
+folders); this module splits them and writes the JSON.
+
 A datalist is ``{"training": [...], "validation": [...], "test": [...]}``, each item a dict of file
 paths (relative to the JSON file's folder when ``relative=True``, so the JSON can move with the data)
 plus ``"case"``. Splits are always by case (never by slice), reproducible from ``seed``.
@@ -23,16 +26,14 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import random
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import DataError
-from .readers.suffixes import suffix_of
+from .cases import find_case_folders, find_image_mask_pairs, find_isles22_cases
 
 __all__ = [
     "split_cases",
@@ -76,26 +77,6 @@ def split_cases(cases: Sequence, val_fraction: float, test_fraction: float, seed
     }
 
 
-def _files_below(root: Path) -> list[Path]:
-    """Files below ``root`` (sorted), following symlinked folders; each real folder is visited once.
-
-    ``Path.rglob`` (Python < 3.13) does not descend into symlinked folders. Paths go through the links as
-    found (not resolved); a folder reached twice (a symlink loop, two links to one folder) is read at its
-    first path in sorted top-down order, so the result does not depend on file-system order.
-    """
-    seen: set[str] = set()
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames.sort()
-        files += [p for p in (Path(dirpath, f) for f in filenames) if p.is_file()]
-    return sorted(files)
-
-
 def _relativize(split: dict, base: str, relative: bool) -> dict:
     out = {}
     for name, items in split.items():
@@ -136,18 +117,6 @@ def _written(split: dict, out_json, relative: bool, description: str) -> dict:
     return split
 
 
-def _one(folder: Path, pattern: str, what: str, required: bool = True) -> str | None:
-    """The one file of ``folder`` (not below it) whose name matches ``pattern``; None if none and not ``required``."""
-    hits = sorted(p for p in folder.iterdir() if p.is_file() and fnmatch.fnmatch(p.name, pattern))
-    if not hits:
-        if required:
-            raise DataError.for_file(folder, f"no {what} file matching {pattern!r}")
-        return None
-    if len(hits) > 1:
-        raise DataError.for_file(folder, f"{len(hits)} files match {pattern!r} for {what}: {[h.name for h in hits]}")
-    return str(hits[0])
-
-
 def build_isles22_datalist(
     root,
     out_json=None,
@@ -177,28 +146,8 @@ def build_isles22_datalist(
     Raises:
         DataError: no case found, a case without DWI/ADC (or mask when required), several candidates.
     """
-    root = Path(os.path.abspath(root))  # absolute (lexically: links are kept)
-    if not root.is_dir():
-        raise DataError.for_file(root, "ISLES'22 root folder does not exist")
-    files = [p for p in _files_below(root) if fnmatch.fnmatch(p.name, "*.nii*")]
-    cases: dict[str, dict] = {}
-    for p in files:
-        m = re.match(r"(sub-strokecase\d+)_.*_(dwi|adc|msk)\.nii(\.gz)?$", p.name)
-        if not m:
-            continue
-        case, kind = m.group(1), {"dwi": "dwi", "adc": "adc", "msk": "label"}[m.group(2)]
-        entry = cases.setdefault(case, {"case": case})
-        if kind in entry:
-            raise DataError.for_file(p, f"second {kind} file for {case} (first: {entry[kind]})")
-        entry[kind] = str(p)
-    if not cases:
-        raise DataError.for_file(root, "no ISLES'22 case files (sub-strokecaseNNNN_*_dwi/adc.nii.gz) found")
-    for case, entry in cases.items():
-        for k in ("dwi", "adc") + (("label",) if require_label else ()):
-            if k not in entry:
-                raise DataError.for_file(root, f"case {case} has no {k} file")
-    split = split_cases(list(cases.values()), val_fraction, test_fraction, seed)
-    return _written(split, out_json, relative, f"ISLES'22 from {root}, seed {seed}")
+    split = split_cases(find_isles22_cases(root, require_label), val_fraction, test_fraction, seed)
+    return _written(split, out_json, relative, f"ISLES'22 from {os.path.abspath(root)}, seed {seed}")
 
 
 def build_case_folder_datalist(
@@ -227,39 +176,8 @@ def build_case_folder_datalist(
         optional: keys that may be missing in a case.
         relative: store paths relative to the JSON's folder.
     """
-    root = Path(os.path.abspath(root))  # absolute (lexically: links are kept)
-    if not root.is_dir():
-        raise DataError.for_file(root, "folder does not exist")
-    first_key = next(k for k in patterns if k not in optional)
-    folders = sorted({p.parent for p in _files_below(root) if fnmatch.fnmatch(p.name, patterns[first_key])})
-    if not folders:
-        raise DataError.for_file(root, f"no case folder with a file matching {patterns[first_key]!r}")
-    cases = []
-    for f in folders:
-        item = {"case": str(f.relative_to(root))}
-        for k, pat in patterns.items():
-            path = _one(f, pat, k, required=k not in optional)
-            if path is not None:
-                item[k] = path
-        cases.append(item)
-    split = split_cases(cases, val_fraction, test_fraction, seed)
-    return _written(split, out_json, relative, f"case folders of {root}, seed {seed}")
-
-
-def _pairs(images_dir: Path, masks_dir: Path) -> list[dict]:
-    if not images_dir.is_dir() or not masks_dir.is_dir():
-        raise DataError.for_file(images_dir.parent, "expected an images/ and a masks/ folder")
-    masks = {p.stem: p for p in masks_dir.iterdir() if suffix_of(p.name, "image2d")}
-    items = []
-    for img in sorted(p for p in images_dir.iterdir() if suffix_of(p.name, "image2d")):
-        if img.stem not in masks:
-            raise DataError.for_file(img, f"no mask with the same name in {masks_dir}")
-        items.append({"case": img.stem, "image": str(img), "label": str(masks.pop(img.stem))})
-    if masks:
-        raise DataError.for_file(masks_dir, f"{len(masks)} masks without an image, e.g. {sorted(masks)[:3]}")
-    if not items:
-        raise DataError.for_file(images_dir, "no images found")
-    return items
+    split = split_cases(find_case_folders(root, patterns, optional), val_fraction, test_fraction, seed)
+    return _written(split, out_json, relative, f"case folders of {os.path.abspath(root)}, seed {seed}")
 
 
 def build_kvasir_datalist(
@@ -286,7 +204,7 @@ def build_kvasir_datalist(
     if not root.is_dir():
         raise DataError.for_file(root, "folder does not exist")
     if (root / "images").is_dir():
-        split = split_cases(_pairs(root / "images", root / "masks"), val_fraction, test_fraction, seed)
+        split = split_cases(find_image_mask_pairs(root / "images", root / "masks"), val_fraction, test_fraction, seed)
     else:
         names = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
                  "test": "test"}
@@ -294,7 +212,7 @@ def build_kvasir_datalist(
         found = False
         for sub, key in names.items():
             if (root / sub / "images").is_dir():
-                split[key] += _pairs(root / sub / "images", root / sub / "masks")
+                split[key] += find_image_mask_pairs(root / sub / "images", root / sub / "masks")
                 found = True
         if not found:
             raise DataError.for_file(root, "neither images/ + masks/ nor train/ val/ sub-folders with them")

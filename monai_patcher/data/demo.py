@@ -23,6 +23,7 @@ relative to OUT, as ``monai.data.load_decathlon_datalist(path, data_list_key="tr
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -30,7 +31,9 @@ import numpy as np
 
 from .datalists import split_cases, write_datalist
 
-__all__ = ["make_demo_case", "write_demo_dataset"]
+__all__ = ["make_demo_case", "write_demo_dataset", "ensure_demo_dataset"]
+
+logger = logging.getLogger(__name__)
 
 SHAPE = (64, 64, 16)
 SPACING = (2.0, 2.0, 4.0)
@@ -133,6 +136,36 @@ def write_demo_dataset(out_dir, num_cases: int = 8, seed: int = 0, val_fraction:
         "this folder.\n"
     )
     return datalist
+
+
+def ensure_demo_dataset(out_dir, num_cases: int = 12, seed: int = 0) -> str:
+    """Write the synthetic demo stroke dataset into ``out_dir`` unless it is there; return its datalist path.
+
+    A dataset that an interrupted run left half-written, or that was written with another ``num_cases`` or ``seed``,
+    is written again. The bundles' ``demo.json`` calls it, so the demo runs from a clean checkout.
+
+    Args:
+        out_dir: folder for the demo data (created if needed).
+        num_cases: number of synthetic cases.
+        seed: random seed of the generator.
+    """
+    out = Path(out_dir)
+    # written last, with what was written: a half-written dataset (an interrupted run) or one written with another
+    # num_cases / seed is written again
+    done = out / ".complete"
+    wanted = f"num_cases={int(num_cases)} seed={int(seed)}"
+    if done.is_file():
+        lines = done.read_text().splitlines()
+        recorded = lines[0].strip() if lines else ""
+        if recorded and Path(recorded).is_file() and lines[1:2] == [wanted]:
+            return recorded
+        if recorded:
+            logger.info("%s: demo dataset written with other settings (%s); writing it with %s", out,
+                        (lines[1:2] or ["unrecorded"])[0], wanted)  # fmt: skip
+    path = write_demo_dataset(str(out), num_cases=num_cases, seed=seed)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(f"{path}\n{wanted}\n")
+    return str(path)
 
 
 def main(argv=None) -> None:

@@ -7,6 +7,7 @@ from .checkpoint import (
     CheckpointMismatchError,
     UnsafeCheckpointError,
     checkpoint_load_error,
+    latest_checkpoint,
     load_error_details,
     safe_load_checkpoint,
     verify_checkpoint_file,

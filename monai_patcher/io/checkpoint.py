@@ -19,10 +19,13 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
+import re
 import zipfile
 import zlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +38,7 @@ __all__ = [
     "safe_load_checkpoint",
     "checkpoint_load_error",
     "load_error_details",
+    "latest_checkpoint",
 ]
 
 
@@ -156,3 +160,27 @@ def _corrupt(path: str, e: BaseException) -> CheckpointError:
         f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or not written by torch.save?): "
         f"{type(e).__name__}: {_first_line(e)}"
     )
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "checkpoint_epoch=*.pt") -> str:
+    """The checkpoint with the highest epoch number in ``ckpt_dir`` (written by ``CheckpointSaver``).
+
+    Args:
+        ckpt_dir: folder of the checkpoints.
+        pattern: glob of the interval checkpoints; the number in the name orders them.
+
+    Raises:
+        FileNotFoundError: there is no such checkpoint (nothing to resume from).
+    """
+    paths = glob.glob(os.path.join(os.fspath(ckpt_dir), pattern))
+    if not paths:
+        raise FileNotFoundError(
+            f"resume is true but there is no checkpoint matching {pattern!r} in {ckpt_dir}: train once without "
+            "--resume (or point --ckpt_dir to the folder of a previous run)."
+        )
+
+    def _num(p: str) -> int:
+        m = re.findall(r"(\d+)", Path(p).name)
+        return int(m[-1]) if m else -1
+
+    return max(paths, key=lambda p: (_num(p), os.path.getmtime(p)))

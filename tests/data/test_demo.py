@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -44,3 +45,17 @@ def test_demo_dataset_reproducible(tmp_path, demo_dataset):
     a = nib.load(again.parent / "case001" / "adc.nii.gz").get_fdata()
     b = nib.load(demo_dataset.parent / "case001" / "adc.nii.gz").get_fdata()
     np.testing.assert_array_equal(a, b)
+
+
+def test_demo_dataset_is_rewritten_for_other_settings(tmp_path):
+    """ensure_demo_dataset reused the first dataset whatever num_cases/seed were asked for later."""
+    from monai_patcher.data.demo import ensure_demo_dataset
+
+    def cases(path):
+        d = json.loads(Path(path).read_text())
+        return sorted(i["dwi"] for v in d.values() if isinstance(v, list) for i in v)
+
+    first = ensure_demo_dataset(tmp_path, num_cases=4, seed=0)
+    assert len(cases(first)) == 4 and ensure_demo_dataset(tmp_path, num_cases=4, seed=0) == first
+    again = ensure_demo_dataset(tmp_path, num_cases=3, seed=1)
+    assert len(cases(again)) == 3

@@ -36,7 +36,7 @@ def _train_main(ckpt_dir, log_path, max_epochs=3, kill_at=-1, resume=False, work
     from monai.handlers import LrScheduleHandler
     from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandSpatialCropd
 
-    from monai_patcher.bundle_utils import latest_checkpoint
+    from monai_patcher.io import latest_checkpoint
     from monai_patcher.networks import patcher_preset
 
     max_epochs, kill_at, workers = int(max_epochs), int(kill_at), int(workers)
