@@ -32,8 +32,9 @@ Exit status: 0 if every case succeeded or was skipped (output exists), 1 if any 
 not start (no input, no case, an output folder that cannot be created, an unreadable, unsafe or mismatching
 checkpoint, an unusable ``--device``).
 
-The preprocessing is :func:`monai_patcher.transforms.stroke_inference_transforms` (the chain of the
-``patcher_stroke`` bundle's ``inference.json``: checks, eADC + DWI, RAS, per-channel normalisation, in-plane resize),
+The preprocessing is :func:`monai_patcher.transforms.stroke_inference_transforms`, the definition the
+``patcher_stroke`` bundle's ``inference.json`` calls too (checks, eADC + DWI, RAS, per-channel normalisation,
+in-plane resize),
 the network runs slice by slice with ``SliceInferer`` (``sw_batch_size`` slices at a time), ``Invertd`` brings
 the probabilities back to the input grid.
 """

@@ -2,7 +2,8 @@
 
 The paper feeds 2-channel slices, (eADC, DWI), where eADC = exp(-b * ADC) is the "exponential ADC"
 with b = 1000 s/mm^2 and ADC in mm^2/s. The pipelines below are plain MONAI ``Compose`` objects of
-MONAI transforms plus ours; docs/data.md shows the same chain as bundle JSON.
+MONAI transforms plus ours, and the one definition of the stroke pipeline: the ``patcher_stroke`` bundle's
+``train.json`` and ``inference.json`` and the batch-inference CLI build their preprocessing with them.
 """
 
 from __future__ import annotations
@@ -198,8 +199,9 @@ def stroke_volume_transforms(
     b_value: float = 1000.0,
     adc_unit: str = "auto",
     reader=None,
+    scan_label_key: str | None = None,
 ) -> Compose:
-    """The deterministic (cacheable) part of the stroke pipeline, volume level.
+    """The deterministic (cacheable) part of the stroke pipeline, volume level: the one definition of it.
 
     ``LoadImaged(reader=SimpleITKReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed`` (DWI, ADC: 3D,
     finite, not constant; label: 3D, finite) -> ``CheckGeometryd`` (DWI, ADC, label share one grid) ->
@@ -207,6 +209,9 @@ def stroke_volume_transforms(
     ``Orientationd("RAS")`` -> [``Spacingd(pixdim)``] -> ``NormalizeIntensityd(nonzero, channel_wise)`` ->
     ``AsDiscreted(label, threshold=0.5)`` (label > 0.5 -> 1, so multi-class labels become "lesion") ->
     ``Resized`` in-plane to ``spatial_size`` (the slice axis keeps its size; label: nearest).
+
+    The stroke bundle's ``train.json`` (up to the slice sampler) and ``inference.json``, and the batch-inference
+    CLI, build their preprocessing with this function (``inference.json``: :func:`stroke_inference_transforms`).
 
     Output: ``image`` (2, S, S, D) float32 (channel 0 = eADC, channel 1 = DWI, each zero-mean unit-variance
     over the non-zero voxels) and ``label`` (1, S, S, D) in {0, 1} for ``axis=2``.
@@ -221,7 +226,18 @@ def stroke_volume_transforms(
         b_value: b for eADC, and the b-value the default reader takes from a DICOM series holding several.
         adc_unit: ADC unit (``"auto"`` to detect).
         reader: the image reader (default ``SimpleITKReader(b_value=b_value)``).
+        scan_label_key: a label to load with the scans when an item has one (items without it are fine), checked
+            like ``label_key`` and against the scans' grid, and left in that grid (not reoriented or resized): for
+            comparing with the prediction inverted to the scan's grid (the inference overlays). Not with
+            ``label_key``.
+
+    Example:
+        >>> xf = stroke_volume_transforms(spatial_size=64)  # doctest: +SKIP
+        >>> xf({"dwi": "case1_dwi.nii.gz", "adc": "case1_adc.nii.gz", "label": "case1_msk.nii.gz"})["image"].shape  # doctest: +SKIP
+        torch.Size([2, 64, 64, 73])
     """
+    if label_key and scan_label_key:
+        raise ValueError(f"give label_key ({label_key!r}) or scan_label_key ({scan_label_key!r}), not both.")
     img_keys = [dwi_key, adc_key]
     all_keys = img_keys + ([label_key] if label_key else [])
     size = [spatial_size] * 3
@@ -229,13 +245,19 @@ def stroke_volume_transforms(
     xs = [
         LoadImaged(all_keys, reader=_reader(reader, b_value), image_only=True),
         EnsureChannelFirstd(all_keys),
-        CheckVolumed(img_keys, spatial_dims=3),
     ]
-    if label_key:
-        xs.append(CheckVolumed(label_key, spatial_dims=3, allow_constant=True))
+    if scan_label_key:
+        xs += [
+            LoadImaged(scan_label_key, reader=_reader(reader, b_value), image_only=True, allow_missing_keys=True),
+            EnsureChannelFirstd(scan_label_key, allow_missing_keys=True),
+        ]
+    xs.append(CheckVolumed(img_keys, spatial_dims=3))
+    if label_key or scan_label_key:  # a scan label may be missing (inference without one)
+        label = label_key or scan_label_key
+        xs.append(CheckVolumed(label, spatial_dims=3, allow_constant=True, allow_missing_keys=not label_key))
     keys = [image_key] + ([label_key] if label_key else [])
     xs += [
-        CheckGeometryd(all_keys),
+        CheckGeometryd(all_keys + ([scan_label_key] if scan_label_key else []), allow_missing_keys=bool(scan_label_key)),
         ComputeEADCd(adc_key, "eadc", b_value=b_value, unit=adc_unit),
         ConcatItemsd(["eadc", dwi_key], image_key),
         DeleteItemsd(["eadc", dwi_key, adc_key]),
@@ -301,15 +323,23 @@ def stroke_val_transforms(**kwargs) -> Compose:
     return stroke_volume_transforms(**kwargs)
 
 
-def stroke_inference_transforms(**kwargs) -> Compose:
-    """Inference: :func:`stroke_volume_transforms` without a label.
+def stroke_inference_transforms(label_key: str | None = None, **kwargs) -> Compose:
+    """Inference: :func:`stroke_volume_transforms` without a label in the network's grid.
 
     Run the 2D network with ``SliceInferer(roi_size=(256, 256), spatial_dim=2)`` on ``image``, then
     ``Invertd`` (undoes the resize and the orientation) and ``SaveImaged``: the mask comes out in the
-    DWI's own grid.
+    DWI's own grid. The stroke bundle's ``inference.json`` and the batch-inference CLI both use it.
 
     Args:
-        kwargs: as :func:`stroke_volume_transforms` (``label_key`` is forced to None).
+        label_key: an optional label (overlays), loaded when an item has one and kept in the scan's own grid,
+            where the inverted prediction is (``scan_label_key`` of :func:`stroke_volume_transforms`).
+        kwargs: as :func:`stroke_volume_transforms` (its ``label_key`` is None here).
+
+    Example (``inference.json``)::
+
+        "preprocessing": {"_target_": "monai_patcher.transforms.stroke_inference_transforms",
+                          "label_key": "label", "spatial_size": "@spatial_size", "axis": "@slice_axis",
+                          "b_value": "@b_value", "adc_unit": "@adc_unit"}
     """
     kwargs["label_key"] = None
-    return stroke_volume_transforms(**kwargs)
+    return stroke_volume_transforms(scan_label_key=label_key, **kwargs)

@@ -169,8 +169,9 @@ def test_evaluate_real_brats_case_on_its_grid(trained, tmp_path, shared_path_fn)
              "label": str(case / "OTMultiClass.nii.gz")}
     evaluator, items = _evaluate_in_process(
         tmp_path, {"test": [files]}, ckpt_path=str(trained["ckpt"] / "model.pt"),
-        **{"train#deterministic_transforms#5": {"_target_": "CopyItemsd", "keys": "adc", "names": "eadc"}},
-    )  # BraTS has no ADC: T1c stands in and is copied as is (as benchmarks/brats_bundle.py does)
+        **{"train#deterministic_transforms": "$[monai.transforms.CopyItemsd(keys='adc', names='eadc') if type(t).__name__ "
+           "== 'ComputeEADCd' else t for t in @train#volume_transforms.transforms]"},
+    )  # BraTS has no ADC: T1c stands in and is copied as is, in place of ComputeEADCd (benchmarks/brats_bundle.py)
     (item,) = items
     ref = nib.load(files["label"])
     truth = np.asanyarray(ref.dataobj) > 0.5
@@ -282,6 +283,40 @@ def test_inference_geometry_round_trip(shared_path_fn):
     assert same > 0.85 and max(flipped.values()) < same - 0.2, (
         f"inverted DWI channel vs the DWI: corr {same:.3f}; vs the DWI flipped along axis 0/1/2: "
         + ", ".join(f"{v:.3f}" for v in flipped.values()) + " (a flip on the way back?)")
+
+
+def test_inference_preprocessing_of_the_bundle_and_the_batch_cli_is_identical(shared_path_fn, tmp_path):
+    """``inference.json`` and ``python -m monai_patcher.batch_inference`` build their preprocessing from one definition
+    (``stroke_inference_transforms``): on the real ISLES'22 case they give the same tensor, voxel for voxel, with the
+    same affine and the same recorded transforms (so ``Invertd`` undoes the same steps); ``train.json``'s volume
+    transforms (up to the slice sampler) give the same image."""
+    import nibabel as nib
+    from monai.bundle import ConfigParser
+
+    from monai_patcher.batch_inference import BatchPredictor
+    from monai_patcher.networks import patcher_preset
+
+    data = shared_path_fn("ISLES-2022-case0001", "data")
+    item = {k: str(data / f"sub-strokecase0001_ses-0001_{k}.nii.gz") for k in ("dwi", "adc")}
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    bundle = parser.get_parsed_content("preprocessing")(dict(item))["image"]
+    cli = BatchPredictor(None, network=patcher_preset("tiny", in_channels=2, out_channels=1)).preprocessing(dict(item))
+    cli = cli["image"]
+    assert tuple(bundle.shape) == tuple(cli.shape) == (2, 256, 256, 73)
+    assert torch.equal(bundle.as_tensor(), cli.as_tensor())
+    assert torch.equal(bundle.affine, cli.affine)
+    assert [op["class"] for op in bundle.applied_operations] == [op["class"] for op in cli.applied_operations]
+    assert len(cli.applied_operations) >= 2  # Orientationd and Resized at least: something to invert
+    dwi = nib.load(item["dwi"])  # the case ships without its mask: a made-up one, on the scans' grid
+    mask = (np.asanyarray(dwi.dataobj) > np.percentile(np.asanyarray(dwi.dataobj), 99)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, dwi.affine, dwi.header), str(tmp_path / "msk.nii.gz"))
+    train = ConfigParser()
+    train.read_config(TRAIN)
+    labelled = {**item, "label": str(tmp_path / "msk.nii.gz")}
+    out = train.get_parsed_content("train#volume_transforms")(labelled)
+    assert torch.equal(out["image"].as_tensor(), cli.as_tensor())
+    assert tuple(out["label"].shape) == (1, 256, 256, 73)
 
 
 def test_inference_overlays_with_label(trained, tmp_path):

@@ -118,6 +118,27 @@ def test_stroke_val_pipeline(case):
     assert int(torch.nonzero(lab.sum(dim=(0, 1, 2))).flatten()[0]) == 4  # lesion stays on slice 4
 
 
+def test_stroke_inference_pipeline_keeps_a_label_in_the_scan_grid(case, tmp_path):
+    """``stroke_inference_transforms(label_key=...)`` (the bundle's inference, for overlays): the label is loaded and
+    checked but stays in the scan's own grid, next to the same image as without it; an item without a label is
+    fine; a label on another grid is refused."""
+    with_label = stroke_inference_transforms(label_key="label", spatial_size=32)(case)
+    without = stroke_inference_transforms(spatial_size=32)({k: case[k] for k in ("dwi", "adc")})
+    assert sorted(with_label) == ["image", "label"] and sorted(without) == ["image"]
+    assert torch.equal(with_label["image"], without["image"]) and tuple(with_label["image"].shape) == (2, 32, 32, 6)
+    assert tuple(with_label["label"].shape) == (1, 20, 24, 6)  # as stored, not resized
+    assert float(with_label["label"][0, 9, 9, 4]) == 1.0
+    no_label = {k: case[k] for k in ("dwi", "adc")}
+    assert sorted(stroke_inference_transforms(label_key="label", spatial_size=32)(no_label)) == ["image"]
+    moved = _write(tmp_path / "moved.nii.gz", np.zeros((20, 24, 6), np.uint8), np.diag([2.0, 1, 1, 1]))
+    with pytest.raises(Exception) as info:  # Compose wraps the transform's DataError
+        stroke_inference_transforms(label_key="label", spatial_size=32)({**case, "label": moved})
+    assert isinstance(info.value.__cause__, DataError) and "moved.nii.gz (key 'label') has a different affine" in str(
+        info.value.__cause__)
+    with pytest.raises(ValueError, match="not both"):
+        stroke_val_transforms(scan_label_key="scan_label")
+
+
 def test_stroke_train_pipeline_cached(case):
     xf = stroke_train_transforms(spatial_size=32, num_samples=3, pos_ratio=1.0)
     ds = CacheDataset([case], xf, progress=False)
