@@ -18,11 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-__all__ = ["find_bundle_root", "insert_after", "PatcherWithGating"]
+__all__ = ["find_bundle_root", "insert_after"]
 
 
 def _bundle_dir_from_config(config_file: str | os.PathLike) -> Path:
@@ -116,42 +112,3 @@ def insert_after(transforms: Sequence[Any], after: str, *new: Any) -> list[Any]:
         raise ValueError(f"insert_after: no {after} in the transforms ({', '.join(names)}).")
     i = names.index(after) + 1
     return [*transforms[:i], *new, *transforms[i:]]
-
-
-class PatcherWithGating(nn.Module):
-    """Wrap a Patcher so that ``forward`` returns ``{"pred": logits, "gating": maps}`` at the input's size.
-
-    The wrapped network is called with ``return_gating`` switched on; the gating maps
-    (``B x 4 x ceil(H/S) x ceil(W/S)`` for a first-stage small patch ``S``, summing to 1 at every pixel) are
-    upsampled (bilinear) by ``S`` and cropped to ``H x W``
-    so that ``SliceInferer``/``SlidingWindowInferer`` can stitch them and ``Invertd`` can bring them back to the
-    input's grid like the logits. Its ``state_dict`` keys are those of the wrapped network prefixed by
-    ``network.``: load checkpoints into the wrapped network, not into the wrapper.
-
-    Args:
-        network: a :class:`~monai_patcher.networks.Patcher` (or anything with a ``return_gating`` attribute).
-    """
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        if not hasattr(network, "return_gating"):
-            raise TypeError(f"{type(network).__name__} has no `return_gating` attribute: expected a Patcher.")
-        self.network = network
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        previous = self.network.return_gating
-        self.network.return_gating = True
-        try:
-            logits, gating = self.network(x)
-        finally:
-            self.network.return_gating = previous
-        h, w = x.shape[-2:]
-        # the first stage's stride when the network says it (Patcher.first_stride); guessing it from the sizes,
-        # ceil(h / gating height), is wrong for a few small sizes (h = 9 at stride 4: 3 gating rows, ceil = 3)
-        stride = getattr(self.network, "first_stride", None)
-        if isinstance(stride, int) and stride >= 1:
-            sh = sw = stride
-        else:
-            sh, sw = -(-h // gating.shape[-2]), -(-w // gating.shape[-1])
-        gating = F.interpolate(gating, scale_factor=(float(sh), float(sw)), mode="bilinear", align_corners=False)
-        return {"pred": logits, "gating": gating[..., :h, :w]}

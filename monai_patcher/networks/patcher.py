@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set, Sized
 from numbers import Integral
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +57,8 @@ class Patcher(nn.Module):
     (``context_padding``), tokenises them into small patches (``small_patch``, also the stage's downsampling
     factor) and runs SegFormer-style transformer blocks (efficient attention with spatial reduction ``sr_ratios``,
     Mix-FFN) on every large patch independently. The decoder turns each stage output into an expert and mixes
-    them pixel-wise with a gating network; the gating maps can be returned (``return_gating=True``) to see which
-    scale the model trusts where (the paper's Fig. 4).
+    them pixel-wise with a gating network; the gating maps can be returned (``forward(x, return_gating=True)``),
+    at the input's size like the logits, to see which scale the model trusts where (the paper's Fig. 4).
 
     The defaults are the paper's / reference configuration (82.7 M parameters, 78.45 M of them in the encoder;
     390.6 GFLOP of matmuls and convolutions per 256 x 256 image as defined, the paper's "about 389", of which the
@@ -85,8 +85,8 @@ class Patcher(nn.Module):
             last one (to ``num_stages`` channels, before the softmax) included.
         drop_path_rate: stochastic depth, rising linearly from 0 to this value over all encoder blocks.
         dropout_rate: dropout before the decoder's classifier.
-        return_gating: make ``forward`` return ``(logits, gating)`` with the mixture weights
-            ``B x num_stages x ceil(H/S1) x ceil(W/S1)``.
+        return_gating: the default of ``forward``'s ``return_gating`` (for configs whose network should always
+            return its gating maps, e.g. a bundle's ``"return_gating": "@save_gating"``); default False.
         use_checkpoint: activation checkpointing in the transformer blocks (less training memory, more compute).
 
     Example::
@@ -94,6 +94,9 @@ class Patcher(nn.Module):
         >>> net = patcher_preset("tiny", in_channels=2, out_channels=1)
         >>> net(torch.randn(1, 2, 250, 190)).shape
         torch.Size([1, 1, 250, 190])
+        >>> logits, gating = net(torch.randn(1, 2, 250, 190), return_gating=True)
+        >>> gating.shape  # one weight map per stage, summing to 1 at every pixel
+        torch.Size([1, 4, 250, 190])
     """
 
     def __init__(
@@ -219,8 +222,17 @@ class Patcher(nn.Module):
             features.append(x)
         return features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``B x in_channels x H x W`` -> logits ``B x out_channels x H x W`` (and the gating maps)."""
+    def forward(
+        self, x: torch.Tensor, return_gating: Optional[bool] = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``B x in_channels x H x W`` -> logits ``B x out_channels x H x W``, or ``(logits, gating)``.
+
+        Args:
+            x: the images.
+            return_gating: also return the mixture-of-experts gating maps, ``B x num_stages x H x W`` (the
+                decoder's maps at the first stage's resolution, upsampled and cropped like the logits: they sum to
+                1 at every pixel). None: the constructor's ``return_gating``.
+        """
         if x.ndim != 4:
             raise ValueError(f"Patcher expects a B x C x H x W tensor, got shape {list(x.shape)}.")
         if x.shape[1] != self.in_channels:
@@ -231,13 +243,19 @@ class Patcher(nn.Module):
         if h == 0 or w == 0:
             raise ValueError(f"Patcher got an empty image (shape {list(x.shape)}).")
         logits, gating = self.decoder(self.forward_features(x))
+        if return_gating is None:
+            return_gating = self.return_gating
+        if return_gating:
+            return self._to_input_size(logits, h, w), self._to_input_size(gating, h, w)
+        return self._to_input_size(logits, h, w)
+
+    def _to_input_size(self, maps: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """First-stage maps -> ``h x w``: each first-stage pixel covers an ``s x s`` input block (``s`` the first
+        stage's small patch), so upsample by ``s`` (bilinear) and crop the padding."""
         s = self.first_stride
-        if s > 1:  # each first-stage pixel covers an s x s input block: upsample by s, crop the padding
-            logits = F.interpolate(logits, scale_factor=float(s), mode="bilinear", align_corners=False)
-        logits = logits[:, :, :h, :w].contiguous()  # the crop is a strided view when H or W is odd
-        if self.return_gating:
-            return logits, gating
-        return logits
+        if s > 1:
+            maps = F.interpolate(maps, scale_factor=float(s), mode="bilinear", align_corners=False)
+        return maps[:, :, :h, :w].contiguous()  # the crop is a strided view when H or W is odd
 
 
 PATCHER_PRESETS: dict[str, dict[str, Any]] = {

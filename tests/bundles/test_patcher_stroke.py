@@ -207,6 +207,34 @@ def test_inference_real_isles_case(trained, tmp_path, shared_path_fn):
     assert gating.shape == (*ref.shape, 4)
     np.testing.assert_allclose(gating.affine, ref.affine, atol=1e-4)
     np.testing.assert_allclose(np.asanyarray(gating.dataobj).sum(-1), 1.0, atol=1e-3)
+    pngs = sorted((out / "gating" / "sub-strokecase0001_ses-0001_gating").glob("slice_*.png"))  # GatingMapWriter
+    assert len(pngs) == ref.shape[2] and pngs[0].name == "slice_000.png"  # every axial slice of the LAS scan
+
+
+@pytest.mark.parametrize("save_gating", [False, True])
+def test_inference_asks_for_gating_only_when_it_saves_it(save_gating):
+    """``save_gating`` false (the default): the network returns its logits only and nothing in the post-processing
+    touches gating maps; true: the network returns ``(logits, gating)`` (its own output, at the input's size), which
+    the post-processing splits, inverts, saves, and ``GatingMapWriter`` draws."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["save_gating"], parser["network_def#name"] = save_gating, "tiny"
+    net = parser.get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 2, 40, 36))
+    assert isinstance(out, tuple) is save_gating
+    if save_gating:
+        assert tuple(out[1].shape) == (1, 4, 40, 36)
+    post = parser.get_parsed_content("postprocessing").transforms
+    invert = next(t for t in post if type(t).__name__ == "Invertd")
+    assert ("gating" in invert.keys) is save_gating and "pred" in invert.keys
+    assert sum(type(t).__name__ == "Lambdad" for t in post) == (2 if save_gating else 0)
+    saved = [t.keys for t in post if type(t).__name__ == "SaveImaged"]
+    assert (("gating",) in saved) is save_gating
+    handlers = [h for h in parser.get_parsed_content("handlers") if h is not None]
+    assert any(type(h).__name__ == "GatingMapWriter" for h in handlers) is save_gating
 
 
 def test_inference_real_dicom_series(trained, tmp_path, shared_path_fn):

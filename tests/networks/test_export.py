@@ -2,7 +2,7 @@
 
 Supported (torch 2.13, onnxruntime, monai 1.6):
 
-- ``torch.jit.script``: works on any input size, with or without ``return_gating``.
+- ``torch.jit.script``: works on any input size, with or without ``return_gating`` (constructor default or per call).
 - ``torch.jit.trace``: works; the traced graph keeps the size arithmetic, so it also runs at other sizes.
 - ONNX, opset 17, with the TorchScript-based exporter (``dynamo=False``): dynamic batch, H and W; one exported
   graph runs at any size (odd sizes included) in onnxruntime. The large-patch windows are an index gather (not
@@ -103,6 +103,19 @@ def test_torchscript_trace_with_gating():
         with torch.no_grad():
             traced = _jit_roundtrip(torch.jit.trace(net, x))
             _assert_same(traced(x), net(x))
+
+
+def test_torchscript_script_per_call_gating():
+    """The per-call flag survives scripting: ``scripted(x, True)`` is ``net(x, return_gating=True)``."""
+    net = _tiny()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(net)
+    x = torch.randn(1, 2, 45, 38)
+    with torch.no_grad():
+        _assert_same(scripted(x, True), net(x, return_gating=True))
+        _assert_same(scripted(x), net(x))
+        assert scripted(x, True)[1].shape == (1, 4, 45, 38)
 
 
 @pytest.mark.parametrize("low_res_gate", [False, True])

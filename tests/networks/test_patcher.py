@@ -52,16 +52,19 @@ def test_encoder_feature_shapes():
 @pytest.mark.parametrize("hw", [(64, 64), (250, 190), (31, 9)])
 def test_return_gating(hw):
     net = tiny(3, 2, return_gating=True).eval()
+    x = torch.randn(2, 3, *hw)
     with torch.no_grad():
-        out = net(torch.randn(2, 3, *hw))
+        out = net(x)
+        _, maps = net.decoder(net.forward_features(x))
     assert isinstance(out, tuple) and len(out) == 2
     logits, gating = out
     gh, gw = math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)
     assert logits.shape == (2, 2, *hw)
     assert logits.is_contiguous() and gating.is_contiguous()
-    assert gating.shape == (2, 4, gh, gw)
+    assert maps.shape == (2, 4, gh, gw) and gating.shape == (2, 4, *hw)  # the decoder's maps, at the input's size
     assert (gating >= 0).all()
-    torch.testing.assert_close(gating.sum(dim=1), torch.ones(2, gh, gw), atol=1e-5, rtol=0)
+    torch.testing.assert_close(gating.sum(dim=1), torch.ones(2, *hw), atol=1e-5, rtol=0)
+    torch.testing.assert_close(maps.sum(dim=1), torch.ones(2, gh, gw), atol=1e-5, rtol=0)
 
 
 def test_return_gating_does_not_change_logits():
@@ -69,9 +72,88 @@ def test_return_gating_does_not_change_logits():
     x = torch.randn(1, 2, 40, 56)
     with torch.no_grad():
         plain = net(x)
+        per_call, _ = net(x, return_gating=True)
         net.return_gating = True
         logits, _ = net(x)
+        assert isinstance(net(x, return_gating=False), torch.Tensor)  # the call's flag wins over the default
     torch.testing.assert_close(logits, plain, atol=0, rtol=0)
+    torch.testing.assert_close(per_call, plain, atol=0, rtol=0)
+
+
+def _upsampled_gating(gating, stride: int, h: int, w: int):
+    """The documented mapping, built here on its own: every gating pixel covers a ``stride x stride`` block of the
+    input, so upsample (bilinear, ``align_corners=False``) to ``stride * size`` and crop to ``h x w``."""
+    gh, gw = gating.shape[-2:]
+    up = torch.nn.functional.interpolate(gating, size=(stride * gh, stride * gw), mode="bilinear", align_corners=False)
+    return up[..., :h, :w]
+
+
+@pytest.mark.parametrize("size", [(33, 47), (31, 64), (64, 48)])
+def test_gating_maps_are_the_decoder_maps_upsampled(size):
+    """At odd (and even) sizes the gating is the decoder's own ``ceil(H/S) x ceil(W/S)`` maps, upsampled bilinearly
+    by the first stride ``S`` and cropped to ``H x W``: same place, same orientation (a mirrored map fails); the
+    per-call flag leaves the network's default alone."""
+    torch.manual_seed(0)
+    net = tiny().eval()
+    h, w = size
+    x = torch.randn(1, 2, h, w, generator=torch.Generator().manual_seed(2))
+    stride = net.first_stride
+    with torch.no_grad():
+        _, maps = net.decoder(net.forward_features(x))
+        gating = net(x, return_gating=True)[1]
+    assert maps.shape[-2:] == (-(-h // stride), -(-w // stride))
+    assert gating.shape == (1, maps.shape[1], h, w) and net.return_gating is False
+    torch.testing.assert_close(gating, _upsampled_gating(maps, stride, h, w), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gating.sum(1), torch.ones(1, h, w), rtol=0, atol=1e-5)  # still a mixture
+
+
+class _KnownGating(torch.nn.Module):
+    """A stand-in decoder: logits and gating maps at the first stage's resolution (``ceil(H/2) x ceil(W/2)``) that
+    are known and far from left-right (or up-down) symmetric, whatever any initialisation."""
+
+    def forward(self, features):
+        b, _, gh, gw = features[0].shape
+        yy, xx = torch.meshgrid(torch.linspace(0, 3, gh), torch.linspace(0, 5, gw), indexing="ij")
+        scores = torch.stack([xx, -xx, yy, xx * yy / 5]).expand(b, 4, gh, gw)
+        return xx.expand(b, 1, gh, gw), scores.softmax(1)
+
+
+def test_gating_maps_known_gating_at_odd_size():
+    """The same with gating maps that are known and asymmetric by construction (independent of any network's
+    initialisation): a left-right or up-down mirrored map, or a shift of one pixel, is far off."""
+    net = tiny().eval()
+    net.decoder = _KnownGating()
+    x = torch.rand(2, 2, 21, 35)
+    with torch.no_grad():
+        logits, gating = net(x, return_gating=True)
+        _, maps = net.decoder(net.forward_features(x))
+    expected = _upsampled_gating(maps, 2, 21, 35)
+    torch.testing.assert_close(logits, _upsampled_gating(net.decoder(net.forward_features(x))[0], 2, 21, 35))
+    torch.testing.assert_close(gating, expected, rtol=1e-6, atol=1e-6)
+    for wrong in (expected.flip(-1), expected.flip(-2), expected.roll(1, -1)):
+        assert (wrong - expected).abs().max() > 0.05  # the reference itself tells these apart
+
+
+@pytest.mark.parametrize("previous", [False, True])
+def test_return_gating_default_is_kept_after_an_error(previous):
+    net = tiny(return_gating=previous).eval()
+    with pytest.raises(ValueError, match="input channels"):
+        net(torch.zeros(1, 3, 16, 16), return_gating=not previous)  # a 2-channel Patcher given 3 channels
+    assert net.return_gating is previous
+
+
+@pytest.mark.parametrize("h", [5, 9, 12])
+def test_gating_is_upsampled_by_the_first_stride_at_small_sizes(h):
+    """With a first-stage small patch of 4, a 9-pixel side has 3 gating rows; ceil(9 / 3) = 3 is not the stride.
+    The maps must be upsampled by the network's own stride (4) and cropped, as at any other size."""
+    torch.manual_seed(0)
+    net = tiny(small_patch=(4, 2, 2, 2)).eval()
+    assert net.first_stride == 4
+    x = torch.randn(1, 2, h, 13, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        _, maps = net.decoder(net.forward_features(x))
+        gating = net(x, return_gating=True)[1]
+    torch.testing.assert_close(gating, _upsampled_gating(maps, 4, h, 13), rtol=1e-5, atol=1e-6)
 
 
 def test_first_stage_locality():
@@ -338,9 +420,13 @@ def test_cropped_input_gives_the_same_logits_away_from_the_crop():
     with torch.no_grad():
         logits_full, gating_full = net(x)
         logits_crop, gating_crop = net(x[:, :, :500])
-    assert logits_crop.shape == (1, 1, 500, 64) and gating_crop.shape == (1, 4, 250, 32)
+        maps_full = net.decoder(net.forward_features(x))[1]
+        maps_crop = net.decoder(net.forward_features(x[:, :, :500]))[1]
+    assert logits_crop.shape == (1, 1, 500, 64) and gating_crop.shape == (1, 4, 500, 64)
+    assert maps_crop.shape == (1, 4, 250, 32)
     torch.testing.assert_close(logits_crop[:, :, :192], logits_full[:, :, :192], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(gating_crop[:, :, :96], gating_full[:, :, :96], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(maps_crop[:, :, :96], maps_full[:, :, :96], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gating_crop[:, :, :188], gating_full[:, :, :188], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -350,10 +436,13 @@ def test_decoder_gets_the_stage_strides(small_patch, strides):
     """The decoder upsamples expert i by the product of the later stages' small patches."""
     net = tiny(small_patch=small_patch, return_gating=True).eval()
     assert net.decoder.feature_strides == strides
+    x = torch.randn(1, 2, 70, 50)
     with torch.no_grad():
-        logits, gating = net(torch.randn(1, 2, 70, 50))
+        logits, gating = net(x)
+        maps = net.decoder(net.forward_features(x))[1]
     s = net.first_stride
-    assert logits.shape == (1, 1, 70, 50) and gating.shape == (1, 4, math.ceil(70 / s), math.ceil(50 / s))
+    assert logits.shape == (1, 1, 70, 50) and maps.shape == (1, 4, math.ceil(70 / s), math.ceil(50 / s))
+    assert gating.shape == (1, 4, 70, 50)
 
 
 def test_stage_blocks_are_patcher_blocks():
