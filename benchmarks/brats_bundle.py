@@ -5,7 +5,7 @@ BraTS is a stand-in for stroke (tumour, not stroke): 2 channels FLAIR + T1c, lab
 ``train.json`` and ``evaluate.json`` run unchanged except for these command-line overrides:
 
 - the datalist maps the bundle's two channel keys to BraTS files (``dwi`` <- FLAIR, ``adc`` <- T1c) and
-  ``train#deterministic_transforms#5`` (``ComputeEADCd``, which turns an ADC map into eADC) becomes a plain copy
+  in ``train#deterministic_transforms`` ``ComputeEADCd`` (which turns an ADC map into eADC) becomes a plain copy
   ``adc -> eadc``: BraTS has no ADC;
 - ``network_def#name small`` (the CPU-sized preset; ``--preset``), plus one ``network_def#KEY VALUE`` per
   ``--network-override KEY=JSONVALUE`` (any other ``Patcher`` argument, e.g. the tuned CPU variant
@@ -45,7 +45,9 @@ from . import ROOT
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "BraTS2015-DeepMedic-examples"
 CONFIGS = ROOT / "bundles" / "patcher_stroke" / "configs"
-COPY_T5 = "{'_target_': 'CopyItemsd', 'keys': 'adc', 'names': 'eadc'}"
+# the bundle's volume transforms with ComputeEADCd replaced by a plain copy adc -> eadc
+EADC_AS_COPY = ("$[monai.transforms.CopyItemsd(keys='adc', names='eadc') if type(t).__name__ == 'ComputeEADCd' "
+                "else t for t in @train#volume_transforms.transforms]")
 
 
 def parse_network_overrides(items: list[str] | None) -> dict:
@@ -84,7 +86,7 @@ def common_overrides(args, datalist: Path) -> list[str]:
     return ["--dataset_dir", str(datalist.parent), "--datalist", str(datalist), "--output_dir", str(args.out / "eval"),
             "--ckpt_dir", str(args.out / "models"), "--network_def#name", args.preset,
             *network_cli(args.network_overrides), "--num_workers", "0",
-            "--train#deterministic_transforms#5", COPY_T5]
+            "--train#deterministic_transforms", EADC_AS_COPY]
 
 
 def run(cmd: list[str], log: Path, threads: int) -> dict:
@@ -140,7 +142,7 @@ def load_bundle_net(args, datalist: Path, ckpt: Path):
     parser["datalist"] = str(datalist)
     parser["network_def"]["name"] = args.preset
     parser["network_def"].update(args.network_overrides)
-    parser["train"]["deterministic_transforms"][5] = {"_target_": "CopyItemsd", "keys": "adc", "names": "eadc"}
+    parser["train#deterministic_transforms"] = EADC_AS_COPY
     pre = parser.get_parsed_content("validate#preprocessing")
     net = parser.get_parsed_content("network_def")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)

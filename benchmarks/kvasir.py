@@ -59,8 +59,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_patcher.checkpoint import RNGState, atomic_save, atomic_write
+from monai_patcher.io import atomic_save, atomic_write
 from monai_patcher.losses import BCEIoULoss
+from monai_patcher.seeding import RNGState
 
 from .models import MODEL_NAMES, PATCHER_VARIANTS, build_model, count_parameters, describe_model
 

@@ -86,13 +86,12 @@ class PatcherLogits(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
-        self.net.return_gating = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[0]
+        return self.net(x, return_gating=False)
 
     def with_gating(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(x)
+        return self.net(x, return_gating=True)
 
 
 def build_patcher(name: str, in_channels: int = 3, out_channels: int = 1) -> nn.Module:
