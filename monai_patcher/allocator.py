@@ -3,9 +3,8 @@
 PyTorch has no caching allocator for CPU tensors: every tensor is a ``malloc`` and every free a ``free``. glibc's
 ``malloc`` hands blocks above its mmap threshold (adjusted at run time, at most 32 MiB) and, past its trim
 threshold, the free top of its heap back to the kernel, and the next forward pass takes a page fault on every
-4 KiB of them again. How much that costs depends on the heap's history: in fresh processes running the same
-Patcher paper-preset forward we counted from 24,500 to 442,000 page faults per forward (100 MB to 1.7 GB touched
-anew), against 0-8,200 after this call (``benchmarks/bench_allocator.py``, docs/architecture.md).
+4 KiB of them again. How much that costs depends on the heap's history (page-fault counts in
+docs/architecture.md, measured with ``python -m benchmarks.bench_allocator``).
 
 :func:`keep_freed_memory` makes glibc keep freed memory in the process for reuse, as a caching allocator does;
 the process's peak resident memory is unchanged, it is just not returned between forward passes. It is the

@@ -60,8 +60,8 @@ def verify_checkpoint_file(path: str | os.PathLike) -> None:
     """Check that ``path`` is a complete checkpoint whose stored CRC-32 checksums match its contents.
 
     ``torch.save`` writes a zip archive with a CRC-32 per record, but ``torch.load`` does not check them, so a
-    bit flip in the tensor data (a bad disk, a bad copy) would load silently. This reads every record once
-    (about 1 s per GB). Legacy (non-zip) checkpoints cannot be verified and are let through.
+    bit flip in the tensor data (a bad disk, a bad copy) would load silently. This reads every record once.
+    Legacy (non-zip) checkpoints cannot be verified and are let through.
 
     Raises:
         CheckpointError: missing, empty, truncated file, or a record whose checksum does not match.

@@ -145,7 +145,7 @@ class MoEDecoder(nn.Module):
         )
         # experts with at least this many channels take the gate's first convolution at their own resolution
         # (_add_upsampled_conv); below it the 9 upsampled taps cost more than the convolution they replace
-        # (decoder alone, 256 x 256 input: 0.64x the time at 256 channels, 0.82x at 128, 1.01x at 64, 1.29x at 32)
+        # (measured in docs/architecture.md, "The upsampled experts' part of the gate")
         self.low_res_gate_min_channels = 128
         self.head[1:3].apply(_init_conv_module)  # the reference's linear_fuse (a ConvModule): 1x1 conv + BN
         # The decoder runs channels-last: a 1x1 convolution is then one GEMM over the pixels and oneDNN's 3x3
@@ -158,7 +158,7 @@ class MoEDecoder(nn.Module):
 
         The first 3x3 convolution over the concatenation is the sum of one convolution per expert with that
         expert's slice of the weight: the same values up to float rounding, with no ``E * decoder_dim`` channel
-        buffer (67 MB for a 256 x 256 input) and faster on CPU (benchmarks/ab_variants.py ``cat_gate``). Without
+        buffer (67 MB for a 256 x 256 input) and faster on CPU (docs/architecture.md). Without
         autograd (inference) and with at least ``low_res_gate_min_channels`` (an attribute, 128) channels per
         expert, the upsampled experts' parts run at their own resolution (:meth:`_add_upsampled_conv`).
 
@@ -190,9 +190,7 @@ class MoEDecoder(nn.Module):
         with bilinear upsampling (a per-channel spatial map) and with the crop, so each tap's 1x1 convolution runs
         on the ``stride``-times smaller map, and only its ``out_channels`` result is upsampled, cropped and added
         at the tap's offset. The same values up to float rounding, with ``1 / stride**2`` of the multiply-adds
-        (the paper preset at 256 x 256: the 58 GFLOP of the three upsampled experts' parts become 6.3, and the
-        decoder takes 0.56 instead of 0.77 s on 2 CPU cores; ``benchmarks/ab_variants.py --variants
-        full_res_gate`` compares whole forwards).
+        (counts and timings in docs/architecture.md).
 
         Args:
             out: ``B x out_channels x H_0 x W_0``, added to in place.

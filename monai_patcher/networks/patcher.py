@@ -61,8 +61,7 @@ class Patcher(nn.Module):
     at the input's size like the logits, to see which scale the model trusts where (the paper's Fig. 4).
 
     The defaults are the paper's / reference configuration (82.7 M parameters, 78.45 M of them in the encoder;
-    390.6 GFLOP of matmuls and convolutions per 256 x 256 image as defined, the paper's "about 389", of which the
-    forward executes 383.8, and 332.1 without autograd, for the same outputs; see docs/architecture.md). Any input size works: the network pads inside and returns
+    its FLOP counts are in docs/architecture.md). Any input size works: the network pads inside and returns
     contiguous logits of exactly ``H x W``; an empty batch or image is a ``ValueError``. The encoder's weights are
     initialised like the reference's (see ``PatcherBlock``), the decoder's fuse convolution (and, with
     ``gate_norm``, its gating convolutions) like its mmcv ``ConvModule`` layers (see ``MoEDecoder``).
