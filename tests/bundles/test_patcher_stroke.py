@@ -357,29 +357,6 @@ def test_inference_overlays_with_label(trained, tmp_path):
     assert pngs, "no overlay PNGs written although a label was given"
 
 
-def test_bundle_root_is_the_bundle_folder_from_any_cwd(tmp_path):
-    """A relative --config_file from a foreign directory: bundle_root (and the paths built on it) is the bundle."""
-    proc = run_bundle(
-        "run", "where", "--config_file", os.path.relpath(TRAIN, tmp_path),
-        "--where", "$print('ROOT=' + @bundle_root + ' CKPT=' + @ckpt_dir)", cwd=tmp_path,
-    )
-    assert f"ROOT={BUNDLE} CKPT={BUNDLE / 'models'}" in proc.stdout
-
-
-def test_bundle_root_from_the_command_line_and_override(monkeypatch):
-    from monai.bundle import ConfigParser
-
-    from monai_patcher.bundle_utils import find_bundle_root
-
-    monkeypatch.chdir(REPO_ROOT)
-    monkeypatch.setattr(sys, "argv", ["x", "ckpt_export", "--config_file", "['bundles/patcher_stroke/configs/inference.json']"])
-    assert find_bundle_root("patcher_stroke") == str(BUNDLE)
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser["bundle_root"] = "/somewhere/else"  # what --bundle_root does
-    assert parser.get_parsed_content("ckpt_dir") == "/somewhere/else/models"
-
-
 def test_metadata_validates_against_shipped_schema():
     import jsonschema
 
