@@ -184,20 +184,6 @@ def test_inference_real_kvasir_images(trained, tmp_path, shared_path_fn):
         assert (out / "overlays" / f"{img.stem}_overlay.png").is_file()  # masks/ was found next to images/
 
 
-def test_metadata_validates_against_shipped_schema():
-    import jsonschema
-
-    schema = json.loads((REPO_ROOT / "bundles" / "schema" / "meta_schema_20240725.json").read_text())
-    jsonschema.validate(instance=json.loads((CONFIGS / "metadata.json").read_text()), schema=schema)
-
-
-def test_verify_net_in_out():
-    from monai.bundle import verify_net_in_out
-
-    verify_net_in_out("network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
-                      **{"network_def#name": "tiny"})
-
-
 def test_inference_grayscale_and_rgba_images(trained, tmp_path, shared_path_fn):
     """Real Kvasir frames saved as grayscale ("L") and RGBA PNGs go through the bundle (EnsureRGBd); they failed in
     the ImageNet normalisation ("img has 1 channels, but subtrahend has 3 components") before."""

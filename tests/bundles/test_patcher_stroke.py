@@ -2,14 +2,13 @@
 
 Tiny preset, 64 x 64 slices and the 3-case synthetic demo dataset, so the whole file runs in about a
 minute on 2 CPU cores. Real-data tests (ISLES'22 case, DICOM series) skip when ../shared/data is absent.
+``torchrun`` (``multi_gpu_train.json``, ``multi_gpu_evaluate.json``) is tested in test_model_zoo_ci.py, for both
+bundles; the metadata and ``verify_net_in_out`` in test_verify_bundle.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -357,23 +356,6 @@ def test_inference_overlays_with_label(trained, tmp_path):
     assert pngs, "no overlay PNGs written although a label was given"
 
 
-def test_metadata_validates_against_shipped_schema():
-    import jsonschema
-
-    schema = json.loads((REPO_ROOT / "bundles" / "schema" / "meta_schema_20240725.json").read_text())
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert meta["schema"].endswith("meta_schema_20240725.json")
-    jsonschema.validate(instance=meta, schema=schema)
-
-
-def test_verify_metadata_offline(tmp_path):
-    schema = REPO_ROOT / "bundles" / "schema" / "meta_schema_20240725.json"
-    # MONAI downloads the schema only when `filepath` does not exist: the shipped copy keeps this offline
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema))
-
-
 def test_verify_net_in_out_and_ckpt_export(trained, tmp_path):
     from monai.bundle import ckpt_export, verify_net_in_out
 
@@ -384,27 +366,6 @@ def test_verify_net_in_out_and_ckpt_export(trained, tmp_path):
     ckpt_export("network_def", filepath=str(ts), ckpt_file=str(trained["ckpt"] / "model.pt"), **common)
     net = torch.jit.load(str(ts))
     assert net(torch.zeros(1, 2, 64, 48)).shape == (1, 1, 64, 48)
-
-
-def test_torchrun_two_processes_cpu_gloo(demo_dataset, tmp_path):
-    """``multi_gpu_train.json``: DistributedDataParallel + DistributedSampler, 2 CPU processes (gloo).
-
-    ``--standalone``: torchrun picks a free port on localhost (a fixed ``--master_port`` fails when taken)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-        "run", "training", "--config_file", f"['{TRAIN}','{CONFIGS / 'multi_gpu_train.json'}']",
-        "--dataset_dir", str(Path(demo_dataset).parent), "--max_epochs", "1", "--val_interval", "1",
-        "--output_dir", str(tmp_path / "eval"), "--ckpt_dir", str(tmp_path / "models"), *FAST,
-    ]
-    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in state), "the DDP wrapper leaked into the checkpoint"
-    assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
-    # only rank 0 logs: all TensorBoard event files (events.out.tfevents.<time>.<host>.<pid>.<n>) from one process
-    events = sorted(p.name for p in (tmp_path / "eval").glob("events.out.tfevents.*"))
-    assert events and len({name.split(".")[-2] for name in events}) == 1, events
 
 
 def test_inference_two_channel_nifti(trained, tmp_path):
