@@ -1,5 +1,6 @@
 """What only the MONAI bundles in ``bundles/`` (``patcher_stroke``, ``patcher_polyp``) need from Python.
 
+- :func:`check_bundle_root`: ``bundle_root`` checked to be the bundle's own folder before any path is built on it;
 - :func:`insert_after`: a transform list with more transforms inserted after a given one (``evaluate.json``
   keeps the label as loaded, in the scan's grid, next to the network's preprocessing).
 
@@ -10,9 +11,50 @@ Everything else the bundles call lives with its concept: case discovery and data
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["insert_after"]
+__all__ = ["check_bundle_root", "insert_after"]
+
+
+def check_bundle_root(bundle_root: str | os.PathLike, name: str) -> str:
+    """``bundle_root`` unchanged, once checked to be the folder of the bundle called ``name``.
+
+    A bundle's ``bundle_root`` is ``"."`` (model-zoo's default: the current directory) unless ``--bundle_root``
+    (MONAI's override) names the folder. MONAI has no way to make it follow the config file, so a bundle run
+    from another directory would read and write ``models/``, ``eval/`` and its demo data there. The configs build
+    every path on the result of this check instead: the folder must hold ``configs/metadata.json`` whose
+    ``name`` is ``name``.
+
+    Args:
+        bundle_root: the bundle folder given to the config (``"."`` by default).
+        name: the ``name`` in the bundle's ``configs/metadata.json``.
+
+    Raises:
+        ValueError: ``bundle_root`` has no ``configs/metadata.json``, or it is not that bundle's (another
+            bundle, or a file that is not JSON); the message says how to name the right folder.
+
+    Example:
+        >>> check_bundle_root("bundles/patcher_stroke", name="Patcher stroke lesion segmentation")
+        'bundles/patcher_stroke'
+    """
+    meta = Path(bundle_root) / "configs" / "metadata.json"
+    where = f"bundle_root {os.fspath(bundle_root)!r} ({Path(bundle_root).absolute()})"
+    fix = (
+        f"Run from inside the folder of the bundle {name!r} (bundle_root is '.' by default) or pass "
+        "--bundle_root /path/to/that/bundle."
+    )
+    if not meta.is_file():
+        raise ValueError(f"{where} is not a bundle folder: {meta} does not exist. {fix}")
+    try:
+        found = json.loads(meta.read_text(encoding="utf-8")).get("name")
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{where}: {meta} is not a JSON object ({e}). {fix}") from e
+    if found != name:
+        raise ValueError(f"{where} is the folder of the bundle {found!r}, not of {name!r}. {fix}")
+    return os.fspath(bundle_root)
 
 
 def insert_after(transforms: Sequence[Any], after: str, *new: Any) -> list[Any]:

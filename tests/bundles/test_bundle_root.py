@@ -1,9 +1,12 @@
 """``bundle_root`` the MONAI way: a bundle unzipped anywhere reads and writes inside its own folder.
 
 Each bundle is zipped and unpacked with ``monai.bundle.download`` (how a model-zoo bundle reaches a user) into a
-temporary folder. With MONAI's ``--bundle_root`` override, or run from inside the folder (the ``"."`` default),
-every path of every config lands in that folder; only the data paths point at the data. Checked with a plain
-``ConfigParser`` (what MONAI Label, MONAI Deploy and model-zoo's CI use) and with ``python -m monai.bundle run``.
+temporary folder laid out like this repository (``<root>/bundles/<name>``). With MONAI's ``--bundle_root`` override,
+or run from inside the folder (the ``"."`` default), every path of every config lands in that folder; only the data
+paths point at the data. MONAI cannot make ``bundle_root`` follow the config file, so anything else (the ``"."``
+default from another directory, another bundle's folder) must fail with a clear error before a file is written.
+Checked with a plain ``ConfigParser`` (what MONAI Label, MONAI Deploy and model-zoo's CI use) and with
+``python -m monai.bundle run`` in the forms of README.md and docs/bundles.md, and without ``--bundle_root``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ LAYERS = {
 }
 # entries that locate the user's data (overridden to point at DATA unless the config builds them from bundle_root)
 DATA_KEYS = ("dataset_dir", "datalist", "train_dir", "val_dir", "eval_dir", "input")
-PATH_NAMES = ("bundle_root", "load_path", "save_dir", "log_dir", "filepath")
+PATH_NAMES = ("bundle_root", "checked_bundle_root", "load_path", "save_dir", "log_dir", "filepath")
 
 
 def unzip_bundle(name: str, dst: Path) -> Path:
@@ -123,26 +126,96 @@ def test_plain_config_parser_run_from_inside_the_bundle(unzipped, bundle, tmp_pa
         _check_inside(paths, folder, data, files)
 
 
+def name_of(folder: Path) -> str:
+    return json.loads((folder / "configs" / "metadata.json").read_text())["name"]
+
+
+def _bundle_root_error(files: list[Path], overrides: dict, id_: str) -> str:
+    """The message of the error a plain ``ConfigParser`` raises when ``id_`` is resolved."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser.update(overrides)
+    with pytest.raises(RuntimeError) as err:
+        parser.get_parsed_content(id_)
+    cause = err.value.__cause__
+    assert isinstance(cause, ValueError), err.value
+    return str(cause)
+
+
+@pytest.mark.parametrize("bundle", sorted(LAYERS))
+def test_plain_config_parser_refuses_a_wrong_bundle_root(unzipped, bundle, tmp_path, monkeypatch):
+    """The ``"."`` default from a directory that is not the bundle (a repository or model-zoo root), and
+    ``--bundle_root`` naming the other bundle: every path built on ``bundle_root`` raises instead of pointing
+    there, and the message names the folder and the fix."""
+    folder, data = unzipped[bundle], tmp_path / "data"
+    other = unzipped[next(b for b in LAYERS if b != bundle)]
+    name = name_of(folder)
+    monkeypatch.chdir(folder.parent.parent)  # holds bundles/<name>, like this repository's root
+    for layer in LAYERS[bundle]:
+        files = [folder / "configs" / f for f in layer]
+        for id_ in ("ckpt_dir", "output_dir"):
+            msg = _bundle_root_error(files, _data_overrides(files, data), id_)
+            assert f"bundle_root '.' ({folder.parent.parent}) is not a bundle folder" in msg, msg
+            assert f"folder of the bundle {name!r}" in msg and "--bundle_root" in msg, msg
+            msg = _bundle_root_error(files, {"bundle_root": str(other), **_data_overrides(files, data)}, id_)
+            assert f"is the folder of the bundle '{name_of(other)}', not of {name!r}" in msg, msg
+    assert not list(folder.parent.parent.glob("models")) and not list(folder.parent.parent.glob("eval"))
+
+
 def _files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_monai_bundle_run_writes_only_inside_the_unzipped_bundle(unzipped, tmp_path):
+@pytest.mark.parametrize("bundle", sorted(LAYERS))
+def test_explicit_paths_need_no_bundle_root(unzipped, bundle, tmp_path, monkeypatch):
+    """Runs that name every path they use (``--ckpt_dir``/``--ckpt_path`` and ``--output_dir``, as the tests and
+    benchmarks/kvasir_bundle_eval.py do) from any directory: nothing is built on ``bundle_root``, nothing is refused."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = unzipped[bundle] / "configs"
+    monkeypatch.chdir(tmp_path)
+    out = {"output_dir": str(tmp_path / "eval"), "dataset_dir": str(tmp_path / "data")}
+    for layers, paths in ((["train.json"], {"ckpt_dir": str(tmp_path / "models")}),
+                          (["train.json", "evaluate.json"], {"ckpt_path": str(tmp_path / "model.pt")})):
+        workflow = ConfigWorkflow(config_file=[str(configs / f) for f in layers], meta_file=str(configs / "metadata.json"),
+                                  logging_file=False, workflow_type="train", **out, **paths)
+        workflow.initialize()
+        assert (tmp_path / "eval").is_dir()  # made by initialize, where --output_dir says
+
+
+def test_monai_bundle_run_without_bundle_root_from_outside_fails_before_writing(unzipped):
+    """The commands of README.md without ``--bundle_root``, from the folder that holds ``bundles/`` (as a user in
+    this repository's root would): bundle_root is then that folder, not the bundle's; the run must stop with the
+    error (in ``initialize``, before the demo data, checkpoints or logs are written) and write nothing anywhere."""
+    root = unzipped["patcher_stroke"].parent.parent
+    before = set(root.rglob("*"))  # folders too: not even an empty output folder may appear
+    configs = "bundles/patcher_stroke/configs"
+    for config_file in (f"{configs}/train.json", f"['{configs}/train.json','{configs}/demo.json']"):
+        proc = run_bundle("run", "training", "--config_file", config_file, "--dataset_dir", str(root / "no_data"),
+                          cwd=root, check=False)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode != 0, log[-3000:]
+        assert f"bundle_root '.' ({root}) is not a bundle folder" in log and "--bundle_root" in log, log[-3000:]
+        assert set(root.rglob("*")) == before, sorted(set(root.rglob("*")) - before)
+
+
+def test_monai_bundle_run_writes_only_inside_the_unzipped_bundle(unzipped):
     """``python -m monai.bundle run`` of the stroke demo (its data, checkpoints and logs are all bundle paths):
-    trained from a foreign directory with ``--bundle_root``, then inference from inside the folder with the
-    ``"."`` default, which loads the model trained by the first run. Nothing is written anywhere else."""
+    trained with README.md's command (from the folder that holds ``bundles/``, ``--bundle_root
+    bundles/patcher_stroke``), then inference from inside the folder with the ``"."`` default, which loads the
+    model trained by the first run. Nothing is written anywhere else."""
     folder = unzipped["patcher_stroke"]
-    foreign = tmp_path / "elsewhere"
-    foreign.mkdir()
+    root = folder.parent.parent
     before = _files_under(folder)
     # the unzipped bundles' root (the other bundle, the zips) and this checkout's copy of the bundle stay as they are
-    around = {p: _files_under(p) for p in (folder.parent.parent, BUNDLES / "patcher_stroke")}
-    configs = folder / "configs"
+    around = {p: _files_under(p) for p in (root, BUNDLES / "patcher_stroke")}
+    configs = "bundles/patcher_stroke/configs"
     tiny = ["--network_def#name", "tiny", "--spatial_size", "64", "--num_workers", "0"]
-    run_bundle("run", "training", "--config_file", f"['{configs / 'train.json'}','{configs / 'demo.json'}']",
-               "--bundle_root", str(folder), "--demo_num_cases", "3", "--max_epochs", "1", "--val_interval", "1",
-               *tiny, cwd=foreign)
-    assert not any(foreign.iterdir()), list(foreign.rglob("*"))
+    run_bundle("run", "training", "--config_file", f"['{configs}/train.json','{configs}/demo.json']",
+               "--bundle_root", "bundles/patcher_stroke", "--demo_num_cases", "3", "--max_epochs", "1",
+               "--val_interval", "1", *tiny, cwd=root)
     written = _files_under(folder) - before
     assert {"models/demo/model.pt", "models/demo/checkpoint_epoch=1.pt", "demo_data/datalist.json"} <= written, written
     assert any(p.startswith("eval/demo/events.out.tfevents") for p in written), written
@@ -151,7 +224,6 @@ def test_monai_bundle_run_writes_only_inside_the_unzipped_bundle(unzipped, tmp_p
                       "--input", "demo_data/case000", *tiny, cwd=folder)
     assert "Restored all variables from ./models/demo/model.pt" in proc.stdout + proc.stderr  # in initialize
     assert "eval/demo/case000_seg.nii.gz" in _files_under(folder) - before - written
-    assert not any(foreign.iterdir())
     for p, files in around.items():
         new = {f for f in _files_under(p) - files if not (p / f).resolve().is_relative_to(folder.resolve())}
         assert not new, f"written outside the bundle, in {p}: {sorted(new)}"

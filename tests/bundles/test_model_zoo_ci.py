@@ -5,7 +5,8 @@ On random data written by the test: ``ConfigWorkflow`` for training (one epoch),
 initialised, checked with MONAI's ``check_properties`` (``TrainProperties`` / ``InferProperties`` + ``MetaProperties``),
 run and finalised; and ``torchrun`` with 2 CPU processes (gloo) for ``multi_gpu_train.json`` and
 ``multi_gpu_evaluate.json``, whose exported configs are property-checked first. Tiny preset, 64 x 64 inputs.
-``bundle_root`` is a temporary folder (MONAI's override), so nothing is written into the repository.
+``bundle_root`` (MONAI's override) is a temporary copy of the bundle's configs, so nothing is written into the
+repository.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_cli import REPO_ROOT  # noqa: E402
+from bundle_cli import REPO_ROOT, bundle_copy  # noqa: E402
 
 BUNDLES = ("patcher_polyp", "patcher_stroke")
 TINY = {"network_def#name": "tiny", "spatial_size": 64, "num_workers": 0, "batch_size": 2}
@@ -99,7 +100,7 @@ def workflow(bundle: str, workflow_type: str, layers: list[str], **override):
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_train_then_evaluate_config(bundle, data, tmp_path):
-    common = {"bundle_root": str(tmp_path), "dataset_dir": str(data[bundle])}
+    common = {"bundle_root": str(bundle_copy(bundle, tmp_path)), "dataset_dir": str(data[bundle])}
     trainer = workflow(bundle, "train", ["train.json"], **common, **TRAIN_ONE_EPOCH)
     check_workflow(trainer)
     assert trainer.max_epochs == 1 and trainer.trainer.state.epoch == 1  # properties read from the workflow
@@ -117,6 +118,7 @@ def test_infer_config(bundle, data, tmp_path):
     """``InferProperties`` (``dataset_dir`` included) and the checkpoint loaded in ``initialize``: the network holds
     the weights of ``models/model.pt`` (written here from random weights) before ``run``."""
     source = data[bundle] / ("val" if bundle == "patcher_polyp" else "")
+    bundle_copy(bundle, tmp_path)
     reference = workflow(bundle, "infer", ["inference.json"], bundle_root=str(tmp_path), dataset_dir=str(source),
                          load_pretrain=False)
     reference.initialize()
@@ -139,7 +141,8 @@ def test_infer_config(bundle, data, tmp_path):
     else:
         assert written == [f"case{i}_seg.nii.gz" for i in range(5)]  # --dataset_dir: every case of the folder
 
-    skip = workflow(bundle, "infer", ["inference.json"], bundle_root=str(tmp_path / "no_weights"),
+    no_weights = bundle_copy(bundle, tmp_path / "no_weights")
+    skip = workflow(bundle, "infer", ["inference.json"], bundle_root=str(no_weights),
                     dataset_dir=str(source), load_pretrain=False)
     skip.initialize()  # no models/model.pt there: load_pretrain false does not look for it
     assert skip.check_properties() == []
@@ -192,7 +195,7 @@ def test_torchrun_two_cpu_processes_train_then_evaluate(bundle, data, tmp_path, 
     """``multi_gpu_train.json`` then ``multi_gpu_evaluate.json``: DistributedDataParallel + DistributedSampler on 2 CPU
     processes (gloo); the checkpoint holds the unwrapped network; only rank 0 logs; every evaluation item is scored
     once (no padding duplicates when there are at least as many items as processes)."""
-    common = {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(data[bundle])}
+    common = {**TINY, "bundle_root": str(bundle_copy(bundle, tmp_path)), "dataset_dir": str(data[bundle])}
     train = export_and_check(bundle, ["train.json", "multi_gpu_train.json"], {**common, **TRAIN_ONE_EPOCH},
                              tmp_path / "train_override.json", monkeypatch)
     torchrun(train, bundle, tmp_path)

@@ -287,6 +287,7 @@ def test_inference_geometry_round_trip(shared_path_fn):
     dwi = shared_path_fn("ISLES-2022-case0001", "data", "sub-strokecase0001_ses-0001_dwi.nii.gz")
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)  # as MONAI's tools set it: the default '.' is refused outside the bundle
     parser["input"] = str(dwi)
     parser["spatial_size"] = 64
     pre = parser.get_parsed_content("preprocessing")
