@@ -211,7 +211,7 @@ def test_inference_real_isles_case(trained, tmp_path, shared_path_fn):
 
 
 @pytest.mark.parametrize("save_gating", [False, True])
-def test_inference_asks_for_gating_only_when_it_saves_it(save_gating):
+def test_inference_asks_for_gating_only_when_it_saves_it(save_gating, tmp_path):
     """``save_gating`` false (the default): the network returns its logits only and nothing in the post-processing
     touches gating maps; true: the network returns ``(logits, gating)`` (its own output, at the input's size), which
     the post-processing splits, inverts, saves, and ``GatingMapWriter`` draws."""
@@ -220,6 +220,7 @@ def test_inference_asks_for_gating_only_when_it_saves_it(save_gating):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser["save_gating"], parser["network_def#name"] = save_gating, "tiny"
+    parser["output_dir"] = str(tmp_path)  # the default is built on bundle_root '.', refused outside the bundle
     net = parser.get_parsed_content("network_def").eval()
     with torch.no_grad():
         out = net(torch.zeros(1, 2, 40, 36))
