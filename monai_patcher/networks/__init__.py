@@ -1,6 +1,7 @@
 """Patcher network and its building blocks."""
 
 from .blocks import EfficientSelfAttention, MixFFN, PatcherBlock, TransformerBlock
+from .fast_paths import set_fast_paths
 from .moe import MoEDecoder
 from .patcher import PATCHER_PRESETS, Patcher, patcher_preset
 
@@ -13,4 +14,5 @@ __all__ = [
     "EfficientSelfAttention",
     "MixFFN",
     "MoEDecoder",
+    "set_fast_paths",
 ]

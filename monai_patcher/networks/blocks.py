@@ -299,7 +299,10 @@ class PatcherBlock(nn.Module):
     depends only on the input inside its own large patch plus the context ring.
 
     The context tokens are dropped at the end of the stage, so the last transformer block computes outputs for
-    the centre tokens only (exactly the same values; see ``TransformerBlock``'s ``crop``).
+    the centre tokens only (exactly the same values; see ``TransformerBlock``'s ``crop``). This and the other
+    work-saving paths below are the block's *fast paths*, on by default; the attribute ``fast_paths`` (set it with
+    :func:`~monai_patcher.networks.set_fast_paths`) turns them off, for the plain path of the architecture as
+    defined, which gives the same values up to float rounding.
 
     Small patches are embedded once on the padded image and the token grid is then cut into overlapping
     patches; this is exactly the per-patch embedding of the paper (a convolution with kernel = stride =
@@ -308,7 +311,7 @@ class PatcherBlock(nn.Module):
     Without autograd, the large patches go through the blocks in groups whose Mix-FFN hidden activations fit in
     about ``inference_chunk_bytes`` (an attribute, 12 MiB; 0 turns grouping off; sized with the tokens' element
     size, so float64 gets twice the groups of float32): the same values, with the activations of a group staying
-    in the CPU cache.
+    in the CPU cache. A fast path too.
 
     Args:
         in_channels: channels of the stage input.
@@ -389,6 +392,7 @@ class PatcherBlock(nn.Module):
         # without autograd the large patches go through the blocks in groups whose Mix-FFN hidden activations
         # fit in about this many bytes (see forward); 0 turns the grouping off
         self.inference_chunk_bytes = 12 * 2**20
+        self.fast_paths = True  # see monai_patcher.networks.set_fast_paths
         self._ffn_hidden = self.blocks[0].ffn.fc1.out_features
         self.apply(_init_encoder_weights)
 
@@ -401,7 +405,7 @@ class PatcherBlock(nn.Module):
         same values and keeps each block's activations in the CPU cache instead of main memory. Not while
         tracing or compiling, where the group count would be baked in.
         """
-        if torch.is_grad_enabled() or self.inference_chunk_bytes <= 0:
+        if torch.is_grad_enabled() or self.inference_chunk_bytes <= 0 or not self.fast_paths:
             return 1
         if not torch.jit.is_scripting():
             if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -413,12 +417,15 @@ class PatcherBlock(nn.Module):
         """The transformer blocks on ``N x (kc*kc) x D`` patches; returns the ``N x (k*k) x D`` centre tokens."""
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            # the context ring is dropped after the stage: the last block computes the centre tokens only
-            crop = c if i == last else 0
+            # the context ring is dropped after the stage: on the fast paths the last block computes the centre
+            # tokens only
+            crop = c if i == last and self.fast_paths else 0
             if self.use_checkpoint and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
                 patches = _checkpointed(blk, patches, kc, crop)
             else:
                 patches = blk(patches, kc, kc, crop)
+        if not self.fast_paths:
+            patches = _crop_tokens(patches, kc, kc, c)
         return patches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import add_upsampled_conv3x3_, use_cpu_kernels
+
 __all__ = ["MoEDecoder"]
 
 
@@ -50,14 +52,18 @@ class MoEDecoder(nn.Module):
        per expert) followed by a softmax over experts gives weight maps ``W_i`` summing to 1. By default (the
        paper) a ReLU follows every convolution but the last. With ``gate_norm=True`` (the reference's variant,
        mmcv ``ConvModule`` layers) every convolution, the last one included, is a conv without bias + BatchNorm +
-       ReLU, and the softmax is taken after that last ReLU. In inference the upsampled experts' parts of the first
-       convolution are computed at the experts' own resolution (the same values; see ``_add_upsampled_conv``).
+       ReLU, and the softmax is taken after that last ReLU. The upsampled experts' parts of the first convolution
+       are computed at the experts' own resolution (the same values; see ``_gate_logits``).
     3. ``O = sum_i W_i * F_i``, then a pixel-wise MLP, a 1x1 conv + BatchNorm + ReLU, dropout and a 1x1 conv
        to the class logits (at the finest encoder resolution; the caller upsamples to the input size).
 
     The head's 1x1 conv before BatchNorm and, with ``gate_norm``, the gating convolutions are initialised like the
     reference's mmcv ``ConvModule`` (kaiming normal, fan_out, bias 0); the expert MLPs, the classifier and the
     gating convolutions without BatchNorm keep PyTorch's defaults (so that the gating starts near uniform).
+
+    The gate's low-resolution parts are the decoder's *fast path*, on by default; the attribute ``fast_paths`` (set
+    it with :func:`~monai_patcher.networks.set_fast_paths`) turns it off, for the plain path of the architecture as
+    defined (every gating convolution on the upsampled experts), which gives the same values up to float rounding.
 
     Args:
         in_channels: channels of each encoder output, finest first (one expert each).
@@ -143,9 +149,10 @@ class MoEDecoder(nn.Module):
             nn.Dropout2d(dropout_rate),
             nn.Conv2d(decoder_dim, out_channels, kernel_size=1),
         )
+        self.fast_paths = True  # see _gate_logits and monai_patcher.networks.set_fast_paths
         # experts with at least this many channels take the gate's first convolution at their own resolution
-        # (_add_upsampled_conv); below it the 9 upsampled taps cost more than the convolution they replace
-        # (measured in docs/architecture.md, "The upsampled experts' part of the gate")
+        # (_add_upsampled_conv) where the CPU kernel does not run; below it the 9 upsampled taps cost more than the
+        # convolution they replace (measured in docs/architecture.md, "The upsampled experts' part of the gate")
         self.low_res_gate_min_channels = 128
         self.head[1:3].apply(_init_conv_module)  # the reference's linear_fuse (a ConvModule): 1x1 conv + BN
         # The decoder runs channels-last: a 1x1 convolution is then one GEMM over the pixels and oneDNN's 3x3
@@ -158,9 +165,13 @@ class MoEDecoder(nn.Module):
 
         The first 3x3 convolution over the concatenation is the sum of one convolution per expert with that
         expert's slice of the weight: the same values up to float rounding, with no ``E * decoder_dim`` channel
-        buffer (67 MB for a 256 x 256 input) and faster on CPU (docs/architecture.md). Without
-        autograd (inference) and with at least ``low_res_gate_min_channels`` (an attribute, 128) channels per
-        expert, the upsampled experts' parts run at their own resolution (:meth:`_add_upsampled_conv`).
+        buffer (67 MB for a 256 x 256 input) and faster on CPU (docs/architecture.md). On the fast path
+        (``fast_paths``, default on) the upsampled experts' parts run at their own resolution: in eager mode on CPU,
+        with and without autograd, by :func:`~monai_patcher.networks.cpu_kernels.add_upsampled_conv3x3_`; elsewhere
+        (scripted, traced or exported graphs, other devices) without autograd only, by :meth:`_add_upsampled_conv`,
+        and for experts of at least ``low_res_gate_min_channels`` (an attribute, 128) channels only, below which its
+        9 upsampled taps cost more than the convolution they replace. Otherwise every part is a convolution on the
+        upsampled expert.
 
         Args:
             low: each expert's MLP output at its stage's resolution.
@@ -169,11 +180,16 @@ class MoEDecoder(nn.Module):
         first = self.gate[0]
         dim = self.decoder_dim
         x = F.conv2d(experts[0], first.weight[:, :dim], first.bias, padding=1)
+        kernels = False
+        if not torch.jit.is_scripting():
+            kernels = self.fast_paths and use_cpu_kernels(x)
         for i in range(1, self.num_experts):
             weight = first.weight[:, i * dim : (i + 1) * dim]
-            # without autograd only: the backward of the 9 shifted slices costs more than it saves
-            if self.feature_strides[i] > 1 and dim >= self.low_res_gate_min_channels and not torch.is_grad_enabled():
-                self._add_upsampled_conv(x, low[i], weight, self.feature_strides[i])
+            stride = self.feature_strides[i]
+            if stride > 1 and kernels:
+                x = add_upsampled_conv3x3_(x, low[i], weight, stride)
+            elif stride > 1 and self.fast_paths and dim >= self.low_res_gate_min_channels and not torch.is_grad_enabled():
+                self._add_upsampled_conv(x, low[i], weight, stride)
             else:
                 x += F.conv2d(experts[i], weight, None, padding=1)
         for j, layer in enumerate(self.gate):
@@ -190,7 +206,8 @@ class MoEDecoder(nn.Module):
         with bilinear upsampling (a per-channel spatial map) and with the crop, so each tap's 1x1 convolution runs
         on the ``stride``-times smaller map, and only its ``out_channels`` result is upsampled, cropped and added
         at the tap's offset. The same values up to float rounding, with ``1 / stride**2`` of the multiply-adds
-        (counts and timings in docs/architecture.md).
+        (counts in docs/architecture.md). It is made of operators that TorchScript and both ONNX exporters handle;
+        eager CPU code takes :func:`~monai_patcher.networks.cpu_kernels.add_upsampled_conv3x3_` instead.
 
         Args:
             out: ``B x out_channels x H_0 x W_0``, added to in place.

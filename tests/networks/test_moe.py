@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -318,33 +319,52 @@ def test_upsampled_conv_at_low_resolution_equals_the_full_resolution_conv(stride
         torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-12)
 
 
-def test_low_resolution_gate_is_taken_from_128_channels_without_autograd():
-    """Without autograd, the paper and small presets' experts (256 and 128 channels) take the low-resolution path,
-    the tiny preset's (32) the full-resolution convolution; both give the same decoder output up to float rounding.
-    With autograd (training) the full-resolution convolution is always used."""
-    calls = []
-    original = MoEDecoder._add_upsampled_conv
+def test_low_resolution_gate_paths():
+    """Which path computes the upsampled experts' parts of the gate's first convolution.
 
-    def counting(out, low, weight, stride):
-        calls.append(low.shape[1])
-        original(out, low, weight, stride)
+    Eager on CPU, on the fast path: the CPU kernel, with and without autograd, at any width. In traced (and so
+    exported) graphs: ``_add_upsampled_conv`` without autograd for the paper and small presets' experts (256 and 128
+    channels), the full-resolution convolution for the tiny preset's (32) and with autograd. Every path gives the
+    plain path's outputs up to float rounding; ``set_fast_paths(..., False)`` takes no low-resolution path at all."""
+    from monai_patcher.networks import cpu_kernels, moe, set_fast_paths
+
+    taps, kernel = [], []
+    original_taps, original_kernel = MoEDecoder._add_upsampled_conv, cpu_kernels.add_upsampled_conv3x3_
+
+    def counting_taps(out, low, weight, stride):
+        taps.append(int(low.shape[1]))
+        original_taps(out, low, weight, stride)
+
+    def counting_kernel(out, low, weight, stride):
+        kernel.append(int(low.shape[1]))
+        return original_kernel(out, low, weight, stride)
 
     feats = _features(1, 12, 10)
-    for dim, expect in ((128, [128] * 3), (32, [])):
-        dec = _decoder(decoder_dim=dim, gate_channels=(16,)).eval()
-        calls.clear()
-        with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
-            mp.setattr(MoEDecoder, "_add_upsampled_conv", staticmethod(counting))
-            logits, gating = dec(feats)
-        assert calls == expect
-        dec.low_res_gate_min_channels = 1 if dim == 32 else 10**6  # the other path
-        with torch.no_grad():
-            other_logits, other_gating = dec(feats)
-        torch.testing.assert_close(other_gating, gating, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(other_logits, logits, atol=1e-6, rtol=1e-5)
-    dec = _decoder(decoder_dim=128, gate_channels=(16,)).eval()
-    calls.clear()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(MoEDecoder, "_add_upsampled_conv", staticmethod(counting))
-        dec(feats)[0].sum().backward()
-    assert calls == []
+        mp.setattr(MoEDecoder, "_add_upsampled_conv", staticmethod(counting_taps))
+        mp.setattr(moe, "add_upsampled_conv3x3_", counting_kernel)
+        for dim, traced_taps in ((128, [128] * 3), (32, [])):
+            dec = _decoder(decoder_dim=dim, gate_channels=(16,)).eval()
+            with torch.no_grad():
+                plain_logits, plain_gating = set_fast_paths(dec, False)(feats)
+                assert taps == [] and kernel == []
+                logits, gating = set_fast_paths(dec)(feats)
+            assert kernel == [dim] * 3 and taps == []
+            torch.testing.assert_close(gating, plain_gating, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(logits, plain_logits, atol=1e-6, rtol=1e-5)
+            kernel.clear()
+            dec(feats)[0].sum().backward()  # with autograd
+            assert kernel == [dim] * 3 and taps == []
+            kernel.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.no_grad():
+                    traced = torch.jit.trace(dec, (feats,), check_trace=False)
+                assert taps == traced_taps and kernel == []
+                taps.clear()
+                torch.jit.trace(dec, (feats,), check_trace=False)  # with autograd: the convolution
+            assert taps == [] and kernel == []
+            with torch.no_grad():
+                traced_logits, traced_gating = traced(feats)
+            torch.testing.assert_close(traced_gating, plain_gating, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(traced_logits, plain_logits, atol=1e-6, rtol=1e-5)
