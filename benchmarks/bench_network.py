@@ -80,35 +80,22 @@ def _register_cpu_attention_flops() -> None:
         return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _run_blocks_on_all_tokens(self, patches: torch.Tensor, kc: int, c: int) -> torch.Tensor:
-    """``PatcherBlock._run_blocks`` as the architecture defines it: every block on all tokens, the crop after."""
-    from monai_patcher.networks.blocks import _crop_tokens
-
-    for blk in self.blocks:
-        patches = blk(patches, kc, kc, 0)
-    return _crop_tokens(patches, kc, kc, c)
-
-
 @contextlib.contextmanager
 def as_defined(model: nn.Module) -> Iterator[None]:
-    """Inside, every Patcher in ``model`` (the model itself or a wrapped one) runs without its two work-saving paths,
-    so its FLOPs are those of the architecture as defined (the same outputs up to float rounding): every transformer
-    block computes all its tokens (no centre-only last block), and the decoder's gate convolves the upsampled experts
-    at full resolution (no low-resolution taps, ``MoEDecoder._add_upsampled_conv``). Other models are unchanged."""
-    from monai_patcher.networks.blocks import PatcherBlock
-    from monai_patcher.networks.moe import MoEDecoder
+    """Inside, every Patcher part in ``model`` (the model itself or a wrapped one) runs on its plain path
+    (:func:`monai_patcher.networks.set_fast_paths` off), so its FLOPs are those of the architecture as defined (the
+    same outputs up to float rounding): every transformer block computes all its tokens (no centre-only last block),
+    and the decoder's gate convolves the upsampled experts at full resolution. Each part's setting is restored
+    afterwards. Other models are unchanged."""
+    from monai_patcher.networks import set_fast_paths
 
-    decoders = [m for m in model.modules() if isinstance(m, MoEDecoder)]
-    run_blocks, min_channels = PatcherBlock._run_blocks, [d.low_res_gate_min_channels for d in decoders]
-    PatcherBlock._run_blocks = _run_blocks_on_all_tokens
-    for d in decoders:
-        d.low_res_gate_min_channels = 2**62
+    saved = [(m, m.fast_paths) for m in model.modules() if hasattr(m, "fast_paths")]
+    set_fast_paths(model, False)
     try:
         yield
     finally:
-        PatcherBlock._run_blocks = run_blocks
-        for d, m in zip(decoders, min_channels):
-            d.low_res_gate_min_channels = m
+        for m, enabled in saved:
+            m.fast_paths = enabled
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:

@@ -33,25 +33,30 @@ def test_count_flops_adds_the_attention_matmuls_torch_misses_on_cpu():
 
 
 def test_as_defined_counts_the_work_the_forward_skips():
-    """Small preset at 64 x 64: without its low-resolution gate taps the count grows by exactly the three upsampled
-    experts' full-resolution 3x3 convolutions minus their taps' GEMMs; ``as_defined`` also drops the centre-only last
-    blocks (more again), and restores the model afterwards. A model that is not a Patcher is counted as it is."""
-    from monai_patcher.networks import blocks, patcher_preset
+    """Small preset at 64 x 64: with the decoder on its plain path the count grows by exactly the three upsampled
+    experts' full-resolution 3x3 convolutions minus the products of the gate's CPU kernel (its taps and its
+    horizontal and vertical interpolation matrices); ``as_defined`` also drops the centre-only last blocks (more
+    again), and restores every part's setting afterwards. A model that is not a Patcher is counted as it is."""
+    from monai_patcher.networks import patcher_preset
 
     net = patcher_preset("small", in_channels=2, out_channels=1).eval()
     x = torch.randn(1, 2, 64, 64)
     executed, _ = bench_network.count_flops(net, x)
-    net.decoder.low_res_gate_min_channels = 2**62
+    net.decoder.fast_paths = False
     full_res_gate, _ = bench_network.count_flops(net, x)
-    net.decoder.low_res_gate_min_channels = 128
+    net.decoder.fast_paths = True
     c, out, h0 = 128, 128, 32  # decoder_dim, gate_channels[0], the gate's resolution (64 / 2)
-    saved = sum(2 * 9 * c * out * (h0 * h0 - (h0 // s) ** 2) for s in (2, 4, 8))
+    saved = 0
+    for s in (2, 4, 8):
+        h = h0 // s
+        kernel = 2 * h * h * c * 9 * out + 3 * 2 * h0 * 3 * h * out * h + 2 * h0 * 3 * h * h0 * out
+        saved += 2 * 9 * c * out * h0 * h0 - kernel
     assert full_res_gate - executed == saved
-    run_blocks = blocks.PatcherBlock._run_blocks
     with bench_network.as_defined(net):
         defined, _ = bench_network.count_flops(net, x)
+        assert not any(getattr(m, "fast_paths", False) for m in net.modules())
     assert defined > full_res_gate
-    assert blocks.PatcherBlock._run_blocks is run_blocks and net.decoder.low_res_gate_min_channels == 128
+    assert all(m.fast_paths for m in net.modules() if hasattr(m, "fast_paths"))
     assert bench_network.count_flops(net, x)[0] == executed
     wrapped = torch.nn.Sequential(net)  # a Patcher inside another module (benchmarks/models.py wraps them)
     with bench_network.as_defined(wrapped):
