@@ -54,6 +54,27 @@ def _shifted_upsampling(n: int, stride: int, n0: int, dtype: torch.dtype, device
     return torch.stack([m[k : k + n0] for k in range(3)]).to(dtype)
 
 
+def _bands(m: torch.Tensor, block: int) -> list[tuple[int, int, int, int]]:
+    """Row blocks of ``block`` rows of a banded matrix ``m`` with the columns they use: ``(r0, r1, c0, c1)``.
+
+    Columns ``[c0, c1)`` hold every nonzero of rows ``[r0, r1)`` (``c0 == c1`` where there is none), so
+    ``m[r0:r1] @ x == m[r0:r1, c0:c1] @ x[c0:c1]``.
+    """
+    used = m != 0
+    bands = []
+    for r0 in range(0, m.shape[0], block):
+        r1 = min(r0 + block, m.shape[0])
+        cols = used[r0:r1].any(0).nonzero()
+        c0, c1 = (int(cols[0]), int(cols[-1]) + 1) if cols.numel() else (0, 0)
+        bands.append((r0, r1, c0, c1))
+    return bands
+
+
+# output rows (or columns) per block of the interpolation products: the matrices are banded, so a block reads only
+# the few input rows it needs (about block / stride + 2 per tap) instead of all of them
+_BLOCK = 32
+
+
 class _UpsampledConv3x3(torch.autograd.Function):
     """``out += conv2d(crop(upsample(low, stride)), weight, padding=1)``, in place on ``out``; see
     :func:`add_upsampled_conv3x3_`."""
@@ -65,59 +86,65 @@ class _UpsampledConv3x3(torch.autograd.Function):
         with torch.autocast(out.device.type, enabled=False):
             low_ = low.to(out.dtype).contiguous(memory_format=torch.channels_last)
             rows = low_.permute(0, 2, 3, 1).reshape(b * h * w, c)  # pixels x C, a view
-            # taps[ky]: C x (kx, O), the three taps of a kernel row side by side
-            taps = weight.to(out.dtype).permute(2, 1, 3, 0).reshape(3, c, 3 * o)
-            # bx: W0 x (j, kx), the horizontal upsampling of each tap column; ay: H0 x (ky, i), the vertical one
+            # every tap's channel map at low resolution, in one product: columns (kx, ky, O)
+            taps = weight.to(out.dtype).permute(1, 3, 2, 0).reshape(c, 9 * o)
+            z = torch.mm(rows, taps).view(b * h, 3 * w, 3 * o)  # per low row: (j, kx) x (ky, O)
+            # bx: W0 x (j, kx), the horizontal upsampling of the three tap columns, shifted; ay: H0 x (i, ky)
             bx = _shifted_upsampling(w, stride, w0, out.dtype, out.device).permute(1, 2, 0).reshape(w0, 3 * w)
-            ay = _shifted_upsampling(h, stride, h0, out.dtype, out.device).permute(1, 0, 2).reshape(h0, 3 * h)
-            # v[b, ky]: the taps of kernel row ky, summed over kx and upsampled horizontally: h x W0 x O
-            v = out.new_empty(b, 3, h, w0, o)
-            bx_h = bx.expand(h, w0, 3 * w)
-            for ky in range(3):
-                z = torch.mm(rows, taps[ky]).view(b, h, 3 * w, o)  # per low row: (j, kx) x O
-                for i in range(b):
-                    torch.bmm(bx_h, z[i], out=v[i, ky])
-            # out[b] (H0 x (W0, O), channels-last) += ay @ v[b] ((ky, i) x (W0, O)): the vertical upsampling, summed
-            # over ky
-            # (out= rather than addmm_, so that torch.utils.flop_counter counts these products too)
+            ay = _shifted_upsampling(h, stride, h0, out.dtype, out.device).permute(1, 2, 0).reshape(h0, 3 * h)
+            # v[(b, i), ky]: kernel row ky's taps upsampled horizontally and summed over kx: W0 x O
+            v = out.new_empty(b * h, 3, w0, o)
+            for x0, x1, c0, c1 in _bands(bx, _BLOCK):
+                a = bx[x0:x1, c0:c1].expand(b * h, x1 - x0, c1 - c0)
+                for ky in range(3):
+                    torch.bmm(a, z[:, c0:c1, ky * o : (ky + 1) * o], out=v[:, ky, x0:x1])
+            # out[b] (H0 x (W0, O), channels-last) += ay @ v[b] ((i, ky) x (W0, O)): the vertical upsampling, summed
+            # over ky (out= rather than addmm_, so that torch.utils.flop_counter counts these products too)
             acc = out.permute(0, 2, 3, 1).view(b, h0, w0 * o)
-            for i in range(b):
-                torch.addmm(acc[i], ay, v[i].view(3 * h, w0 * o), out=acc[i])
+            v = v.view(b, 3 * h, w0 * o)
+            for y0, y1, c0, c1 in _bands(ay, _BLOCK):
+                for i in range(b):
+                    torch.addmm(acc[i, y0:y1], ay[y0:y1, c0:c1], v[i, c0:c1], out=acc[i, y0:y1])
         ctx.mark_dirty(out)
         ctx.save_for_backward(low_, taps, bx, ay)
         ctx.dtypes = (low.dtype, weight.dtype)
+        ctx.stride = stride
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         low, taps, bx, ay = ctx.saved_tensors
         b, c, h, w = low.shape
-        o, h0, w0 = taps.shape[2] // 3, grad.shape[2], grad.shape[3]
+        o, h0, w0 = taps.shape[1] // 9, grad.shape[2], grad.shape[3]
         grad_low = grad_weight = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            with torch.autocast(grad.device.type, enabled=False):
-                g = grad.to(low.dtype).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-                g = g.reshape(b, h0, w0 * o)
-                # the transposes of the forward's products, in reverse order
-                gv = grad.new_empty(b, 3 * h, w0 * o, dtype=low.dtype)
+        if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            return grad, grad_low, grad_weight, None
+        with torch.autocast(grad.device.type, enabled=False):
+            g = grad.to(low.dtype).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+            g = g.reshape(b, h0, w0 * o)
+            # the forward's products transposed, in reverse order, blocked by the rows they produce
+            gv = g.new_empty(b, 3 * h, w0 * o)
+            for c0, c1, y0, y1 in _bands(ay.t(), 3 * max(1, _BLOCK // ctx.stride)):
                 for i in range(b):
-                    torch.mm(ay.t(), g[i], out=gv[i])
-                gv = gv.view(b, 3, h, w0, o)
-                gz = grad.new_empty(3, b, h, 3 * w, o, dtype=low.dtype)
-                bxt_h = bx.t().expand(h, 3 * w, w0)
+                    if y1 > y0:
+                        torch.mm(ay[y0:y1, c0:c1].t(), g[i, y0:y1], out=gv[i, c0:c1])
+                    else:
+                        gv[i, c0:c1].zero_()
+            gv = gv.view(b * h, 3, w0, o)
+            gz = g.new_empty(b * h, 3 * w, 3 * o)
+            for c0, c1, x0, x1 in _bands(bx.t(), 3 * max(1, _BLOCK // ctx.stride)):
+                a = bx[x0:x1, c0:c1].t().expand(b * h, c1 - c0, x1 - x0)
                 for ky in range(3):
-                    for i in range(b):
-                        torch.bmm(bxt_h, gv[i, ky], out=gz[ky, i])
-                gz = gz.view(3, b * h * w, 3 * o)
+                    if x1 > x0:
+                        torch.bmm(a, gv[:, ky, x0:x1], out=gz[:, c0:c1, ky * o : (ky + 1) * o])
+                    else:
+                        gz[:, c0:c1, ky * o : (ky + 1) * o].zero_()
+            gz = gz.view(b * h * w, 9 * o)
+            if ctx.needs_input_grad[1]:
+                grad_low = torch.mm(gz, taps.t()).view(b, h, w, c).permute(0, 3, 1, 2).to(ctx.dtypes[0])
+            if ctx.needs_input_grad[2]:
                 rows = low.permute(0, 2, 3, 1).reshape(b * h * w, c)
-                if ctx.needs_input_grad[1]:
-                    g_rows = torch.mm(gz[0], taps[0].t())
-                    for ky in (1, 2):
-                        torch.addmm(g_rows, gz[ky], taps[ky].t(), out=g_rows)
-                    grad_low = g_rows.view(b, h, w, c).permute(0, 3, 1, 2).to(ctx.dtypes[0])
-                if ctx.needs_input_grad[2]:
-                    g_taps = torch.bmm(rows.t().expand(3, c, b * h * w), gz)  # ky x C x (kx, O)
-                    grad_weight = g_taps.view(3, c, 3, o).permute(3, 1, 0, 2).to(ctx.dtypes[1])
+                grad_weight = torch.mm(rows.t(), gz).view(c, 3, 3, o).permute(3, 0, 2, 1).to(ctx.dtypes[1])
         return grad, grad_low, grad_weight, None
 
 
@@ -133,10 +160,11 @@ def add_upsampled_conv3x3_(out: torch.Tensor, low: torch.Tensor, weight: torch.T
     per kernel row), each row's three taps are upsampled along the width and summed by one product with the
     horizontal interpolation matrix, shifted by the taps' offsets, and the three rows are upsampled along the
     height and summed, straight into ``out``, by one product with the vertical matrix. The crop and the zero
-    padding are rows of zeros in those matrices. Every step is a matrix product on channels-last memory with no
-    layout copy, and the backward is the same products transposed, also at ``low``'s resolution: for
-    ``stride = 2`` about a third of the convolution's multiply-adds, for 4 and 8 less again. The values are those of
-    the convolution on the upsampled map up to float rounding, for any ``stride`` and any crop.
+    padding are rows of zeros in those matrices, and the matrices are banded (two weights per row and tap), so the
+    products run on blocks of rows that read only the input rows they need. Every step is a matrix product on
+    channels-last memory with no layout copy, and the backward is the same products transposed, also at ``low``'s
+    resolution; for ``stride = 2`` about a sixth of the convolution's multiply-adds, for 4 and 8 less again. The
+    values are those of the convolution on the upsampled map up to float rounding, for any ``stride`` and any crop.
 
     Args:
         out: ``B x O x H0 x W0``, channels-last (made so if it is not; then the sum is a new tensor), added to.

@@ -35,9 +35,12 @@ def test_count_flops_adds_the_attention_matmuls_torch_misses_on_cpu():
 def test_as_defined_counts_the_work_the_forward_skips():
     """Small preset at 64 x 64: with the decoder on its plain path the count grows by exactly the three upsampled
     experts' full-resolution 3x3 convolutions minus the products of the gate's CPU kernel (its taps and its
-    horizontal and vertical interpolation matrices); ``as_defined`` also drops the centre-only last blocks (more
+    horizontal and vertical interpolation matrices, less than half of the convolution); ``as_defined`` also drops the centre-only last blocks (more
     again), and restores every part's setting afterwards. A model that is not a Patcher is counted as it is."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from monai_patcher.networks import patcher_preset
+    from monai_patcher.networks.cpu_kernels import add_upsampled_conv3x3_
 
     net = patcher_preset("small", in_channels=2, out_channels=1).eval()
     x = torch.randn(1, 2, 64, 64)
@@ -47,10 +50,12 @@ def test_as_defined_counts_the_work_the_forward_skips():
     net.decoder.fast_paths = True
     c, out, h0 = 128, 128, 32  # decoder_dim, gate_channels[0], the gate's resolution (64 / 2)
     saved = 0
-    for s in (2, 4, 8):
-        h = h0 // s
-        kernel = 2 * h * h * c * 9 * out + 3 * 2 * h0 * 3 * h * out * h + 2 * h0 * 3 * h * h0 * out
-        saved += 2 * 9 * c * out * h0 * h0 - kernel
+    for s in (2, 4, 8):  # each upsampled expert: its full-resolution convolution minus the kernel's products
+        with FlopCounterMode(display=False) as kernel:
+            add_upsampled_conv3x3_(torch.zeros(1, out, h0, h0), torch.zeros(1, c, h0 // s, h0 // s),
+                                   torch.zeros(out, c, 3, 3), s)  # fmt: skip
+        assert 0 < kernel.get_total_flops() < 2 * 9 * c * out * h0 * h0 / 2
+        saved += 2 * 9 * c * out * h0 * h0 - kernel.get_total_flops()
     assert full_res_gate - executed == saved
     with bench_network.as_defined(net):
         defined, _ = bench_network.count_flops(net, x)
