@@ -167,7 +167,8 @@ class EfficientSelfAttention(nn.Module):
             kv_in = self.norm(_grid_to_tokens(self.sr(_tokens_to_grid(x, h, w))))  # B x N/R^2 x d
         # B x Nk x 2d -> 2 x B x heads x Nk x hd
         kv = self.kv(kv_in).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1])
+        k, v = kv.unbind(0)  # its backward stacks the two gradients; indexing would zero-fill two full-size ones
+        out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(b, n, d)
         return self.proj_drop(self.proj(out))
 

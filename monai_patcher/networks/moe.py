@@ -251,8 +251,9 @@ class MoEDecoder(nn.Module):
             low.append(e)
             if i > 0:
                 # upsample by the stage's stride (to H_i * s, the same values as scale_factor=s), then crop what
-                # the encoder's rounding up added; the crop is a no-op view when the sizes divide exactly, and
-                # is unconditional so that a trace keeps it for other sizes
+                # the encoder's rounding up added; the crop is a no-op view when the sizes divide exactly, skipped
+                # then in eager mode (its backward would zero-fill a full-size gradient), and kept in scripted and
+                # traced graphs, which must work at other sizes
                 s = self.feature_strides[i]
                 if e.shape[2] * s < h0 or e.shape[3] * s < w0:
                     raise ValueError(
@@ -260,10 +261,16 @@ class MoEDecoder(nn.Module):
                         f"({h0} x {w0})."
                     )
                 e = F.interpolate(e, size=[e.shape[2] * s, e.shape[3] * s], mode="bilinear", align_corners=False)
-                e = e[:, :, :h0, :w0].contiguous(memory_format=torch.channels_last)
+                crop = True
+                if not torch.jit.is_scripting():
+                    crop = torch.jit.is_tracing() or e.shape[2] != h0 or e.shape[3] != w0
+                if crop:
+                    e = e[:, :, :h0, :w0]
+                e = e.contiguous(memory_format=torch.channels_last)
             experts.append(e)
         gating = torch.softmax(self._gate_logits(low, experts), dim=1)  # B x E x H_0 x W_0
-        mixed = gating[:, :1] * experts[0]  # B x decoder_dim x H_0 x W_0, accumulated expert by expert
+        weights = gating.split(1, dim=1)  # one backward copy for all (slicing would zero-fill a full one each)
+        mixed = weights[0] * experts[0]  # B x decoder_dim x H_0 x W_0, accumulated expert by expert
         for i in range(1, self.num_experts):
-            mixed.addcmul_(gating[:, i : i + 1], experts[i])  # in place: no product needs ``mixed`` for its grad
+            mixed.addcmul_(weights[i], experts[i])  # in place: no product needs ``mixed`` for its grad
         return self.head(mixed).contiguous(), gating.contiguous()
