@@ -92,15 +92,14 @@ class Workload:
         name: a model name of ``benchmarks/models.py``.
         batch_size: images per step.
         size: image side.
-        model_kwargs: passed to ``build_model``.
     """
 
     def __init__(self, name: str, batch_size: int, size: int) -> None:
         import torch
 
-        from .models import build_model
-
         from monai_patcher.losses import BCEIoULoss
+
+        from .models import build_model
 
         torch.manual_seed(0)
         self.name = name

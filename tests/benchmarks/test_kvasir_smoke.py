@@ -57,7 +57,12 @@ def test_train_step_child(tmp_path):
     from benchmarks import bench_train_step
 
     assert bench_train_step.main(["--models", "patcher_tiny", "--batch-size", "1", "--size", "32", "--warmup", "0",
-                                  "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
-    assert "error" not in rows[0], rows[0]
-    assert rows[0]["cpu_s_per_step"] > 0 and rows[0]["peak_rss_MiB"] >= rows[0]["rss_after_build_MiB"]
+                                  "--rounds", "1", "--eval-forward", "--fresh", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    train, evaluation = summary["rows"]
+    assert (train["kind"], evaluation["kind"]) == ("train", "eval")
+    assert train["gflop_per_step"] == pytest.approx(3 * evaluation["gflop_per_step"]) and train["gflop_per_step"] > 0
+    assert train["cpu_s_per_step"] > 0 and 0 < train["ratio_cpu"] and train["matmul_gflops_cpu"] > 0
+    fresh = summary["fresh"][0]
+    assert "error" not in fresh, fresh
+    assert fresh["cpu_s_per_step"] > 0 and fresh["peak_rss_mib"] >= fresh["rss_after_build_mib"]
