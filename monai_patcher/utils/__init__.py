@@ -1,5 +1,5 @@
 """Small utilities shared by the package and its bundles."""
 
-from .amp import amp_dtype, autocast, cpu_bf16_support, default_amp
+from .amp import AutocastInferer, amp_dtype, autocast, cpu_bf16_support, default_amp
 
-__all__ = ["amp_dtype", "autocast", "cpu_bf16_support", "default_amp"]
+__all__ = ["AutocastInferer", "amp_dtype", "autocast", "cpu_bf16_support", "default_amp"]
