@@ -86,8 +86,6 @@ def measure(name: str, precision: str, args: argparse.Namespace) -> dict:
             forward()
         plain_s = _timed(forward, args.steps)
         set_fast_paths(model, True)
-    del model, opt
-    torch.cuda.empty_cache()
     return {"model": name, "precision": precision, "train_s": train_s, "eval_s": eval_s, "plain_eval_s": plain_s,
             "images_per_s": args.batch_size / train_s, "peak_gib": peak,
             "loss_finite": all(math.isfinite(v) for v in losses)}  # fmt: skip
@@ -118,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rows.append(measure(name, precision, args))
             except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
                 rows.append({"model": name, "precision": precision, "error": "out of GPU memory"})
+            torch.cuda.empty_cache()  # the model of this row is gone with measure()'s frame
             print(rows[-1], flush=True)
     print("\n| model | precision | train step ms | images/s | eval forward ms | train / eval | plain-path eval ms "
           "| peak GiB | loss finite |\n|---|---|---|---|---|---|---|---|---|")
