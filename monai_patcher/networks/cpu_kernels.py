@@ -93,7 +93,7 @@ class _UpsampledConv3x3(torch.autograd.Function):
             bx = _shifted_upsampling(w, stride, w0, out.dtype, out.device).permute(1, 2, 0).reshape(w0, 3 * w)
             ay = _shifted_upsampling(h, stride, h0, out.dtype, out.device).permute(1, 2, 0).reshape(h0, 3 * h)
             # v[(b, i), ky]: kernel row ky's taps upsampled horizontally and summed over kx: W0 x O
-            v = out.new_empty(b * h, 3, w0, o)
+            v = out.new_empty((b * h, 3, w0, o))  # sizes as a tuple: MONAI's MetaTensor.new_empty takes no varargs
             for x0, x1, c0, c1 in _bands(bx, _BLOCK):
                 a = bx[x0:x1, c0:c1].expand(b * h, x1 - x0, c1 - c0)
                 for ky in range(3):
@@ -123,7 +123,7 @@ class _UpsampledConv3x3(torch.autograd.Function):
             g = grad.to(low.dtype).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
             g = g.reshape(b, h0, w0 * o)
             # the forward's products transposed, in reverse order, blocked by the rows they produce
-            gv = g.new_empty(b, 3 * h, w0 * o)
+            gv = g.new_empty((b, 3 * h, w0 * o))
             for c0, c1, y0, y1 in _bands(ay.t(), 3 * max(1, _BLOCK // ctx.stride)):
                 for i in range(b):
                     if y1 > y0:
@@ -131,7 +131,7 @@ class _UpsampledConv3x3(torch.autograd.Function):
                     else:
                         gv[i, c0:c1].zero_()
             gv = gv.view(b * h, 3, w0, o)
-            gz = g.new_empty(b * h, 3 * w, 3 * o)
+            gz = g.new_empty((b * h, 3 * w, 3 * o))
             for c0, c1, x0, x1 in _bands(bx.t(), 3 * max(1, _BLOCK // ctx.stride)):
                 a = bx[x0:x1, c0:c1].t().expand(b * h, c1 - c0, x1 - x0)
                 for ky in range(3):

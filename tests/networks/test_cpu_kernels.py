@@ -97,3 +97,22 @@ def test_use_cpu_kernels_only_in_eager_mode_on_cpu():
     assert seen == [False]
     if torch.cuda.is_available():
         assert not use_cpu_kernels(x.cuda())
+
+
+def test_upsampled_conv3x3_takes_monai_metatensors():
+    """MONAI's engines feed ``MetaTensor`` batches, so the decoder's tensors are MetaTensors in a bundle's training:
+    the kernel gives the values and gradients it gives on plain tensors (it once failed on ``MetaTensor.new_empty``)."""
+    from monai.data import MetaTensor
+
+    torch.manual_seed(0)
+    low = torch.randn(2, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(5, 6, 3, 3, dtype=torch.float64)
+    start = torch.randn(2, 5, 9, 13, dtype=torch.float64)
+    results = []
+    for wrap in (lambda t: t, MetaTensor):
+        leaves = [wrap(t.clone()).requires_grad_() for t in (start, low, weight)]
+        out = add_upsampled_conv3x3_(leaves[0] * 1, *leaves[1:], 2)
+        grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+        results.append([out.as_subclass(torch.Tensor).detach()] + [g.as_subclass(torch.Tensor) for g in grads])
+    for meta, plain in zip(*results):
+        assert _max_rel(meta, plain) < 1e-12
