@@ -10,7 +10,8 @@ import torch
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
-# (config, [(inferer, engine)]) of each bundle file that runs a network
+# (config, [(inferer, engine)]) of each bundle file that runs a network: the config's ``inferer`` stays MONAI's own
+# (so ``--validate#inferer#roi_size`` overrides keep working); the engine runs it through AutocastInferer
 _ENGINES = {
     "train.json": [("train#inferer", "train#trainer"), ("validate#inferer", "validate#evaluator")],
     "inference.json": [("inferer", "evaluator")],
@@ -35,17 +36,18 @@ def test_amp_default_off_on_cpu_and_cpu_bf16_opt_in(bundle, config):
     parser = _parser(bundle, config, device=cpu)
     assert parser.get_parsed_content("amp") is False  # the default on CPU
     for inferer, engine in _ENGINES[config]:
-        wrapped = parser.get_parsed_content(inferer)
+        wrapped = parser.get_parsed_content(f"{engine}#inferer")
         assert isinstance(wrapped, AutocastInferer) and not wrapped.enabled
+        assert not isinstance(parser.get_parsed_content(inferer), AutocastInferer)  # the config's inferer is MONAI's
         assert parser.get_parsed_content(f"{engine}#amp") is False
     parser = _parser(bundle, config, device=cpu, amp=True)  # opted in: bf16 autocast in the inferer, MONAI's off
     for inferer, engine in _ENGINES[config]:
-        assert parser.get_parsed_content(inferer).enabled
+        assert parser.get_parsed_content(f"{engine}#inferer").enabled
         assert parser.get_parsed_content(f"{engine}#amp") is False
     # on CUDA (resolved as if there were one): MONAI's engine runs AMP with its gradient scaler, the wrapper stays off
     parser = _parser(bundle, config, device="$torch.device('cuda:0')", amp=True)
     for inferer, engine in _ENGINES[config]:
-        assert not parser.get_parsed_content(inferer).enabled
+        assert not parser.get_parsed_content(f"{engine}#inferer").enabled
         assert parser.get_parsed_content(f"{engine}#amp") is True
 
 
