@@ -8,7 +8,7 @@ first use (so ``python -m monai_patcher.data.demo`` runs cleanly).
 import importlib
 
 from .errors import DataError
-from .readers import SimpleITKReader, dicom_series_files, register_reader
+from .readers import PolypImageReader, SimpleITKReader, dicom_series_files, register_reader
 
 register_reader()
 
@@ -30,7 +30,7 @@ _LAZY = {
     "ensure_demo_dataset": "demo",
 }
 
-__all__ = ["DataError", "SimpleITKReader", "dicom_series_files", "register_reader"] + list(_LAZY)
+__all__ = ["DataError", "PolypImageReader", "SimpleITKReader", "dicom_series_files", "register_reader"] + list(_LAZY)
 
 
 def __getattr__(name):

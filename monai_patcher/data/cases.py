@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 from .errors import DataError
 from .readers.dicom import holds_dicom_files
+from .readers.nifti_header import read_nifti_bytes
 from .readers.suffixes import VOLUME_FORMATS, strip_suffix, suffix_of, suffixes
 
 __all__ = [
@@ -208,7 +209,8 @@ def split_two_channel(
     """Write the two channels of a 2-channel NIfTI (``X x Y x Z x 2``) as two 3D NIfTI files into ``work_dir``.
 
     The channel files keep the file's header, qform and sform, so they are read exactly where the 2-channel file
-    is; they are named ``<name>_<key>.nii.gz``.
+    is; they are named ``<name>_<key>.nii.gz``. The file is validated (header, declared size, reading budget) and
+    read once before nibabel parses it (:func:`~monai_patcher.data.readers.nifti_header.read_nifti_bytes`).
 
     Args:
         path: the 2-channel NIfTI file.
@@ -234,7 +236,9 @@ def split_two_channel(
             f"{path}: a single file must be a 2-channel NIfTI; name single-modality files <case>_dwi / <case>_adc"
         )
     try:
-        img = nib.load(str(path))  # the header only
+        raw, layout = read_nifti_bytes(path)
+        img = (nib.Nifti2Image if layout.version == 2 else nib.Nifti1Image).from_bytes(raw)
+        del raw
         if len(img.shape) != 4 or img.shape[3] != 2:
             raise ValueError(
                 f"{path}: expected a 2-channel volume (X x Y x Z x 2, channels {'/'.join(order).upper()}), got shape "

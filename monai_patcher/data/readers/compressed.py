@@ -1,49 +1,33 @@
-"""Gzipped files (``.gz``): read whole once, or checked to their end, with clear errors for damaged streams.
+"""Gzipped files (``.gz``): clear errors for damaged streams.
 
 SimpleITK reads a truncated gzip stream without complaint for some formats (NIfTI's voxels are zero-filled), so the
 readers check the stream themselves: a truncated or corrupt one raises a :class:`~monai_patcher.data.DataError`
-naming the file.
+naming the file (:func:`gzip_errors`). A ``.nii.gz`` is decompressed once, only up to its declared size, by
+:func:`~monai_patcher.data.readers.nifti_header.read_nifti_bytes`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import zlib
 from collections.abc import Iterator
 
 from ..errors import DataError
 
-__all__ = ["read_bytes", "check_gzip_stream"]
+__all__ = ["gzip_errors"]
 
 
 @contextlib.contextmanager
-def _gzip_errors(path: str) -> Iterator[None]:
-    """Turn a truncated or corrupt gzip stream met inside the block into a ``DataError`` naming ``path``."""
+def gzip_errors(path) -> Iterator[None]:
+    """Turn a truncated or corrupt gzip stream met inside the block into a ``DataError`` naming ``path``.
+
+    Example:
+        >>> with gzip_errors("scan.nii.gz"):  # doctest: +SKIP
+        ...     gzip.decompress(data)
+    """
     try:
         yield
     except EOFError:
         raise DataError.for_file(path, "truncated gzip file (the compressed stream ends early)") from None
     except (OSError, zlib.error) as e:
         raise DataError.for_file(path, f"corrupt gzip file: {e}") from None
-
-
-def read_bytes(path: str) -> bytes:
-    """The whole content of a file, decompressed once in memory if it is gzipped (``.gz``).
-
-    Raises:
-        DataError: truncated or corrupt gzip stream (checked to its end, CRC and length included).
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    if not path.lower().endswith(".gz"):
-        return data
-    with _gzip_errors(path):
-        return gzip.decompress(data)
-
-
-def check_gzip_stream(path: str) -> None:
-    """Decompress a ``.gz`` file to its end in 4 MiB chunks (flat memory), only to check it; ``DataError`` if bad."""
-    with _gzip_errors(path), gzip.open(path, "rb") as f:
-        while f.read(1 << 22):
-            pass

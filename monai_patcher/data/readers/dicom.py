@@ -4,9 +4,12 @@
   ``InstanceNumber``), with the checks that keep a volume's geometry true (gaps, several volumes in one series,
   unreadable slices, one diffusion b-value out of several);
 - :func:`is_dicom_file` / :func:`holds_dicom_files`: DICOM sniffing by name or by the part-10 preamble;
-- :func:`check_multiframe_geometry`: refuse enhanced multi-frame files whose frames carry no position.
+- :func:`check_multiframe_geometry`: refuse enhanced multi-frame files whose frames carry no position;
+- :func:`check_dicom_image`, :func:`validated_dicom_files`, :func:`check_itk_geometry`: what GDCM would read wrongly
+  (MONOCHROME1, made-up geometry), refused before it reads, and what it read checked against the file's own tags.
 
-Tags are read with SimpleITK (GDCM): no pydicom needed.
+Tags are read with SimpleITK (GDCM) and, before GDCM sees a file, by this package's own data set walk
+(:mod:`.dicom_header`): no pydicom needed.
 """
 
 from __future__ import annotations
@@ -20,10 +23,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DataError
+from .dicom_header import DicomInfo, check_dicom_file, check_dicom_info, check_dicom_series, read_dicom_info
 from .itk import itk_error_message, read_header
 from .suffixes import suffix_of
 
-__all__ = ["dicom_series_files", "is_dicom_file", "holds_dicom_files", "check_multiframe_geometry", "b_value_of"]
+__all__ = [
+    "dicom_series_files",
+    "is_dicom_file",
+    "holds_dicom_files",
+    "check_multiframe_geometry",
+    "b_value_of",
+    "check_dicom_image",
+    "validated_dicom_files",
+    "check_itk_geometry",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -190,15 +203,125 @@ def _tag_numbers(header: sitk.ImageFileReader, tag: str, count: int, path: str) 
     return values
 
 
+def _check_stored_values(name: str, info: DicomInfo) -> None:
+    """Refuse what ITK would not read as stored: MONOCHROME1 (display-inverted grayscale), which GDCM inverts."""
+    if info.get("PhotometricInterpretation") == "MONOCHROME1":
+        raise DataError.for_file(
+            name, "PhotometricInterpretation MONOCHROME1 (inverted grayscale, an X-ray display convention): ITK would "
+            "invert the stored values; volumes are read as stored (MONOCHROME2)"
+        )
+
+
+def _check_geometry_present(name: str, info: DicomInfo, allow_missing_geometry: bool) -> None:
+    """A single-frame DICOM image read alone needs its position, orientation and pixel spacing (a multi-frame one:
+    see :func:`check_multiframe_geometry`), unless ``allow_missing_geometry``: ITK would make them up (the origin,
+    1 mm)."""
+    if allow_missing_geometry or info.frames != 1:
+        return
+    missing = [t for t in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if info.get(t) is None]
+    if missing:
+        raise DataError.for_file(
+            name, f"DICOM image without {', '.join(missing)}: its geometry is unknown (ITK would place it at the origin "
+            "with 1 mm voxels); pass allow_missing_geometry=True to the reader to read it anyway"
+        )
+
+
+def check_dicom_image(name: str, max_bytes: int | None = None, allow_missing_geometry: bool = False) -> DicomInfo:
+    """Validate one DICOM file read on its own, before GDCM sees it: its data set and pixel description
+    (:func:`~monai_patcher.data.readers.dicom_header.check_dicom_file`, with the reading budget), stored values ITK
+    would change (MONOCHROME1) and, unless ``allow_missing_geometry``, its position, orientation and pixel spacing.
+
+    Returns:
+        what its data set says (:class:`~monai_patcher.data.readers.dicom_header.DicomInfo`).
+
+    Raises:
+        DataError: naming the file and the problem.
+    """
+    info = check_dicom_file(name, max_bytes)
+    _check_stored_values(name, info)
+    _check_geometry_present(name, info, allow_missing_geometry)
+    return info
+
+
+def validated_dicom_files(folder: str) -> dict[str, DicomInfo]:
+    """Walk every DICOM-looking file of a folder (not the non-image objects) before GDCM scans it: a file whose data
+    set is broken makes the folder's series unreadable, one whose pixel description lies is refused by name.
+
+    Returns:
+        ``{file name: DicomInfo}``.
+
+    Raises:
+        DataError: files that belong to no readable series (named), a lying pixel description, MONOCHROME1.
+    """
+    infos, broken = {}, []
+    for p in sorted(Path(folder).iterdir()):
+        if not p.is_file() or p.name.upper() == "DICOMDIR":
+            continue
+        if not is_dicom_file(p) or _non_image_kind(_media_sop_class(p)):
+            continue
+        try:
+            info = read_dicom_info(p)
+        except DataError as e:
+            broken.append((p.name, str(e)))
+            continue
+        check_dicom_info(p, info)
+        _check_stored_values(str(p), info)
+        infos[p.name] = info
+    if broken:
+        names = [n for n, _ in broken]
+        raise DataError.for_file(
+            folder, f"{len(broken)} DICOM file(s) belong to no readable series (empty, truncated or corrupt?): "
+            f"{names[:5]}{' ...' if len(names) > 5 else ''}; {broken[0][1]}"
+        )
+    return infos
+
+
+def check_itk_geometry(name: str, img: sitk.Image, info: DicomInfo) -> None:
+    """After ITK read a DICOM file (or a series starting with it): its origin, in-plane spacing and direction must be
+    the file's ``ImagePositionPatient``, ``PixelSpacing`` and ``ImageOrientationPatient``. GDCM takes them by SOP
+    class and can leave them out silently (1 mm, the origin); a safety net behind the validation.
+
+    Raises:
+        DataError: ITK's geometry is not the file's.
+    """
+    if info.frames != 1 or img.GetDimension() != 3:
+        return
+    direction = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)
+    pairs = []
+    if info.get("PixelSpacing") is not None:
+        pairs.append(("spacing", img.GetSpacing()[:2], info.get("PixelSpacing")[::-1], "PixelSpacing (reversed)"))
+    if info.get("ImagePositionPatient") is not None:
+        pairs.append(("origin", img.GetOrigin(), info.get("ImagePositionPatient"), "ImagePositionPatient"))
+    if info.get("ImageOrientationPatient") is not None:
+        pairs.append(("direction", np.concatenate([direction[:, 0], direction[:, 1]]), info.get("ImageOrientationPatient"),
+                      "ImageOrientationPatient"))  # fmt: skip
+    for what, itk, stated, tag in pairs:
+        if not np.allclose(np.asarray(itk, dtype=float), np.asarray(stated, dtype=float), rtol=1e-4, atol=1e-3):
+            raise DataError.for_file(
+                name, f"ITK read the {what} {np.round(itk, 4).tolist()}, but the file's {tag} is "
+                f"{np.round(stated, 4).tolist()}: its geometry would be wrong, the file is not read"
+            )
+
+
 def dicom_series_files(
-    folder, series_uid: str | None = None, allow_slice_gaps: bool = False, b_value: float | None = None
+    folder,
+    series_uid: str | None = None,
+    allow_slice_gaps: bool = False,
+    b_value: float | None = None,
+    allow_missing_geometry: bool = False,
+    max_bytes: int | None = None,
 ) -> tuple[list[str], str]:
     """The files of one DICOM series in ``folder``, sorted by geometry.
 
     Slices are ordered by ``ImagePositionPatient`` projected on the slice normal (the cross product of
     the two ``ImageOrientationPatient`` direction cosines), ascending, never by ``InstanceNumber``
     (which scanners number in either direction). Only when a slice has no position does it fall back
-    to ``InstanceNumber`` (with a warning).
+    to ``InstanceNumber``, and only with ``allow_missing_geometry`` (refused by default: without positions
+    the slice spacing is unknown, and ITK would stack the slices 1 mm apart).
+
+    Every DICOM file of the folder is checked before GDCM reads it (its data set walked, its pixel description
+    checked against its pixel data: :mod:`~monai_patcher.data.readers.dicom_header`), and the slices of the series
+    must share their pixel description (rows, columns, samples per pixel, bits allocated, ...) and fit ``max_bytes``.
 
     A volume has one slice step: SimpleITK stacks the slices with the mean step. A step more than 1.5 times
     the smallest one is a gap, most often a slice file missing from the folder (an interrupted export or copy),
@@ -214,19 +337,45 @@ def dicom_series_files(
         b_value: in a series holding images of several diffusion b-values (e.g. a DWI series with its b = 0 and
             b = 1000 images at the same positions), read those of this b-value (from ``DiffusionBValue`` or the
             Siemens, GE or Philips b-value tag). Ignored for series of one b-value or none (an ADC map, a T1).
+        allow_missing_geometry: read a series whose slices have no ``ImagePositionPatient`` (ordered by
+            ``InstanceNumber``, 1 mm apart) or no ``PixelSpacing`` (1 mm), or a single image without position,
+            orientation or spacing, with a warning: the geometry is then made up.
+        max_bytes: the reading budget for the whole series (see
+            :func:`~monai_patcher.data.readers.budget.check_decoded_size`).
 
     Returns:
         ``(sorted_file_names, series_uid)``.
 
     Raises:
-        DataError: no DICOM series in the folder, unknown ``series_uid``, mixed orientations,
-            several slices at one position (several volumes in one series), a gap in the slice positions, or
-            a ``b_value`` the series does not hold.
+        DataError: no DICOM series in the folder, unknown ``series_uid``, a damaged or lying file, slices with different
+            pixel descriptions, mixed orientations, several slices at one position (several volumes in one series),
+            a gap in the slice positions, slices without positions, or a ``b_value`` the series does not hold.
 
     Example:
         >>> files, uid = dicom_series_files("/data/patient1/dwi_series")  # doctest: +SKIP
     """
     folder = os.fspath(folder)
+    infos = validated_dicom_files(folder)
+    files, uid = _series_files(folder, series_uid, allow_slice_gaps, b_value, allow_missing_geometry)
+    chosen = {f: infos.get(os.path.basename(f)) or check_dicom_file(f, max_bytes) for f in files}
+    check_dicom_series(folder, chosen, max_bytes)
+    if len(files) == 1:
+        _check_geometry_present(files[0], chosen[files[0]], allow_missing_geometry)
+    elif not allow_missing_geometry:
+        unspaced = [os.path.basename(f) for f, i in chosen.items() if i.get("PixelSpacing") is None]
+        if unspaced:
+            raise DataError.for_file(
+                folder, f"series {uid}: {len(unspaced)} of its {len(files)} slices have no PixelSpacing, so the voxel "
+                f"size is unknown (ITK would use 1 mm): {unspaced[:5]}; pass allow_missing_geometry=True to the "
+                "reader to read it anyway"
+            )
+    return files, uid
+
+
+def _series_files(
+    folder: str, series_uid: str | None, allow_slice_gaps: bool, b_value: float | None, allow_missing_geometry: bool
+) -> tuple[list[str], str]:
+    """:func:`dicom_series_files` after its files were validated: GDCM's scan, the choice and the ordering."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints "No Series were found" to stderr
     try:
@@ -306,7 +455,14 @@ def dicom_series_files(
             return files, uid
     unplaced = [f for f, p, o in zip(files, positions, orientations) if p is None or o is None]
     if len(unplaced) == len(files):
-        logger.warning("%s: the slices have no ImagePositionPatient/Orientation; ordering by InstanceNumber", folder)
+        if not allow_missing_geometry:
+            raise DataError.for_file(
+                folder, f"series {uid}: none of its {len(files)} slices has an ImagePositionPatient/"
+                "ImageOrientationPatient, so the slice positions and spacing are unknown (ITK would stack them 1 mm "
+                "apart); pass allow_missing_geometry=True to the reader to read it anyway, ordered by InstanceNumber"
+            )
+        logger.warning("%s: the slices have no ImagePositionPatient/Orientation; ordering by InstanceNumber, 1 mm "
+                       "apart (allow_missing_geometry)", folder)  # fmt: skip
         order = np.argsort(instances, kind="stable")
         return [files[i] for i in order], uid
     if unplaced:  # ITK would stack them at made-up positions (the others' geometry shifted silently)

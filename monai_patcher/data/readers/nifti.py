@@ -1,7 +1,8 @@
 """NIfTI: the file read once, and ITK's image of it made to agree with nibabel (MONAI's ``NibabelReader``).
 
-:func:`read_nifti` reads (and decompresses) a ``.nii``/``.nii.gz`` file once, refusing truncated files and invalid
-voxel sizes that ITK would silently zero-fill or replace by 1 mm. The result, a :class:`NiftiFile`, serves the
+:func:`read_nifti` validates a ``.nii``/``.nii.gz`` file (:mod:`.nifti_header`: every header field, the declared size
+against the reading budget and the file) and reads (decompresses) it once, refusing what ITK would silently
+zero-fill, reinterpret or replace by 1 mm. The result, a :class:`NiftiFile`, serves the
 rest without reading the file again:
 
 - :func:`image_from_memory`: the image ITK's reader would return, built from the voxels in memory;
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
 
 import nibabel as nib
@@ -21,7 +23,7 @@ import SimpleITK as sitk
 from monai.data.utils import correct_nifti_header_if_necessary, orientation_ras_lps
 
 from ..errors import DataError
-from .compressed import read_bytes
+from .nifti_header import read_nifti_bytes
 
 __all__ = ["NiftiFile", "read_nifti", "image_from_memory", "restore_nonfinite", "match_nibabel_geometry"]
 
@@ -84,41 +86,40 @@ class NiftiFile:
         return (float(self.image.dataobj.slope), float(self.image.dataobj.inter)) != (1.0, 0.0)
 
 
-def read_nifti(path: str) -> NiftiFile:
-    """Read a NIfTI file (``.nii`` or ``.nii.gz``) once: its bytes and nibabel's image parsed from them.
+def read_nifti(path: str, max_bytes: int | None = None, allow_missing_geometry: bool = False) -> NiftiFile:
+    """Validate a NIfTI file (``.nii`` or ``.nii.gz``) before ITK sees it, and read it (decompressed) once: its bytes
+    and nibabel's image parsed from them.
 
-    Raises if the file is truncated (SimpleITK zero-fills truncated NIfTI voxel data silently) or its voxel sizes
-    are not finite and non-zero (ITK would use 1 mm).
+    The header's fields, its declared size against the reading budget and against the file are checked first
+    (:func:`~monai_patcher.data.readers.nifti_header.read_nifti_bytes`: SimpleITK zero-fills truncated voxel data
+    silently and reinterprets a header that declares fewer voxels; a ``.nii.gz`` is decompressed only up to the
+    declared size). A file without orientation (``qform_code`` and ``sform_code`` both 0) is refused unless
+    ``allow_missing_geometry``: ITK and nibabel place it differently.
 
     Args:
         path: the file.
+        max_bytes: the reading budget (see :func:`~monai_patcher.data.readers.budget.check_decoded_size`).
+        allow_missing_geometry: read a file without orientation (with ITK's geometry: pixdim spacing, no rotation,
+            origin 0).
 
     Raises:
-        DataError: invalid header, invalid voxel size, truncated file, truncated or corrupt gzip stream.
+        DataError: invalid header field, over budget, fewer or more bytes than declared, truncated or corrupt gzip
+            stream, no orientation. The message names the file.
     """
-    data = read_bytes(path)
-    try:
-        # NIfTI-2 headers are 540 bytes (sizeof_hdr, either byte order), NIfTI-1 348: parse the bytes in memory
-        nifti2 = 540 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
-        image = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
-        header = image.header
+    data, layout = read_nifti_bytes(path, max_bytes)
+    codes = struct.unpack_from(("<" if data[:4] in (b"\x5c\x01\x00\x00", b"\x1c\x02\x00\x00") else ">")
+                               + ("2h" if layout.version == 1 else "2i"), data, 252 if layout.version == 1 else 344)
+    if max(codes) <= 0 and not allow_missing_geometry:  # ITK and nibabel place such a file differently
+        raise DataError.for_file(
+            path, "NIfTI file without orientation (qform_code and sform_code are both 0, the Analyze convention): ITK "
+            "and nibabel place it differently; pass allow_missing_geometry=True to the reader to read it anyway "
+            "(with ITK's geometry: pixdim spacing, no rotation, origin 0)"
+        )
+    try:  # NIfTI-1 and -2 headers, parsed from the bytes in memory
+        image = (nib.Nifti2Image if layout.version == 2 else nib.Nifti1Image).from_bytes(data)
     except Exception as e:  # nibabel raises many types for bad headers
         raise DataError.for_file(path, f"invalid NIfTI header: {e}") from None
-    # ITK takes the spacing from pixdim and silently uses 1 mm for a NaN/Inf/0 voxel size (nibabel's
-    # load also "fixes" 0 to 1: read the raw header)
-    shape = header.get_data_shape()
-    raw = type(header).from_fileobj(io.BytesIO(data), check=False)
-    for i, (size, zoom) in enumerate(zip(shape[:3], np.asarray(raw["pixdim"][1:4], dtype=float)), start=1):
-        if not np.isfinite(zoom) or (zoom == 0 and size > 1):
-            raise DataError.for_file(path, f"invalid NIfTI header: voxel size pixdim[{i}] = {zoom} (must be finite, non-zero)")
-    # a single-file NIfTI's voxels start at vox_offset, at least after the header (352 bytes NIfTI-1, 544 NIfTI-2) and
-    # its extensions (nibabel's image.header says vox_offset 0: where nibabel reads them is image.dataobj.offset)
-    offset = max(int(image.dataobj.offset), int(getattr(header, "single_vox_offset", 0)))
-    expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    if len(data) < expected:
-        raise DataError.for_file(
-            path, f"truncated NIfTI file: {expected} bytes expected (header + voxels), only {len(data)} present"
-        )
+    raw = type(image.header).from_fileobj(io.BytesIO(data), check=False)  # as stored (nibabel's header is "fixed")
     return NiftiFile(data, image, raw)
 
 
@@ -139,6 +140,8 @@ def image_from_memory(nifti: NiftiFile, header: sitk.ImageFileReader) -> sitk.Im
     dtype = hdr.get_data_dtype()
     native = dtype.newbyteorder("=")
     if _SITK_PIXEL.get(native) != header.GetPixelID():
+        return None
+    if min(header.GetSpacing()) <= 0:  # a negative pixdim: ITK's reader makes it positive (and flips the direction)
         return None
     size = tuple(int(n) for n in header.GetSize())
     voxels = nifti.raw_voxels()
@@ -191,7 +194,10 @@ def restore_nonfinite(path: str, img: sitk.Image, nifti: NiftiFile | None) -> si
 def _copy_metadata(src: sitk.Image, dst: sitk.Image) -> None:
     """Copy every metadata key (the file's header fields) of ``src`` to ``dst``."""
     for key in src.GetMetaDataKeys():
-        dst.SetMetaData(key, src.GetMetaData(key))
+        try:
+            dst.SetMetaData(key, src.GetMetaData(key))
+        except (RuntimeError, TypeError, UnicodeDecodeError):  # a header field that is not text (damaged bytes)
+            continue
 
 
 def _corner_distance(a: np.ndarray, b: np.ndarray, size) -> float:

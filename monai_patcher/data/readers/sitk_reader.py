@@ -29,17 +29,47 @@ from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from ..errors import DataError
-from .compressed import check_gzip_stream
-from .dicom import check_multiframe_geometry, dicom_series_files, is_dicom_file
+from .dicom import check_dicom_image, check_itk_geometry, check_multiframe_geometry, dicom_series_files, is_dicom_file
+from .dicom_header import DicomInfo, read_dicom_info
 from .itk import itk_error_message, read_header
 from .metaimage import metaimage_shortfall
-from .nifti import image_from_memory, match_nibabel_geometry, read_nifti, restore_nonfinite
-from .suffixes import suffix_of
+from .metaimage_header import check_metaimage_file, check_nrrd_file
+from .nifti import NiftiFile, image_from_memory, match_nibabel_geometry, read_nifti, restore_nonfinite
+from .suffixes import suffix_of, suffixes
 
 __all__ = ["SimpleITKReader", "register_reader"]
 
 #: the formats this reader claims in ``verify_suffix`` (a folder is taken as a DICOM series).
 READER_FORMATS = ("nifti", "metaimage", "nrrd", "dicom")
+
+
+def _validate_file(
+    name: str, max_bytes: int | None, allow_missing_geometry: bool = False
+) -> NiftiFile | DicomInfo | None:
+    """Check a file's header against itself, its size and the reading budget before ITK reads anything of it: NIfTI,
+    MetaImage, NRRD and DICOM (by suffix, or the DICOM preamble). A file of another format is refused: ITK trusts
+    headers (a lying one crashed it, or made it return uninitialised memory), so only validated formats reach it.
+
+    Returns:
+        for a NIfTI file, the file read once (:func:`~monai_patcher.data.readers.nifti.read_nifti`); for a DICOM file
+        what its data set says (:class:`~monai_patcher.data.readers.dicom_header.DicomInfo`); None otherwise.
+    """
+    fmt = suffix_of(name, READER_FORMATS)
+    if fmt is None and is_dicom_file(name):
+        fmt = ".dcm"
+    if fmt in suffixes("nifti"):
+        return read_nifti(name, max_bytes, allow_missing_geometry)
+    if fmt in suffixes("metaimage"):
+        check_metaimage_file(name, max_bytes)
+    elif fmt in suffixes("nrrd"):
+        check_nrrd_file(name, max_bytes)
+    elif fmt in suffixes("dicom"):
+        return check_dicom_image(name, max_bytes, allow_missing_geometry)
+    else:
+        raise DataError.for_file(
+            name, f"unsupported file type (supported: {', '.join(suffixes(READER_FORMATS))}, DICOM series folders)"
+        )
+    return None
 
 
 class _Pending:
@@ -83,13 +113,27 @@ class SimpleITKReader(ImageReader):
             refused by default: the geometry would be wrong).
         b_value: from a DICOM series holding images of several diffusion b-values, read those of this one
             (see :func:`dicom_series_files`; no effect on other series and files).
+        allow_missing_geometry: read DICOM series whose slices have no ``ImagePositionPatient`` or ``PixelSpacing``,
+            single DICOM images without position, orientation or spacing, and NIfTI files without orientation
+            (``qform_code`` and ``sform_code`` 0) (refused by default: the geometry would be made up, and ITK and
+            nibabel make it up differently; see :func:`dicom_series_files`).
+        max_bytes: the reading budget: a file (or series) whose header declares more decoded bytes is refused before
+            anything is decompressed or allocated. None (default): a quarter of the memory available when reading
+            (see :func:`~monai_patcher.data.readers.budget.check_decoded_size`).
         kwargs: ignored; accepted so that ``LoadImage(reader=..., **kwargs)`` meant for another reader
             does not fail.
 
+    Every file is validated before ITK reads it (ITK trusts headers: a lying one crashed it or made it return
+    uninitialised memory): NIfTI, MetaImage, NRRD and DICOM headers are checked field by field, against the file's
+    size (compressed data: decompressed in chunks up to the declared size only) and against ``max_bytes``
+    (:mod:`~monai_patcher.data.readers.nifti_header`, :mod:`~monai_patcher.data.readers.metaimage_header`,
+    :mod:`~monai_patcher.data.readers.dicom_header`); other formats are refused.
+
     Raises:
-        DataError: (from ``get_data``: ``read`` only notes the paths) missing file, unreadable/truncated file,
-            DICOM folder without images, multi-frame DICOM without geometry, DICOM series with gaps in its slice
-            positions, channels with different shapes or affines.
+        DataError: (from ``get_data``: ``read`` only notes the paths) missing file, unsupported format, a header
+            field that is invalid or contradicts the data, unreadable/truncated file, over budget, DICOM folder without
+            images, multi-frame DICOM without geometry, DICOM series with gaps in its slice positions or without
+            positions, channels with different shapes or affines. The message names the file.
     """
 
     def __init__(
@@ -100,9 +144,13 @@ class SimpleITKReader(ImageReader):
         reverse_indexing: bool = False,
         allow_slice_gaps: bool = False,
         b_value: float | None = None,
+        allow_missing_geometry: bool = False,
+        max_bytes: int | None = None,
         **kwargs,
     ):
         super().__init__()
+        self.allow_missing_geometry = allow_missing_geometry
+        self.max_bytes = max_bytes
         self.channel_dim = float("nan") if channel_dim == "no_channel" else channel_dim
         self.series_uid = series_uid
         self.allow_slice_gaps = allow_slice_gaps
@@ -158,7 +206,9 @@ class SimpleITKReader(ImageReader):
         if not path.exists():
             raise DataError.for_file(name, "file or folder does not exist")
         if path.is_dir():
-            files, uid = dicom_series_files(name, series_uid, self.allow_slice_gaps, self.b_value)
+            files, uid = dicom_series_files(
+                name, series_uid, self.allow_slice_gaps, self.b_value, self.allow_missing_geometry, self.max_bytes
+            )
             try:
                 if len(files) == 1:
                     img = sitk.ReadImage(files[0])
@@ -171,15 +221,19 @@ class SimpleITKReader(ImageReader):
                     for key in reader.GetMetaDataKeys(0):  # the first slice's tags, as MONAI's ITKReader gives
                         try:
                             img.SetMetaData(key, reader.GetMetaData(0, key))
-                        except (RuntimeError, UnicodeDecodeError):
+                        except (RuntimeError, TypeError, UnicodeDecodeError):  # a key or value that is not text
                             continue
             except RuntimeError as e:
                 raise DataError.for_file(name, f"cannot read DICOM series {uid}: {itk_error_message(e)}") from None
             img.SetMetaData("series_uid", uid)
             img.SetMetaData("num_files", str(len(files)))
+            check_itk_geometry(name, img, read_dicom_info(files[0]))
             return img
         if path.stat().st_size == 0:
             raise DataError.for_file(name, "file is empty (0 bytes)")
+        # before ITK sees the file; a NIfTI file is read once here, kept for the steps below
+        checked = _validate_file(name, self.max_bytes, self.allow_missing_geometry)
+        nifti = checked if isinstance(checked, NiftiFile) else None
         try:
             header = read_header(name)
         except RuntimeError as e:
@@ -192,11 +246,6 @@ class SimpleITKReader(ImageReader):
                 name, f"not a readable image (truncated, corrupt or unsupported format): {itk_error_message(e)}"
             ) from None
         check_multiframe_geometry(name, header)
-        nifti = None
-        if suffix_of(name, "nifti") is not None:
-            nifti = read_nifti(name)  # the file read (and decompressed) once, kept for the steps below
-        elif name.lower().endswith(".gz"):  # ITK reads (and decompresses) the file itself: check the stream only
-            check_gzip_stream(name)
         img = image_from_memory(nifti, header) if nifti is not None else None
         if img is None:
             try:
@@ -209,6 +258,8 @@ class SimpleITKReader(ImageReader):
                     name, f"cannot read the image data (truncated or corrupt file?): {itk_error_message(e)}"
                 ) from None
             img = restore_nonfinite(name, img, nifti)
+        if isinstance(checked, DicomInfo):
+            check_itk_geometry(name, img, checked)
         return match_nibabel_geometry(name, img, nifti)
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
@@ -277,7 +328,7 @@ class SimpleITKReader(ImageReader):
                 continue
             try:
                 meta[key] = im.GetMetaData(key)
-            except (RuntimeError, UnicodeDecodeError):
+            except (RuntimeError, TypeError, UnicodeDecodeError):  # a key or value that is not text
                 continue
         size = list(im.GetSize())
         meta["spacing"] = spacing

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from monai.transforms import Compose, LoadImaged
+from monai.transforms import Compose, LoadImage, LoadImaged
 
 from monai_patcher.data import DataError, SimpleITKReader
 
@@ -22,6 +22,11 @@ def write_nifti(path, arr, affine):
     """``arr`` as a NIfTI-1 file with ``affine``; returns ``path``."""
     nib.save(nib.Nifti1Image(arr, affine), str(path))
     return path
+
+
+def load_image(path, **kw):
+    """``path`` through ``LoadImage`` with a ``SimpleITKReader(**kw)`` (a MetaTensor)."""
+    return LoadImage(reader=SimpleITKReader(**kw), image_only=True)(path)
 
 
 def load_item(path, **kw):

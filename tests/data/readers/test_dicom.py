@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged
 
-from monai_patcher.data import SimpleITKReader, dicom_series_files
-from readers_helpers import assert_clean_error, load_item, write_dicom_series
+from monai_patcher.data import DataError, SimpleITKReader, dicom_series_files
+from readers_helpers import assert_clean_error, load_image, load_item, write_dicom_series
 
 
 def test_dicom_folder_without_images(tmp_path):
@@ -353,3 +353,88 @@ def test_dicom_files_are_told_by_name_or_preamble(tmp_path):
     assert not is_dicom_file(tmp_path / "notes" / "a.txt") and not is_dicom_file(tmp_path / "missing.dcm")
     assert holds_dicom_files(tmp_path / "s") and holds_dicom_files(tmp_path / "bare")
     assert not holds_dicom_files(tmp_path / "notes")
+
+
+# ------------------------------------------------------------------- through the reader (issue 20)
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    pydicom = pytest.importorskip("pydicom")
+    dst.mkdir(parents=True)
+    for i, f in enumerate(sorted(src.glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        edit(i, ds)
+        ds.save_as(dst / f.name, enforce_file_format=False)
+    return dst
+
+
+def test_dicom_series_without_positions_is_refused_unless_allowed(shared_path_fn, tmp_path):
+    src = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+    dst = _rewrite(src, tmp_path / "nopos", lambda i, ds: delattr(ds, "ImagePositionPatient"))
+    with pytest.raises(DataError, match=r"nopos: series .*: none of its 6 slices has an ImagePositionPatient.*"
+                                        r"allow_missing_geometry=True"):  # fmt: skip
+        load_image(dst)  # was stacked 1 mm apart with only a warning
+    assert tuple(load_image(dst, allow_missing_geometry=True).shape) == (256, 256, 6)
+
+
+def test_dicom_series_slices_must_share_their_pixel_description(shared_path_fn, tmp_path):
+    src = shared_path_fn("DICOM-MR-brain-babymri", "tests", "data")
+
+    def rgb_slice(i, ds):
+        if i == 3:
+            ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+            ds.BitsAllocated = ds.BitsStored = 8
+            ds.HighBit, ds.PixelRepresentation = 7, 0
+            ds.PixelData = np.zeros((ds.Rows, ds.Columns, 3), np.uint8).tobytes()
+
+    dst = _rewrite(src, tmp_path / "rgb", rgb_slice)
+    with pytest.raises(DataError, match=r"SamplesPerPixel = 3, but .* of the same series has 1"):
+        load_image(dst)  # was accepted
+
+
+def test_single_dicom_geometry_and_frames(shared_path_fn, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    mr = shared_path_fn("package-bundled-samples", "pydicom", "data", "test_files", "MR_small.dcm")
+    ds = pydicom.dcmread(mr)
+    ds.NumberOfFrames = 2  # one frame of pixels: the second slice was read from outside the buffer
+    ds.save_as(tmp_path / "frames.dcm", enforce_file_format=False)
+    with pytest.raises(DataError, match=r"frames\.dcm: invalid DICOM pixel description: PixelData holds 8192 bytes"):
+        load_image(tmp_path / "frames.dcm")
+    ds = pydicom.dcmread(mr)
+    del ds.PixelSpacing
+    ds.save_as(tmp_path / "nospacing.dcm", enforce_file_format=False)
+    with pytest.raises(DataError, match=r"nospacing\.dcm: DICOM image without PixelSpacing: its geometry is unknown"):
+        load_image(tmp_path / "nospacing.dcm")
+    assert tuple(load_image(tmp_path / "nospacing.dcm", allow_missing_geometry=True).shape) == (64, 64, 1)
+    ds = pydicom.dcmread(mr)
+    ds.RescaleIntercept, ds.RescaleSlope = "nan", 1
+    ds.save_as(tmp_path / "rescale.dcm", enforce_file_format=False)
+    with pytest.raises(DataError, match=r"rescale\.dcm: invalid DICOM pixel description: RescaleIntercept = \[nan\]"):
+        load_image(tmp_path / "rescale.dcm")
+    del ds.RescaleSlope  # GDCM applies a lone intercept, pydicom does not
+    ds.RescaleIntercept = 10
+    ds.save_as(tmp_path / "lone.dcm", enforce_file_format=False)
+    with pytest.raises(DataError, match=r"lone\.dcm: .*RescaleIntercept without RescaleSlope"):
+        load_image(tmp_path / "lone.dcm")
+
+
+def test_damaged_sop_class_uid_and_itk_geometry_safety_net(shared_path_fn, tmp_path):
+    """Found by --seed 23: one flipped byte in SOPClassUID made GDCM drop the CT's PixelSpacing (read as 1 mm, and
+    SpacingBetweenSlices as 1) while the file still said 0.66 mm. Refused as an invalid UID; and whatever ITK reads
+    is compared with what the file states (a safety net behind the validation)."""
+    from monai_patcher.data.readers.dicom import check_itk_geometry
+    from monai_patcher.data.readers.dicom_header import read_dicom_info
+
+    ct = shared_path_fn("package-bundled-samples", "pydicom", "data", "test_files", "CT_small.dcm")
+    data = bytearray(ct.read_bytes())
+    at = data.index(b"1.2.840.10008.5.1.4.1.1.2\x00", 300)  # the data set's SOPClassUID (CT Image Storage)
+    data[at + 16] = 0xAE
+    (tmp_path / "uid.dcm").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"uid\.dcm: invalid DICOM UID: SOPClassUID = '1\.2\.840\.10008\.5\.\xae\.4\.1"):
+        load_image(tmp_path / "uid.dcm")
+    info = read_dicom_info(ct)
+    img = SimpleITKReader().read_image(ct)
+    check_itk_geometry(str(ct), img, info)  # what ITK read is what the file says
+    img.SetSpacing((1.0, 1.0, 1.0))
+    with pytest.raises(DataError, match=r"CT_small\.dcm: ITK read the spacing \[1\.0, 1\.0\], but the file's PixelSpacing"):
+        check_itk_geometry(str(ct), img, info)

@@ -14,8 +14,8 @@ import torch
 from monai.data import NibabelReader
 from monai.transforms import LoadImage, LoadImaged, SaveImaged
 
-from monai_patcher.data import SimpleITKReader
-from readers_helpers import assert_clean_error, write_nifti
+from monai_patcher.data import DataError, SimpleITKReader
+from readers_helpers import assert_clean_error, load_image, write_nifti
 
 
 def test_truncated_gzip_nifti(tmp_path, oblique_nifti):
@@ -118,7 +118,8 @@ def test_nifti_sform_with_voxel_sizes_other_than_pixdim_like_nibabel_reader(tmp_
 
 def test_nifti_plain_xforms_are_left_to_itk(tmp_path):
     """Files without a competing sform keep ITK's geometry: qform only (both readers use it), and neither xform
-    (ITK's pixdim grid; nibabel's 'best affine' there is a made-up centred one, not in the file)."""
+    (ITK's pixdim grid; nibabel's 'best affine' there is a made-up centred one, not in the file), which is refused
+    unless allow_missing_geometry."""
     arr = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
     p = _xform_nifti(tmp_path / "q.nii.gz", arr, _SFORM, np.eye(4), qform_code=1, sform_code=0)
     a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
@@ -126,7 +127,8 @@ def test_nifti_plain_xforms_are_left_to_itk(tmp_path):
     b = LoadImage(reader=NibabelReader(), image_only=True)(p)
     np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-4)
     p = _xform_nifti(tmp_path / "none.nii.gz", arr, _QFORM, _SFORM, qform_code=0, sform_code=0)
-    a = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
+    assert_clean_error(p, "NIfTI file without orientation")  # ITK and nibabel place it differently: asked for
+    a = LoadImage(reader=SimpleITKReader(allow_missing_geometry=True), image_only=True)(p)
     itk = sitk.ReadImage(str(p))
     np.testing.assert_allclose(a.meta["spacing"], itk.GetSpacing(), atol=1e-6)
     np.testing.assert_allclose(a.affine.numpy()[:3, 3], np.multiply(itk.GetOrigin(), [-1, -1, 1]), atol=1e-6)
@@ -286,22 +288,27 @@ def test_nifti_loads_like_nibabel_reader_on_both_paths(tmp_path):
 def test_plain_gzipped_nifti_is_decompressed_once(tmp_path, monkeypatch):
     """A plain float NIfTI: one decompression (by this reader), no voxel read by ITK, no re-read by nibabel; the
     NaN still comes back."""
-    from monai_patcher.data.readers import compressed, sitk_reader
+    from monai_patcher.data.readers import nifti_header, sitk_reader
 
     a = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
     a[1, 2, 3] = np.nan
     p = write_nifti(tmp_path / "once.nii.gz", a, np.eye(4))
     calls = {"decompress": 0}
-    decompress = gzip.decompress
+    decompress, stream = gzip.decompress, gzip.GzipFile.__init__
 
     def counting(data):
         calls["decompress"] += 1
         return decompress(data)
 
+    def counting_stream(self, *args, **kwargs):  # the reader decompresses in chunks (up to the declared size only)
+        calls["decompress"] += 1
+        stream(self, *args, **kwargs)
+
     def no_voxels(*args, **kwargs):
         raise AssertionError("ITK read the voxels again")
 
-    monkeypatch.setattr(compressed.gzip, "decompress", counting)
+    monkeypatch.setattr(nifti_header.gzip, "decompress", counting)
+    monkeypatch.setattr(nifti_header.gzip.GzipFile, "__init__", counting_stream)
     monkeypatch.setattr(sitk_reader.sitk, "ReadImage", no_voxels)
     out = LoadImage(reader=SimpleITKReader(), image_only=True)(p)
     assert calls["decompress"] == 1
@@ -329,3 +336,59 @@ def test_truncated_nifti_with_a_gap_before_the_voxels(tmp_path):
     p = tmp_path / "gap_cut.nii.gz"
     p.write_bytes(gzip.compress(raw[:-100]))
     assert_clean_error(p, f"truncated NIfTI file: {len(raw)} bytes expected")
+
+
+# ------------------------------------------------------------------- through the reader (issue 20)
+
+
+def _edited_nifti(tmp_path, name="v.nii", edits=None) -> Path:
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(np.arange(60, dtype=np.float32).reshape(3, 4, 5), np.diag([1.5, 1.5, 3.0, 1.0])), str(path))
+    b = bytearray(path.read_bytes())
+    for offset, (fmt, value) in (edits or {}).items():
+        b[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_nifti_holes_of_the_old_guarantee(tmp_path):
+    # a negative pixdim: nibabel and ITK read it as its absolute value; SetSpacing raised a bare RuntimeError
+    neg = _edited_nifti(tmp_path, "neg.nii", {84: ("<f", -1.5)})
+    a, b = load_image(neg), LoadImage(reader=NibabelReader(), image_only=True)(neg)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-5)
+    # dim[0] = 1: a bare RuntimeError from SimpleITK before
+    with pytest.raises(DataError, match=r"dim0\.nii: invalid NIfTI header: dim\[0\] = 1"):
+        load_image(_edited_nifti(tmp_path, "dim0.nii", {40: ("<h", 1)}))
+    # fewer voxels declared than the file holds: the voxels were reinterpreted
+    with pytest.raises(DataError, match=r"fewer\.nii: the NIfTI header declares 400 bytes .* the file holds 592"):
+        load_image(_edited_nifti(tmp_path, "fewer.nii", {46: ("<h", 1)}))
+
+
+def test_nifti_gz_bomb_is_refused_from_its_header(tmp_path):
+    head = bytearray(_edited_nifti(tmp_path).read_bytes()[:352])
+    head[42:48] = struct.pack("<3h", 1024, 1024, 1024)
+    (tmp_path / "bomb.nii.gz").write_bytes(gzip.compress(bytes(head) + bytes(1 << 22)))  # 4 GiB declared, 4 MB of zeros
+    with pytest.raises(DataError, match=r"bomb\.nii\.gz: the NIfTI header \(1024 x 1024 x 1024 float32\) declares "
+                                        r"4\.0 GiB of decoded data, more than the reading budget of 256\.0 MiB"):  # fmt: skip
+        load_image(tmp_path / "bomb.nii.gz", max_bytes=256 << 20)
+
+
+def test_nifti_with_binary_garbage_in_its_text_fields_isload_image(tmp_path):
+    """Found by the fuzz campaign (--seed 21): non-UTF-8 bytes in ``descrip`` made the copy of the header fields
+    raise a TypeError from SimpleITK's SetMetaData (not a DataError, no file name). The voxels are valid: read."""
+    path = _edited_nifti(tmp_path, "descrip.nii")
+    b = bytearray(path.read_bytes())
+    b[148:228] = bytes(range(176, 256))  # descrip: 80 bytes, none of them valid UTF-8 alone
+    path.write_bytes(bytes(b))
+    np.testing.assert_array_equal(load_image(path).numpy(), np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+
+
+def test_nifti_without_orientation_is_refused_unless_allowed(tmp_path):
+    """qform_code = sform_code = 0 (the Analyze convention, or a flipped code): ITK put it at the origin without
+    rotation, nibabel centred it with x flipped: the fuzz campaign (--seed 22) found the two disagreeing."""
+    path = _edited_nifti(tmp_path, "nocodes.nii", {252: ("<h", 0), 254: ("<h", 0)})
+    with pytest.raises(DataError, match=r"nocodes\.nii: NIfTI file without orientation \(qform_code and sform_code "
+                                        r"are both 0.*allow_missing_geometry=True"):  # fmt: skip
+        load_image(path)
+    np.testing.assert_allclose(load_image(path, allow_missing_geometry=True).affine.numpy(), np.diag([-1.5, -1.5, 3, 1]))

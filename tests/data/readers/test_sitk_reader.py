@@ -192,3 +192,12 @@ def test_reverse_indexing_channel_dim_of_4d_and_vector_images(tmp_path):
             assert first.shape[0] == channels, (p, reverse, tuple(first.shape))
     out = EnsureChannelFirst()(LoadImage(reader=SimpleITKReader(reverse_indexing=True), image_only=True)(path))
     np.testing.assert_array_equal(out.numpy(), a.transpose(3, 2, 1, 0))
+
+
+# ------------------------------------------------------------------- through the reader (issue 20)
+
+
+def test_unsupported_formats_never_reach_itk(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32)), str(tmp_path / "v.vtk"))
+    with pytest.raises(DataError, match=r"v\.vtk: unsupported file type"):
+        SimpleITKReader().read_image(tmp_path / "v.vtk")
