@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import weakref
 import zipfile
 from collections.abc import Mapping
 from typing import Any, Sequence
@@ -34,7 +35,19 @@ from ..io.checkpoint import (
     verify_checkpoint_file,
 )
 
-__all__ = ["SafeCheckpointLoader"]
+__all__ = ["SafeCheckpointLoader", "take_resumed_checkpoint"]
+
+# the checkpoint each engine resumed from (noted by SafeCheckpointLoader, taken over by SafeCheckpointSaver)
+_RESUMED_FROM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def take_resumed_checkpoint(engine: Engine) -> str | None:
+    """The checkpoint a :class:`SafeCheckpointLoader` loaded into ``engine`` (absolute path), once; None if none.
+
+    :class:`~monai_patcher.handlers.SafeCheckpointSaver` takes it over, so that a resumed run deletes the checkpoint
+    it resumed from once a newer one is written.
+    """
+    return _RESUMED_FROM.pop(engine, None)
 
 
 class SafeCheckpointLoader(CheckpointLoader):
@@ -43,7 +56,8 @@ class SafeCheckpointLoader(CheckpointLoader):
     Same arguments as ``CheckpointLoader``, plus ``optional_keys``. The file's checksums are verified first
     (:func:`~monai_patcher.io.verify_checkpoint_file`). An unsafe checkpoint raises :class:`UnsafeCheckpointError`, a
     missing/truncated/corrupt one :class:`CheckpointError`, instead of PyTorch's generic messages (or silently
-    corrupted weights).
+    corrupted weights). A :class:`~monai_patcher.handlers.SafeCheckpointSaver` on the same engine deletes the loaded
+    checkpoint once it has written a newer one (if it is one of its own interval checkpoints and ``n_saved`` says so).
 
     Args:
         optional_keys: keys of ``load_dict`` that a checkpoint may lack (e.g. an entry added to ``save_dict``
@@ -74,6 +88,7 @@ class SafeCheckpointLoader(CheckpointLoader):
                     self.load_dict = {k: v for k, v in load_dict.items() if k not in missing}
                     self.logger.info(f"{p} has no {missing} (written before they were saved): left as they are")
             super().__call__(engine)
+            _RESUMED_FROM[engine] = os.path.abspath(p)  # a SafeCheckpointSaver on this engine takes it over
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
             raise checkpoint_load_error(p, e) from None
         except CheckpointError:

@@ -17,19 +17,24 @@ Bundle use (``train.json``)::
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
-from ignite.handlers import DiskSaver
+from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
 from ..io.atomic import atomic_save, remove_stale_temp_files
+from .checkpoint_loader import take_resumed_checkpoint
 
 __all__ = ["SafeCheckpointSaver", "AtomicDiskSaver"]
+
+logger = logging.getLogger(__name__)
 
 
 class AtomicDiskSaver(DiskSaver):
@@ -86,6 +91,11 @@ class SafeCheckpointSaver(CheckpointSaver):
     When the engine starts, and before every save, it deletes the temporary files that a killed save left in
     ``save_dir`` (:func:`~monai_patcher.io.remove_stale_temp_files`: only its own ``.<name>.<pid>-<host>.<random>.tmp`` files,
     and only those no running process is writing), on the saving rank only, and logs each one.
+
+    After a resume (:class:`~monai_patcher.handlers.SafeCheckpointLoader` on the same engine), the interval checkpoint
+    the run resumed from counts as one of this saver's own, if it is in ``save_dir`` and named as this saver names
+    them (e.g. ``checkpoint_epoch=3.pt``): with ``n_saved=1`` it is deleted once the next checkpoint is completely
+    written (before, every resume left it behind).
     """
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
@@ -99,6 +109,27 @@ class SafeCheckpointSaver(CheckpointSaver):
         super().attach(engine)
         if not engine.has_event_handler(self.remove_stale_temp_files, Events.STARTED):
             engine.add_event_handler(Events.STARTED, self.remove_stale_temp_files)
+
+    def interval_completed(self, engine: Engine) -> None:
+        """MONAI's interval save, after adopting the checkpoint the engine resumed from (see the class docstring)."""
+        resumed = take_resumed_checkpoint(engine)
+        if resumed is not None:
+            self._adopt(Path(resumed))
+        super().interval_completed(engine)
+
+    def _adopt(self, path: Path) -> None:
+        """Put ``path`` into the interval checkpoint's list of saved files, so that ``n_saved`` applies to it."""
+        ckpt = self._interval_checkpoint
+        if ckpt is None or Path(self.save_dir).resolve() != path.parent.resolve():
+            return
+        name = next(iter(ckpt.to_save)) if len(ckpt.to_save) == 1 else "checkpoint"
+        stem = f"{ckpt.filename_prefix}{'_' if ckpt.filename_prefix else ''}{name}_{ckpt.score_name}="
+        m = re.fullmatch(re.escape(stem) + r"(?P<step>[0-9]+)\." + re.escape(ckpt.ext.lstrip(".")), path.name)
+        if m is None or any(item.filename == path.name for item in ckpt._saved):
+            return
+        ckpt._saved.append(Checkpoint.Item(int(m["step"]), path.name))
+        ckpt._saved.sort(key=lambda item: item.priority)
+        logger.info(f"resumed from {path}: deleted once a newer checkpoint is written (n_saved={ckpt.n_saved})")
 
     def remove_stale_temp_files(self, engine: Engine | None = None) -> list[Path]:
         """Delete the temporary files killed saves left in ``save_dir`` (:func:`~monai_patcher.io.remove_stale_temp_files`), on the saving rank."""

@@ -9,6 +9,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from checkpoint_helpers import checkpoint_then_killed_save, dead_pid, set_age, temp_name
+from handlers_helpers import train_with_validation
 from monai_patcher.handlers import AtomicDiskSaver, SafeCheckpointSaver
 from monai_patcher.io import safe_load_checkpoint
 
@@ -106,3 +107,34 @@ def test_only_the_saving_rank_removes_temp_files(tmp_path, monkeypatch):
     assert saver.remove_stale_temp_files() == [] and stray.exists()
     monkeypatch.setattr(idist, "get_rank", lambda: 0)
     assert saver.remove_stale_temp_files() == [stray] and not stray.exists()
+
+
+def test_resume_removes_the_checkpoint_it_resumed_from_once_a_newer_one_is_written(tmp_path, monkeypatch):
+    """Every resume left the epoch checkpoint it resumed from (n_saved=1: 43 MB per resume for the small preset).
+    It is deleted after the next one is complete; if that save fails, it stays."""
+    import monai_patcher.handlers.checkpoint_saver as ck
+
+    train_with_validation(tmp_path, [0.8], epochs=1, resume=False)
+    real = ck.atomic_save
+
+    def disk_full(obj, path, *a, **k):
+        if "checkpoint_epoch" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(ck, "atomic_save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train_with_validation(tmp_path, [0.5], epochs=2, resume=True)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*")) == ["checkpoint_epoch=1.pt"]
+    monkeypatch.setattr(ck, "atomic_save", real)
+    train_with_validation(tmp_path, [0.5], epochs=2, resume=True)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*")) == ["checkpoint_epoch=2.pt"]
+    assert safe_load_checkpoint(tmp_path / "checkpoint_epoch=2.pt")["trainer"]["iteration"] == 2  # 1 per epoch
+    # a checkpoint resumed from another folder is not this saver's: left alone
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoint_epoch=2.pt").write_bytes((tmp_path / "checkpoint_epoch=2.pt").read_bytes())
+    (tmp_path / "checkpoint_epoch=2.pt").rename(tmp_path / "keep_epoch=2.pt")
+    (other / "checkpoint_epoch=2.pt").replace(tmp_path / "checkpoint_epoch=2.pt")
+    train_with_validation(tmp_path, [0.5], epochs=3, resume=True)
+    assert sorted(p.name for p in tmp_path.glob("*epoch=*")) == ["checkpoint_epoch=3.pt", "keep_epoch=2.pt"]
