@@ -28,9 +28,19 @@ the mask is written last, so it marks a finished case); missing ones are written
 ``--overwrite``. Without ``--overwrite`` an output is never replaced, not even one that another run creates
 while this one works on the case (that case is then reported ``skipped``).
 
-Exit status: 0 if every case succeeded or was skipped (output exists), 1 if any case failed, 2 if the run could
-not start (no input, no case, an output folder that cannot be created, an unreadable, unsafe or mismatching
-checkpoint, an unusable ``--device``).
+Untrusted files are read in a child process: each case's reading and preprocessing runs in a ``fork`` of this
+process (POSIX), so a file that crashes a C++ reader (ITK, GDCM) or hangs it (``--read_timeout``) fails that case
+only; the batch goes on. The readers validate every header before ITK sees it (see
+:class:`~monai_patcher.data.SimpleITKReader`); the child process is for what no validation foresaw.
+
+A full or read-only output disk: the first output that cannot be written fails its case with a reason naming that
+output file, and the remaining cases are not run (they are reported ``failed``, "not run"). ``summary.json`` and
+``summary.csv`` are written atomically; if they cannot be written, the summary is printed to stderr as JSON.
+
+Exit status: 0 if every case succeeded or was skipped (output exists), 1 if any case failed (bad input), 2 if the run
+could not start (no input, no case, an output folder that cannot be created, an unreadable, unsafe or mismatching
+checkpoint, an unusable ``--device``), 3 if an output or the summary could not be written (the run stopped there;
+finished cases are kept, a re-run completes the others).
 
 The preprocessing is :func:`monai_patcher.transforms.stroke_inference_transforms`, the definition the
 ``patcher_stroke`` bundle's ``inference.json`` calls too (checks, eADC + DWI, RAS, per-channel normalisation,
@@ -61,7 +71,10 @@ import torch
 from .allocator import keep_freed_memory
 from .data.cases import Case, find_cases
 
-__all__ = ["CaseResult", "BatchPredictor", "run_batch", "write_summary", "main"]
+__all__ = ["CaseResult", "BatchResults", "BatchPredictor", "run_batch", "write_summary", "main"]
+
+#: exit status of ``main`` when an output or the summary could not be written
+EXIT_OUTPUT_FAILED = 3
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +143,9 @@ class BatchPredictor:
         threshold: probability threshold of the mask.
         device: torch device.
         channel_order: meaning of the two channels of 2-channel files.
+        isolate: read and preprocess each case in a forked child process (default True where ``os.fork`` exists):
+            a crash or hang of a reader fails that case only.
+        read_timeout: seconds a case's reading and preprocessing may take in the child before it is killed.
     """
 
     def __init__(
@@ -142,6 +158,8 @@ class BatchPredictor:
         device: str | torch.device = "cpu",
         channel_order: Sequence[str] = ("dwi", "adc"),
         network: torch.nn.Module | None = None,
+        isolate: bool = True,
+        read_timeout: float = 600.0,
     ) -> None:
         from monai.inferers import SliceInferer
 
@@ -152,6 +170,10 @@ class BatchPredictor:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"--device {device!r}: not a torch device ({e})") from None
+        self.isolate = bool(isolate) and hasattr(os, "fork")
+        if read_timeout <= 0:
+            raise ValueError(f"read_timeout must be positive, got {read_timeout}")
+        self.read_timeout = float(read_timeout)
         self.threshold = float(threshold)
         self.channel_order = tuple(str(c).lower() for c in channel_order)
         if sorted(self.channel_order) != ["adc", "dwi"]:
@@ -182,18 +204,15 @@ class BatchPredictor:
             mode="gaussian", progress=False,
         )
 
-    @torch.no_grad()
-    def predict(self, case: Case, work_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Probabilities and mask of one case in its input grid: ``(prob, mask, meta)`` (``1 x X x Y x Z``).
+    def preprocess(self, case: Case, work_dir: str | os.PathLike) -> dict:
+        """Read and preprocess one case in this process: the preprocessing's output dictionary.
 
         Raises:
             ValueError (``DataError``): bad input, with the file in the message.
         """
-        from monai.transforms import Invertd
-
         items = case.items(work_dir, self.channel_order)
         try:
-            d = self.preprocessing(items)
+            return self.preprocessing(items)
         except Exception as e:
             if case.two_channel is None:
                 raise
@@ -201,6 +220,22 @@ class BatchPredictor:
             for key, p in items.items():
                 msg = msg.replace(p, f"{case.two_channel} [{key.upper()} channel]")
             raise ValueError(msg) from None
+
+    @torch.no_grad()
+    def predict(self, case: Case, work_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Probabilities and mask of one case in its input grid: ``(prob, mask, meta)`` (``1 x X x Y x Z``).
+
+        With ``isolate``, the reading and preprocessing (:meth:`preprocess`) run in a forked child process.
+
+        Raises:
+            ValueError (``DataError``): bad input, with the file in the message; a crash or hang of the child.
+        """
+        from monai.transforms import Invertd
+
+        if self.isolate:
+            d = _read_isolated(lambda: self.preprocess(case, work_dir), self.read_timeout, case.source)
+        else:
+            d = self.preprocess(case, work_dir)
         image = d["image"]
         logits = self.inferer(image.unsqueeze(0).to(self.device), self.network)
         prob = torch.sigmoid(logits[0].float()).cpu()
@@ -213,6 +248,45 @@ class BatchPredictor:
             raise RuntimeError(f"the prediction's shape {tuple(prob.shape[1:])} is not the input's {expected}")
         mask = (prob >= self.threshold).to(torch.uint8)
         return prob, mask, dict(prob.meta)
+
+
+class _ReadFailed(ValueError):
+    """A case's reading failed in the child process; the message is final (it names the file)."""
+
+
+def _read_isolated(fn, timeout: float, source: str):
+    """``fn()`` in a forked child process (:func:`~monai_patcher.isolation.run_isolated`); a failure there is a
+    :class:`_ReadFailed` whose message is the innermost error, or says how the child died and names ``source``."""
+    from .isolation import run_isolated
+
+    out = run_isolated(fn, timeout, describe_error=_root_message)
+    if out.ok:
+        return out.value
+    if out.timed_out:
+        raise _ReadFailed(f"{source}: reading and preprocessing took longer than {timeout:g} s (--read_timeout); "
+                          "stopped (a hang in a reader?)")  # fmt: skip
+    if out.signal:
+        raise _ReadFailed(f"{source}: the process reading this case was killed by {out.signal} (a file that crashes "
+                          "the reader, or out of memory); the other cases are not affected")  # fmt: skip
+    raise _ReadFailed(out.error)
+
+
+class _OutputFailed(Exception):
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(str(path))
+        self.path, self.error = path, error
+
+
+class BatchResults(list):
+    """The :class:`CaseResult` list of a run, with how it ended.
+
+    Attributes:
+        stopped: why the run stopped before its last case (an output that could not be written), or None.
+        summary_error: why ``summary.json``/``summary.csv`` could not be written (the summary went to stderr), or None.
+    """
+
+    stopped: str | None = None
+    summary_error: str | None = None
 
 
 class _OutputAppeared(Exception):
@@ -246,8 +320,12 @@ def run_batch(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out, log=logger)
-    results: list[CaseResult] = []
+    results = BatchResults()
     for case in find_cases(input_dir, exclude=[out]):
+        if results.stopped:  # the output folder cannot be written: no more inference for nothing
+            results.append(CaseResult(case=case.name, file=case.source, status="failed", reason=f"not run: {results.stopped}",
+                                      extra={"not_run": True}))  # fmt: skip
+            continue
         seg = out / f"{case.name}_seg.nii.gz"
         prob_path = out / f"{case.name}_prob.nii.gz"
         res = CaseResult(case=case.name, file=case.source, status="ok", output=str(seg))
@@ -272,6 +350,8 @@ def run_batch(
                         _write_nifti(path, mask, meta, np.uint8, overwrite=overwrite)
                 except FileExistsError as e:  # only without overwrite: another run created it meanwhile
                     raise _OutputAppeared(path) from e
+                except OSError as e:  # a full or read-only disk, a quota, a permission: the output's problem
+                    raise _OutputFailed(path, e) from e
                 written.append(path)
             res.lesion_voxels = int(mask.sum())
             res.extra = {"shape": list(mask.shape[1:])}
@@ -282,12 +362,17 @@ def run_batch(
             res.reason = (f"{e.path} was created by another process while this case ran (another run writing to "
                           "the same folder?); kept it (use --overwrite to replace it)")
             logger.warning("%s: skipped: %s", case.name, res.reason)
+        except _OutputFailed as e:
+            _remove(written)
+            why = e.error.strerror or str(e.error)
+            res.status, res.output = "failed", ""
+            res.reason = (f"{e.path}: cannot write this output ({why}); the remaining cases are not run (is the output "
+                          "folder full or read-only?)")  # fmt: skip
+            res.extra = {"output_error": str(e.path)}
+            results.stopped = f"the output folder {out} cannot be written ({e.path}: {why})"
+            logger.error("%s: FAILED: %s", case.name, res.reason)
         except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
-            for path in written:  # no partial set of outputs from this attempt (e.g. a probability map alone)
-                try:
-                    path.unlink()
-                except OSError:
-                    pass
+            _remove(written)
             res.status, res.reason, res.output = "failed", _root_message(e), ""
             if not any(f and f in res.reason for f in (case.two_channel, case.dwi, case.adc, case.folder)):
                 res.reason = f"{case.source}: {res.reason}"
@@ -296,14 +381,31 @@ def run_batch(
         if res.status == "ok":
             logger.info("%s: ok (%d lesion voxels, %.1f s)", case.name, res.lesion_voxels, res.seconds)
         results.append(res)
-    write_summary(out, results)
+    try:
+        write_summary(out, results)
+    except OSError as e:
+        results.summary_error = f"{out / 'summary.json'}: cannot write the summary ({e.strerror or e})"
+        logger.error("%s; the summary follows on stderr", results.summary_error)
+        print(json.dumps(_summary_payload(results), indent=1), file=sys.stderr)
     return results
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:  # no partial set of outputs from a failed attempt (e.g. a probability map alone)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def _summary_payload(results: list[CaseResult]) -> dict:
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    return {"counts": counts, "cases": [asdict(r) for r in results]}
 
 
 def write_summary(output_dir: Path, results: list[CaseResult]) -> None:
     """``summary.json`` (counts + one record per case) and ``summary.csv`` (one row per case), atomically."""
-    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
-    payload = {"counts": counts, "cases": [asdict(r) for r in results]}
+    payload = _summary_payload(results)
     _atomic_write(output_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -314,7 +416,8 @@ def write_summary(output_dir: Path, results: list[CaseResult]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit status (0 all good, 1 some case failed, 2 could not start)."""
+    """Command line entry point; returns the exit status (0 all good, 1 some case failed, 2 could not start, 3 an
+    output or the summary could not be written)."""
     ap = argparse.ArgumentParser(prog="python -m monai_patcher.batch_inference", description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="folder of cases (see the module docs)")
     ap.add_argument("--output", required=True, help="folder for <case>_seg.nii.gz and summary.json/.csv")
@@ -327,6 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--channel_order", default="dwi,adc", help="channels of 2-channel files")
     ap.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     ap.add_argument("--save_prob", action="store_true", help="also write <case>_prob.nii.gz")
+    ap.add_argument("--read_timeout", type=float, default=600.0,
+                    help="seconds a case's reading and preprocessing may take (in a child process) before it is stopped")
+    ap.add_argument("--no_isolation", action="store_true",
+                    help="read the cases in this process (no child process: a crashing file ends the batch)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     keep_freed_memory()  # a CLI process of our own: reuse freed host memory (see monai_patcher.allocator)
@@ -342,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = BatchPredictor(
             args.checkpoint, preset=args.preset, spatial_size=args.spatial_size, sw_batch_size=args.sw_batch_size,
             threshold=args.threshold, device=args.device, channel_order=args.channel_order.split(","),
+            isolate=not args.no_isolation, read_timeout=args.read_timeout,
         )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -350,12 +458,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: could not start: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     results = run_batch(args.input, args.output, predictor, overwrite=args.overwrite, save_prob=args.save_prob)
-    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
-    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; summary: "
-          f"{Path(args.output) / 'summary.json'}")
+    counts = _summary_payload(results)["counts"]
+    where = "on stderr" if results.summary_error else str(Path(args.output) / "summary.json")
+    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; summary: {where}")
     for r in results:
-        if r.status == "failed":
+        if r.status == "failed" and not r.extra.get("not_run"):
             print(f"FAILED {r.file}: {r.reason}", file=sys.stderr)
+    for problem in (results.stopped, results.summary_error):
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+    if results.stopped or results.summary_error:
+        return EXIT_OUTPUT_FAILED
     return 1 if counts["failed"] else 0
 
 

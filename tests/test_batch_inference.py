@@ -322,7 +322,7 @@ def test_resume_completes_a_case_whose_probability_map_is_missing(setup, tmp_pat
         return real(path, *a, **k)
 
     monkeypatch.setattr(bi, "_write_nifti", disk_full_on_mask)
-    assert main(args2) == 1
+    assert main(args2) == bi.EXIT_OUTPUT_FAILED  # an output that cannot be written (was 1, as a bad scan)
     assert order == ["good_2ch_prob.nii.gz", "good_2ch_seg.nii.gz"]
     assert sorted(p.name for p in out2.iterdir()) == ["summary.csv", "summary.json"]
     monkeypatch.setattr(bi, "_write_nifti", real)
@@ -432,3 +432,119 @@ def test_real_isles_pair_and_dicom_case_folder(setup, tmp_path, shared_path_fn):
 
     ref = SimpleITKReader().read_image(dicom)
     assert nib.load(str(out / "case_dicom_seg.nii.gz")).shape == tuple(ref.GetSize())
+
+
+def _isolation_input(inp: Path, dst: Path) -> Path:
+    """Three copies of the good pair: ``crash_*`` segfaults its reader, ``hang_*`` hangs it, ``fine_*`` is read."""
+    dst.mkdir()
+    for prefix in ("crash", "fine", "hang"):
+        for mod in ("dwi", "adc"):
+            (dst / f"{prefix}_{mod}.nii.gz").write_bytes((inp / f"good_pair_{mod}.nii.gz").read_bytes())
+    return dst
+
+
+def test_a_file_that_crashes_or_hangs_the_reader_fails_only_its_case(setup, tmp_path):
+    """Reading runs in a forked child: a segfault (what ITK did on an .mha with NDims = -1) or a hang in a reader is
+    one failed case, and the batch goes on (it used to end the process: no summary, the remaining cases never ran)."""
+    import signal
+    import time
+
+    root, inp, ckpt = setup
+    src = _isolation_input(inp, tmp_path / "in")
+    predictor = BatchPredictor(ckpt, preset="tiny", spatial_size=64, sw_batch_size=4, read_timeout=20)
+    assert predictor.isolate
+    real = predictor.preprocess
+
+    def hostile_reader(case, work):
+        if case.name == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)  # in the child process: it dies like a crashing C++ reader
+        if case.name == "hang":
+            time.sleep(600)
+        return real(case, work)
+
+    predictor.preprocess = hostile_reader
+    out = tmp_path / "out"
+    results = {r.case: r for r in run_batch(src, out, predictor)}
+    assert results["crash"].status == "failed" and "killed by SIGSEGV" in results["crash"].reason
+    assert str(src / "crash_dwi.nii.gz") in results["crash"].reason
+    assert results["hang"].status == "failed" and "longer than 20 s" in results["hang"].reason
+    assert results["fine"].status == "ok" and (out / "fine_seg.nii.gz").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 1, "failed": 2, "skipped": 0}
+
+
+def test_full_disk_stops_further_inference_and_names_the_output(setup, tmp_path, monkeypatch, capsys):
+    """ENOSPC on the first output: that case fails naming the output file, no other case runs its inference (all of
+    them used to run and fail), the summary is written and the exit status is 3."""
+    import errno
+
+    import monai_patcher.batch_inference as bi
+
+    root, inp, ckpt = setup
+    src = _isolation_input(inp, tmp_path / "in")
+    out = tmp_path / "out"
+    calls = []
+    real_predict = bi.BatchPredictor.predict
+
+    def counting(self, case, work):
+        calls.append(case.name)
+        return real_predict(self, case, work)
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bi.BatchPredictor, "predict", counting)
+    monkeypatch.setattr(bi, "_write_nifti", full)
+    rc = main(["--input", str(src), "--output", str(out), "--checkpoint", str(ckpt), *FAST])
+    assert rc == bi.EXIT_OUTPUT_FAILED == 3
+    assert calls == ["crash"]  # the first case (alphabetical); the two others never ran their inference
+    cases = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    first = cases["crash"]
+    assert first["status"] == "failed" and first["reason"].startswith(f"{out / 'crash_seg.nii.gz'}: cannot write")
+    assert "No space left on device" in first["reason"]
+    for name in ("fine", "hang"):
+        assert cases[name]["status"] == "failed" and cases[name]["reason"].startswith("not run: the output folder")
+    err = capsys.readouterr().err
+    assert f"FAILED {src / 'crash_dwi.nii.gz'}: {out / 'crash_seg.nii.gz'}: cannot write" in err
+    assert "error: the output folder" in err
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.json"]
+
+
+def test_read_only_output_summary_goes_to_stderr(setup, tmp_path, monkeypatch, capsys):
+    """A file system that turns read-only: nothing can be written, not even the summary, which then goes to stderr
+    as JSON (write_summary used to raise an unhandled OSError: exit 1, no summary, no report)."""
+    import errno
+
+    import monai_patcher.batch_inference as bi
+
+    root, inp, ckpt = setup
+    small = _subset(inp, tmp_path / "in", ["good_pair_dwi.nii.gz", "good_pair_adc.nii.gz", "good_2ch.nii.gz"])
+    out = tmp_path / "out"
+
+    def read_only(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(bi, "_atomic_write", read_only)
+    rc = main(["--input", str(small), "--output", str(out), "--checkpoint", str(ckpt), *FAST])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert f"{out / 'summary.json'}: cannot write the summary (Read-only file system)" in err
+    payload = json.loads(err[err.index("{") : err.rindex("}") + 1])
+    assert payload["counts"] == {"ok": 0, "failed": 2, "skipped": 0}
+    assert payload["cases"][0]["reason"].startswith(f"{out / 'good_pair_seg.nii.gz'}: cannot write this output")
+    assert payload["cases"][1]["reason"].startswith("not run: ")
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders anyway")
+def test_read_only_output_folder_at_start_exits_2(setup, tmp_path, capsys):
+    root, inp, ckpt = setup
+    small = _subset(inp, tmp_path / "in", ["good_2ch.nii.gz"])
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        assert main(["--input", str(small), "--output", str(out), "--checkpoint", str(ckpt), *FAST]) == 2
+        assert f"--output {out}: cannot create or write this folder" in capsys.readouterr().err
+    finally:
+        out.chmod(0o755)
