@@ -48,6 +48,8 @@ class CheckVolumed(MapTransform):
         allow_nonfinite: accept NaN/Inf voxels (default False: refuse them).
         allow_constant: accept a channel whose voxels all have one value, e.g. an empty (all-zero) scan
             (default False). Set True for labels, which may be legitimately empty.
+        num_channels: the number of channels each image must have (None: any). A 4D file (several b-values, echoes
+            or time points) where one volume is expected is refused with a message saying so.
         allow_missing_keys: skip missing keys instead of raising.
 
     Raises:
@@ -67,9 +69,13 @@ class CheckVolumed(MapTransform):
         min_size: int = 2,
         allow_nonfinite: bool = False,
         allow_constant: bool = False,
+        num_channels: int | None = None,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
+        if num_channels is not None and num_channels < 1:
+            raise ValueError(f"num_channels must be positive or None, got {num_channels}")
+        self.num_channels = num_channels
         self.spatial_dims = spatial_dims
         self.min_size = min_size
         self.allow_nonfinite = allow_nonfinite
@@ -87,6 +93,16 @@ class CheckVolumed(MapTransform):
                     f"{where}: expected a {kind} (channel + {self.spatial_dims} spatial axes), got an array of shape "
                     f"{tuple(x.shape)} ({len(shape)} spatial axes)"
                 )
+            channels = int(x.shape[0])
+            if self.num_channels is not None and channels != self.num_channels:
+                several = (
+                    f": the file holds {channels} volumes (a 4D image: several b-values, echoes or time points in one "
+                    "file?); give the one volume to use: for a DWI, the b = 1000 trace image (from a DICOM series "
+                    "holding several b-values SimpleITKReader(b_value=1000) picks it; from a 4D NIfTI extract it "
+                    "first, e.g. nibabel's img.slicer[..., k] with k the b = 1000 entry of its .bval file)"
+                    if self.num_channels == 1 and channels > 1 else ""
+                )
+                raise DataError(f"{where}: expected {self.num_channels} channel(s), got {channels}{several}")
             if min(shape) < self.min_size:
                 raise DataError(
                     f"{where}: spatial shape {shape} has an axis with fewer than {self.min_size} voxels; "

@@ -1,12 +1,13 @@
 """Polyp (RGB endoscopy) pipelines: Kvasir-SEG style JPEG/PNG image + mask pairs.
 
-MONAI's ``PILReader`` returns 2D images transposed to ``(W, H)`` (``reverse_indexing=True``); image and
-mask are read by the same reader, so they stay aligned, and ``SaveImaged`` (``PILWriter``) transposes
-back, so a saved mask has the image's ``H x W``.
+Images and masks are read by :class:`~monai_patcher.data.PolypImageReader` (images as RGB whatever their PIL mode,
+masks with their stored values, palette masks as their indices; damaged files and decompression bombs refused with
+the file named). Like MONAI's ``PILReader`` it returns 2D images transposed to ``(W, H)``; image and mask are read
+the same way, so they stay aligned, and ``SaveImaged`` (``PILWriter``) transposes back, so a saved mask has the
+image's ``H x W``. The existing checkpoints were trained on that layout.
 
-Channels: images are made RGB by :class:`EnsureRGBd` (grayscale -> 3 equal channels, RGBA -> RGB with the
-alpha dropped, as PIL's ``convert("RGB")`` does); masks may be 0/255 or 0/1, gray, RGB or RGBA
-(:class:`BinarizeMaskd`).
+Masks may be 0/255 or 0/1, gray, RGB or RGBA (:class:`BinarizeMaskd`). :class:`EnsureRGBd` makes channel-first images
+RGB for readers that do not (the pipelines here do not need it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from monai.transforms import (
 )
 
 from ..data.errors import DataError
+from ..data.readers.polyp_reader import PolypImageReader
 from .checks import CheckGeometryd, CheckVolumed, source_name
 
 __all__ = [
@@ -148,15 +150,16 @@ class EnsureRGBd(MapTransform):
 def polyp_load_transforms(image_key: str = "image", label_key: str | None = "label") -> list:
     """Read + check + binarise + ImageNet-normalise (no resizing).
 
-    ``LoadImaged(PILReader)`` -> ``EnsureChannelFirstd`` -> ``EnsureRGBd`` (gray/RGBA -> RGB) ->
-    ``CheckVolumed(spatial_dims=2)`` -> ``CheckGeometryd`` (same size) -> ``BinarizeMaskd(127)`` (0/255 or
-    0/1 masks) -> ``ScaleIntensityRanged(0-255 -> 0-1)`` -> ``NormalizeIntensityd(ImageNet mean/std, channel_wise)``.
+    ``LoadImaged(PolypImageReader)`` (images RGB, masks ``PolypImageReader(label=True)``) -> ``EnsureChannelFirstd``
+    -> ``CheckVolumed(spatial_dims=2)`` -> ``CheckGeometryd`` (same size) -> ``BinarizeMaskd(127)`` (0/255 or 0/1
+    masks) -> ``ScaleIntensityRanged(0-255 -> 0-1)`` -> ``NormalizeIntensityd(ImageNet mean/std, channel_wise)``.
     """
     keys = [image_key] + ([label_key] if label_key else [])
-    xs = [
-        LoadImaged(keys, reader="PILReader", image_only=True),
+    xs = [LoadImaged(image_key, reader=PolypImageReader(), image_only=True)]
+    if label_key:
+        xs.append(LoadImaged(label_key, reader=PolypImageReader(label=True), image_only=True))
+    xs += [
         EnsureChannelFirstd(keys),
-        EnsureRGBd(image_key),
         CheckVolumed(image_key, spatial_dims=2),
     ]
     if label_key:

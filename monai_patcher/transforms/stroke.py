@@ -203,8 +203,8 @@ def stroke_volume_transforms(
 ) -> Compose:
     """The deterministic (cacheable) part of the stroke pipeline, volume level: the one definition of it.
 
-    ``LoadImaged(reader=SimpleITKReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed`` (DWI, ADC: 3D,
-    finite, not constant; label: 3D, finite) -> ``CheckGeometryd`` (DWI, ADC, label share one grid) ->
+    ``LoadImaged(reader=SimpleITKReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed`` (DWI, ADC: 3D, one
+    volume each, finite, not constant; label: 3D, finite) -> ``CheckGeometryd`` (DWI, ADC, label share one grid) ->
     ``ComputeEADCd`` -> ``ConcatItemsd([eadc, dwi] -> image)`` -> ``DeleteItemsd`` (the single channels) ->
     ``Orientationd("RAS")`` -> [``Spacingd(pixdim)``] -> ``NormalizeIntensityd(nonzero, channel_wise)`` ->
     ``AsDiscreted(label, threshold=0.5)`` (label > 0.5 -> 1, so multi-class labels become "lesion") ->
@@ -251,7 +251,7 @@ def stroke_volume_transforms(
             LoadImaged(scan_label_key, reader=_reader(reader, b_value), image_only=True, allow_missing_keys=True),
             EnsureChannelFirstd(scan_label_key, allow_missing_keys=True),
         ]
-    xs.append(CheckVolumed(img_keys, spatial_dims=3))
+    xs.append(CheckVolumed(img_keys, spatial_dims=3, num_channels=1))  # a 4D DWI of several b-values: said so
     if label_key or scan_label_key:  # a scan label may be missing (inference without one)
         label = label_key or scan_label_key
         xs.append(CheckVolumed(label, spatial_dims=3, allow_constant=True, allow_missing_keys=not label_key))

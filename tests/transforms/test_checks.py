@@ -42,6 +42,18 @@ def test_check_volume_nan_inf_and_pass():
     CheckVolumed("x", allow_constant=True)({"x": _mt(np.zeros((1, 4, 4, 4)), "l.nii")})
 
 
+def test_check_volume_num_channels_names_a_4d_file():
+    four = _mt(np.random.rand(3, 4, 4, 4), "/data/case1_dwi.nii.gz")
+    with pytest.raises(DataError, match=r"^/data/case1_dwi.nii.gz \(key 'x'\): expected 1 channel\(s\), got 3: the file "
+                                        r"holds 3 volumes .*several b-values.*b = 1000"):  # fmt: skip
+        CheckVolumed("x", num_channels=1)({"x": four})
+    with pytest.raises(DataError, match=r"expected 2 channel\(s\), got 3$"):
+        CheckVolumed("x", num_channels=2)({"x": four})
+    CheckVolumed("x", num_channels=3)({"x": four})
+    with pytest.raises(ValueError, match="num_channels must be positive"):
+        CheckVolumed("x", num_channels=0)
+
+
 def test_check_geometry():
     a = _mt(np.random.rand(1, 4, 4, 4), "dwi.nii")
     with pytest.raises(DataError, match="label.nii.*spatial shape"):

@@ -188,6 +188,20 @@ def test_stroke_pipeline_bad_input(case, tmp_path, mutate, match):
     assert before == {k: open(v, "rb").read() for k, v in bad.items()}  # user files untouched
 
 
+def test_4d_dwi_with_several_b_values_is_named_as_such(case, tmp_path):
+    """A DWI file holding its b = 0, 500 and 1000 volumes said "Patcher was built for 2 input channels, got 4"."""
+    dwi = np.asarray(nib.load(case["dwi"]).dataobj)
+    bad = dict(case, dwi=_write(tmp_path / "dwi_3b.nii.gz", np.stack([dwi, dwi / 2, dwi / 3], axis=-1)))
+    with pytest.raises(Exception) as info:
+        stroke_inference_transforms(spatial_size=32)({k: bad[k] for k in ("dwi", "adc")})
+    root = info.value
+    while root.__cause__ is not None:
+        root = root.__cause__
+    assert isinstance(root, DataError), repr(root)
+    assert "dwi_3b.nii.gz (key 'dwi'): expected 1 channel(s), got 3: the file holds 3 volumes" in str(root)
+    assert "several b-values" in str(root) and "b = 1000" in str(root)
+
+
 def test_real_isles_eadc_and_inference_chain(shared_path_fn):
     base = shared_path_fn("ISLES-2022-case0001", "data")
     item = {"dwi": str(base / "sub-strokecase0001_ses-0001_dwi.nii.gz"),
