@@ -383,9 +383,17 @@ def check_dicom_file(path, max_bytes: int | None = None) -> DicomInfo:
     return info
 
 
+def _rescale(info: DicomInfo) -> tuple[float, float]:
+    """``(RescaleSlope, RescaleIntercept)`` of a slice, ``(1, 0)`` where it has none."""
+    slope, intercept = info.get("RescaleSlope"), info.get("RescaleIntercept")
+    return (float(slope[0]) if slope else 1.0, float(intercept[0]) if intercept else 0.0)
+
+
 def check_dicom_series(folder, infos: dict[str, DicomInfo], max_bytes: int | None = None) -> None:
-    """Check that the slices of one series share their pixel description (:data:`SERIES_ATTRIBUTES`), are single
-    frames (unless the series is one multi-frame file), and fit the memory budget together.
+    """Check that the slices of one series share their pixel description (:data:`SERIES_ATTRIBUTES`) and their
+    ``RescaleSlope``/``RescaleIntercept`` (ITK converts every slice to the first slice's pixel type: a slice rescaled
+    otherwise wrapped around), are single frames (unless the series is one multi-frame file), and fit the memory
+    budget together.
 
     Args:
         folder: the series folder (named in the budget error).
@@ -408,5 +416,11 @@ def check_dicom_series(folder, infos: dict[str, DicomInfo], max_bytes: int | Non
                     f, f"{name} = {info.get(name)!r}, but {os.path.basename(first_file)} of the same series has "
                     f"{first.get(name)!r}: the slices of one series must share their pixel description"
                 )
+        if _rescale(info) != _rescale(first):
+            raise DataError.for_file(
+                f, f"RescaleSlope/RescaleIntercept = {_rescale(info)}, but {os.path.basename(first_file)} of the same "
+                f"series has {_rescale(first)}: ITK reads every slice into the first slice's pixel type, so differently "
+                "rescaled slices can wrap around (series with per-slice rescaling are not supported)"
+            )
     total = sum(decoded_size(i) for _, i in items)
     check_decoded_size(folder, total, f"the DICOM series ({len(items)} slices)", max_bytes)

@@ -155,3 +155,20 @@ def test_series_slices_must_share_their_pixel_description(tmp_path):
         check_dicom_series(tmp_path, {**files, str(bits8): check_dicom_file(bits8)})
     with pytest.raises(DataError, match=r"the DICOM series \(3 slices\) declares 180 bytes of decoded data"):
         check_dicom_series(tmp_path, files, max_bytes=100)
+
+
+def test_series_slices_must_share_their_rescale(tmp_path):
+    """Found by the campaign's --seed 24: one slice of a series with RescaleIntercept = -1024, the others without
+    rescaling. ITK read every slice as the first one's uint16, so that slice's values wrapped around (65473)."""
+    files = {str(p): check_dicom_file(_save(_dataset(z=2.0 * k), p))
+             for k, p in enumerate(tmp_path / f"s{k}.dcm" for k in range(3))}  # fmt: skip
+    same = _dataset(z=6.0)
+    same.RescaleSlope, same.RescaleIntercept = 1, 0  # what no rescaling means: accepted
+    same = _save(same, tmp_path / "same.dcm")
+    check_dicom_series(tmp_path, {**files, str(same): check_dicom_file(same)})
+    other = _dataset(z=6.0)
+    other.RescaleSlope, other.RescaleIntercept = 1, -1024
+    other = _save(other, tmp_path / "other.dcm")
+    with pytest.raises(DataError, match=r"other\.dcm: RescaleSlope/RescaleIntercept = \(1\.0, -1024\.0\), but s0\.dcm "
+                                        r"of the same series has \(1\.0, 0\.0\): ITK reads every slice"):  # fmt: skip
+        check_dicom_series(tmp_path, {**files, str(other): check_dicom_file(other)})
