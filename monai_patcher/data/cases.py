@@ -237,6 +237,10 @@ def split_two_channel(
         )
     try:
         raw, layout = read_nifti_bytes(path)
+    except DataError as e:  # the validation's reason, said as this function says it
+        problem = str(e)[len(f"{path}: "):] if str(e).startswith(f"{path}: ") else str(e)
+        raise DataError.for_file(path, f"cannot read this 2-channel NIfTI file: {problem}") from None
+    try:
         img = (nib.Nifti2Image if layout.version == 2 else nib.Nifti1Image).from_bytes(raw)
         del raw
         if len(img.shape) != 4 or img.shape[3] != 2:
