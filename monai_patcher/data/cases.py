@@ -236,20 +236,20 @@ def split_two_channel(
             f"{path}: a single file must be a 2-channel NIfTI; name single-modality files <case>_dwi / <case>_adc"
         )
     try:
-        raw, layout = read_nifti_bytes(path)
+        shape = nib.load(str(path)).shape  # the header only: nibabel's own reasons for a file that is no NIfTI
+        if len(shape) != 4 or shape[3] != 2:
+            raise ValueError(
+                f"{path}: expected a 2-channel volume (X x Y x Z x 2, channels {'/'.join(order).upper()}), got shape "
+                f"{tuple(shape)}; give a single-modality file with its partner (<case>_dwi / <case>_adc, or the "
+                "ADC as --input_adc)"
+            )
+        raw, layout = read_nifti_bytes(path)  # validated (every field, declared size, reading budget), read once
+        img = (nib.Nifti2Image if layout.version == 2 else nib.Nifti1Image).from_bytes(raw)
+        del raw
+        data = np.asanyarray(img.dataobj)
     except DataError as e:  # the validation's reason, said as this function says it
         problem = str(e)[len(f"{path}: "):] if str(e).startswith(f"{path}: ") else str(e)
         raise DataError.for_file(path, f"cannot read this 2-channel NIfTI file: {problem}") from None
-    try:
-        img = (nib.Nifti2Image if layout.version == 2 else nib.Nifti1Image).from_bytes(raw)
-        del raw
-        if len(img.shape) != 4 or img.shape[3] != 2:
-            raise ValueError(
-                f"{path}: expected a 2-channel volume (X x Y x Z x 2, channels {'/'.join(order).upper()}), got shape "
-                f"{tuple(img.shape)}; give a single-modality file with its partner (<case>_dwi / <case>_adc, or the "
-                "ADC as --input_adc)"
-            )
-        data = np.asanyarray(img.dataobj)
     except ValueError as e:
         if str(path) in str(e):
             raise
