@@ -374,7 +374,7 @@ def test_nifti_gz_bomb_is_refused_from_its_header(tmp_path):
         load_image(tmp_path / "bomb.nii.gz", max_bytes=256 << 20)
 
 
-def test_nifti_with_binary_garbage_in_its_text_fields_isload_image(tmp_path):
+def test_nifti_with_binary_garbage_in_its_text_fields_is_read(tmp_path):
     """Found by the fuzz campaign (--seed 21): non-UTF-8 bytes in ``descrip`` made the copy of the header fields
     raise a TypeError from SimpleITK's SetMetaData (not a DataError, no file name). The voxels are valid: read."""
     path = _edited_nifti(tmp_path, "descrip.nii")
