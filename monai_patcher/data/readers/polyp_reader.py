@@ -27,10 +27,10 @@ from PIL import Image
 
 from ..errors import DataError
 from .budget import check_decoded_size
+from .suffixes import suffix_of
 
 __all__ = ["PolypImageReader", "convert_image"]
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: bytes per pixel of each PIL mode once in numpy (decoded-size guard)
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
                "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2,
@@ -260,12 +260,13 @@ class PolypImageReader(ImageReader):
         self.kwargs = kwargs
 
     def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
-        """True if every name ends with a supported suffix (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``).
+        """True if every name ends with a 2D image suffix (``image2d`` of :data:`~monai_patcher.data.readers.SUFFIXES`:
+        ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``).
 
         Args:
             filename: file name or a sequence of file names.
         """
-        return all(os.fspath(n).lower().endswith(SUFFIXES) for n in ensure_tuple(filename))
+        return all(suffix_of(n, "image2d") is not None for n in ensure_tuple(filename))
 
     def read(self, data, **kwargs):
         """Note what to read; the pixels are read (and checked) by :meth:`get_data`, so that a bad file gives this
