@@ -12,7 +12,8 @@ BraTS is a stand-in for stroke (tumour, not stroke): 2 channels FLAIR + T1c, lab
   ``small_patch=[4,2,2,2]`` and ``gate_channels=[]``), ``max_epochs`` = ``--iterations`` (2 training cases and
   ``batch_size 8`` = 2 cases x 4 slices, so one epoch is one optimiser step of 8 slices), no validation during
   training (``val_interval`` > ``max_epochs``; the last checkpoint is evaluated once);
-- ``learning_rate 1e-4``, ``lr_warmup_iters`` 5 % of the steps and ``BCEIoULoss``: the bundle's defaults
+- ``learning_rate 1e-4`` (``--learning-rate``), ``lr_warmup_iters`` 5 % of the steps (``--warmup``) and
+  ``BCEIoULoss``: the bundle's defaults
   (lr 6e-5, 1500 warm-up iterations, BCE) are for hours of GPU training, not minutes of CPU.
 
 The training budget is a number of steps (``--iterations``), chosen from the step time of a short probe run
@@ -224,6 +225,7 @@ def main(argv=None) -> int:
                         "e.g. 'small_patch=[4,2,2,2]' 'gate_channels=[]'")
     p.add_argument("--iterations", type=int, default=200, help="optimiser steps (= bundle epochs here)")
     p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--warmup", type=float, default=0.05, help="linear warm-up, as a fraction of --iterations")
     p.add_argument("--spatial-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=HERE / "results" / "brats_bundle")
@@ -241,7 +243,8 @@ def main(argv=None) -> int:
     common = common_overrides(args, datalist) + ["--spatial_size", str(args.spatial_size)]
     bundle = [sys.executable, "-m", "monai.bundle", "run"]
     summary = {"preset": args.preset, "network_overrides": args.network_overrides, "iterations": args.iterations,
-               "threads": args.threads, "learning_rate": args.learning_rate, "cpu_count": os.cpu_count()}
+               "threads": args.threads, "learning_rate": args.learning_rate, "warmup": args.warmup,
+               "cpu_count": os.cpu_count()}
     previous = args.out / "summary.json"
     if args.skip_train and previous.exists():  # keep the record of the training run that made the checkpoint
         old = json.loads(previous.read_text())
@@ -250,7 +253,7 @@ def main(argv=None) -> int:
             if (args.out / "train.log").exists() and "curve" not in summary["train"]:
                 summary["train"]["curve"] = read_train_curve(args.out / "train.log")
     if not args.skip_train:
-        warm = max(1, round(0.05 * args.iterations))
+        warm = max(1, round(args.warmup * args.iterations))
         summary["train"] = run(
             bundle + ["training", "--config_file", str(CONFIGS / "train.json"), *common,
                       "--max_epochs", str(args.iterations), "--val_interval", str(args.iterations + 1),
