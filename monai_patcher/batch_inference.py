@@ -70,6 +70,7 @@ import torch
 
 from .allocator import keep_freed_memory
 from .data.cases import Case, find_cases
+from .data.errors import clear_error, error_chain
 
 __all__ = ["CaseResult", "BatchResults", "BatchPredictor", "run_batch", "write_summary", "main"]
 
@@ -93,21 +94,13 @@ class CaseResult:
 
 
 def _root_message(e: BaseException) -> str:
-    """The innermost useful message: MONAI's Compose wraps errors in ``RuntimeError("applying transform ...")``."""
-    seen = []
-    while e is not None and e not in seen:
-        seen.append(e)
-        nxt = e.__cause__ or (e.__context__ if not e.__suppress_context__ else None)
-        if nxt is None:
-            break
-        e = nxt
-    inner = seen[-1]
-    for err in reversed(seen):  # prefer our own clear errors (ValueError/DataError) over wrappers
-        if isinstance(err, ValueError):
-            inner = err
-            break
-    msg = str(inner).strip() or type(inner).__name__
-    return msg if isinstance(inner, ValueError) else f"{type(inner).__name__}: {msg}"
+    """The innermost useful message: MONAI's Compose wraps errors in ``RuntimeError("applying transform ...")``;
+    our own clear errors (``ValueError``/``DataError``) are preferred over wrappers."""
+    inner = clear_error(e, (ValueError,))
+    if inner is not None:
+        return str(inner).strip() or type(inner).__name__
+    inner = error_chain(e)[-1]
+    return f"{type(inner).__name__}: {str(inner).strip() or type(inner).__name__}"
 
 
 def _atomic_write(path: Path, write, overwrite: bool = True) -> None:

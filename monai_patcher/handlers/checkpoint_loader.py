@@ -5,6 +5,9 @@ carrying pickled code is refused, but with PyTorch's generic message and without
 :class:`SafeCheckpointLoader` (a drop-in subclass) verifies the file's checksums first and turns that, a
 truncated/corrupt file and a checkpoint that does not fit into :class:`~monai_patcher.io.UnsafeCheckpointError` /
 :class:`~monai_patcher.io.CheckpointError` / :class:`~monai_patcher.io.CheckpointMismatchError` naming the file.
+A checkpoint with a model record (:mod:`monai_patcher.io.model_record`) is checked against the network before
+its weights are loaded, and the weights of another Patcher preset are named (guessed from their shapes): one
+sentence instead of PyTorch's list of missing keys.
 
 Bundle use (``train.json``)::
 
@@ -34,6 +37,7 @@ from ..io.checkpoint import (
     safe_load_checkpoint,
     verify_checkpoint_file,
 )
+from ..io.model_record import RECORD_KEY, ModelRecord, weights_mismatch_error, weights_of
 
 __all__ = ["SafeCheckpointLoader", "take_resumed_checkpoint"]
 
@@ -73,15 +77,23 @@ class SafeCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         p = os.fspath(self.load_path)
+        if not os.path.isfile(p):
+            raise CheckpointError(
+                f"{p}: checkpoint file does not exist; train the model first, or point the loader at a trained "
+                "model.pt (a bundle's --ckpt_path)."
+            )
         verify_checkpoint_file(p)
         legacy = not zipfile.is_zipfile(p)
         if legacy:  # legacy format, no checksums: a damaged one raises anything; check it first
             content = safe_load_checkpoint(p, verify=False)
         load_dict = self.load_dict
+        network = getattr(load_dict.get("model"), "module", load_dict.get("model"))  # DDP: the wrapped network
         try:
+            if not legacy:  # only the keys and the record are needed here: map the tensors instead of reading them
+                content = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            if isinstance(content, Mapping) and RECORD_KEY in content and isinstance(network, torch.nn.Module):
+                ModelRecord.from_dict(content[RECORD_KEY], source=p).check_network(network)
             if self.optional_keys:
-                if not legacy:  # only the keys are needed: map the tensors instead of reading them
-                    content = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
                 present = set(content) if isinstance(content, Mapping) else set()
                 missing = [k for k in self.optional_keys if k in load_dict and k not in present]
                 if missing and len(missing) < len(load_dict):
@@ -97,6 +109,10 @@ class SafeCheckpointLoader(CheckpointLoader):
             if "PytorchStreamReader" in str(e) or "zip archive" in str(e):
                 raise checkpoint_load_error(p, e) from None
             if "state_dict" in str(e):  # load_state_dict: missing/unexpected keys, size mismatch
+                if isinstance(network, torch.nn.Module):  # a plain state_dict of another preset: say which one
+                    clear = weights_mismatch_error(p, weights_of(content), network)
+                    if clear is not None:
+                        raise clear from None
                 raise CheckpointMismatchError(
                     f"{p}: this checkpoint's weights do not fit the objects to load ({load_error_details(e)})"
                 ) from e

@@ -119,7 +119,10 @@ class Patcher(nn.Module):
         return_gating: bool = False,
         use_checkpoint: bool = False,
     ) -> None:
+        args = {k: list(v) if isinstance(v, tuple) else v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        #: the constructor's arguments as given (plain types): what a model record stores to rebuild this network
+        self.config: dict[str, Any] = args
         if spatial_dims != 2:
             raise ValueError(
                 f"Patcher is a 2D network (spatial_dims=2), got spatial_dims={spatial_dims}; segment volumes "
@@ -184,7 +187,7 @@ class Patcher(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.return_gating = return_gating
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth over all blocks
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth over all blocks (device: also under a meta-device context)
         self.stages = nn.ModuleList()
         ch, start = in_channels, 0
         for i in range(num_stages):
