@@ -2,7 +2,8 @@
 
 - :func:`check_bundle_root`: ``bundle_root`` checked to be the bundle's own folder before any path is built on it;
 - :func:`insert_after`: a transform list with more transforms inserted after a given one (``evaluate.json``
-  keeps the label as loaded, in the scan's grid, next to the network's preprocessing).
+  keeps the label as loaded, in the scan's grid, next to the network's preprocessing);
+- :func:`report_errors_plainly`: a failed run ends with the clear error (file and fix), not MONAI's wrapper.
 
 Everything else the bundles call lives with its concept: case discovery and datalists in
 :mod:`monai_patcher.data.cases`, the demo data in :mod:`monai_patcher.data.demo`, checkpoints in
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["check_bundle_root", "insert_after"]
+__all__ = ["check_bundle_root", "insert_after", "report_errors_plainly"]
 
 
 def check_bundle_root(bundle_root: str | os.PathLike, name: str) -> str:
@@ -77,3 +79,33 @@ def insert_after(transforms: Sequence[Any], after: str, *new: Any) -> list[Any]:
         raise ValueError(f"insert_after: no {after} in the transforms ({', '.join(names)}).")
     i = names.index(after) + 1
     return [*transforms[:i], *new, *transforms[i:]]
+
+
+def report_errors_plainly() -> None:
+    """Make a failed bundle run end with its clear error: ``error: <file>: <problem>; <fix>`` as the last line.
+
+    MONAI's config parser wraps every exception raised while a config entry is built or evaluated in
+    ``RuntimeError("Failed to evaluate <the expression>")``, so the last line of a failed ``python -m monai.bundle
+    run`` is the expression, and the message that names the file and the fix (a ``DataError``, a
+    ``CheckpointError``, a ``FileNotFoundError``) is buried in the traceback above it. This installs a
+    ``sys.excepthook`` that prints Python's traceback as before and then, when the exception wraps such an error
+    (:func:`monai_patcher.data.errors.clear_error`), that error's message as the last line. Other exceptions are
+    printed as before. The bundles call it first in ``initialize``; calling it again changes nothing.
+
+    Example (``inference.json``): ``"initialize": ["$monai_patcher.bundle_utils.report_errors_plainly()", ...]``
+    """
+    if getattr(sys.excepthook, "_reports_errors_plainly", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, value, tb) -> None:
+        from .data.errors import clear_error
+
+        previous(exc_type, value, tb)
+        inner = clear_error(value) if isinstance(value, BaseException) else None
+        if inner is not None and inner is not value:
+            message = " ".join(str(inner).split()) or type(inner).__name__
+            print(f"\nerror: {message}", file=sys.stderr, flush=True)
+
+    hook._reports_errors_plainly = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

@@ -18,6 +18,7 @@ _LAZY = {
     "split_two_channel": "cases",
     "stroke_inference_datalist": "cases",
     "stroke_output_name": "cases",
+    "case_id": "cases",
     "image_datalist": "cases",
     "build_isles22_datalist": "datalists",
     "build_case_folder_datalist": "datalists",

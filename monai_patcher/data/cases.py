@@ -25,6 +25,7 @@ import fnmatch
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "split_two_channel",
     "stroke_inference_datalist",
     "stroke_output_name",
+    "case_id",
     "image_datalist",
     "find_isles22_cases",
     "find_case_folders",
@@ -436,6 +438,25 @@ def stroke_output_name(metadict: dict, saver: Any) -> dict[str, Any]:
     if not stem:
         stem = p.parent.name or "case"
     return {"subject": stem, "idx": metadict.get(ImageMetaKey.PATCH_INDEX, None) if metadict else None}
+
+
+def case_id(item: Mapping[str, Any], image_key: str = "image") -> str:
+    """The id of a datalist item's case after the pipeline: its ``"case"`` entry (the datalists of
+    :mod:`monai_patcher.data.datalists` and the demo have one), else the name :func:`stroke_output_name` gives its
+    image (``case003/adc.nii.gz`` -> ``case003``). Evaluation CSVs name their rows with it.
+
+    Example (``evaluate.json``, ``MetricsSaver``)::
+
+        "batch_transform": "$lambda x: [{'filename_or_obj': monai_patcher.data.case_id(xx)} for xx in x]"
+    """
+    case = item.get("case")
+    if isinstance(case, (list, tuple)):  # not decollated
+        case = case[0] if case else None
+    if case not in (None, ""):
+        return str(case)
+    image = item.get(image_key)
+    meta = getattr(image, "meta", None) or item.get(f"{image_key}_meta_dict") or {}
+    return str(stroke_output_name(meta, None)["subject"])
 
 
 # ------------------------------------------------------------------------------------------ polyp images

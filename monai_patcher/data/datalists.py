@@ -240,12 +240,21 @@ def load_datalist(
         is_segmentation: as in ``load_decathlon_datalist``.
         id_keys: keys that are ids, never paths.
 
+    Raises:
+        FileNotFoundError: no such file, with the bundle options that set it.
+
     Example (bundle config)::
 
         "train_datalist": "$monai_patcher.data.datalists.load_datalist(@datalist, 'training', @dataset_dir)"
     """
     from monai.data import load_decathlon_datalist
 
+    if not Path(data_list_file_path).is_file():
+        raise FileNotFoundError(
+            f"{data_list_file_path}: datalist file does not exist; point a bundle's --dataset_dir at the folder "
+            "holding datalist.json (or --datalist at the file), or write one with python -m "
+            "monai_patcher.data.datalists."
+        )
     items = load_decathlon_datalist(data_list_file_path, is_segmentation, data_list_key, base_dir)
     raw = json.loads(Path(data_list_file_path).read_text())[data_list_key]
     for item, written in zip(items, raw):

@@ -6,10 +6,12 @@
 - :class:`SafeCheckpointSaver` (with :class:`AtomicDiskSaver`) / :class:`SafeCheckpointLoader`: crash-safe
   checkpoint files, loaded with clear errors;
 - :class:`BestMetricState`: the best key metric and the key-metric savers' lists in the trainer's checkpoint;
-- :class:`EpochSeedHandler`: every epoch's randomness a function of ``(seed, epoch)``, for exact resume.
+- :class:`EpochSeedHandler`: every epoch's randomness a function of ``(seed, epoch)``, for exact resume;
+- :class:`CaseSummary`: one log line per case (time, voxels segmented).
 """
 
 from .best_metric_state import BestMetricState
+from .case_summary import CaseSummary
 from .checkpoint_loader import SafeCheckpointLoader
 from .checkpoint_saver import AtomicDiskSaver, SafeCheckpointSaver
 from .epoch_seed_handler import EpochSeedHandler
@@ -27,4 +29,5 @@ __all__ = [
     "SafeCheckpointLoader",
     "BestMetricState",
     "EpochSeedHandler",
+    "CaseSummary",
 ]

@@ -22,7 +22,7 @@ from ..transforms.slices import PLANES, affine_orientation, plane_axis
 Events, _ = optional_import("ignite.engine", "0.4.4", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.4", min_version, "Engine")
 
-__all__ = ["ItemWriter", "case_name", "check_slice_axis", "ras_view"]
+__all__ = ["ItemWriter", "case_name", "check_slice_axis", "ras_view", "output_items"]
 
 
 def case_name(item: Mapping, keys: tuple[Hashable, ...], default: str, formatter: Callable | None = None) -> str:
@@ -82,7 +82,8 @@ def ras_view(reference: Any, plane: str, volumes: list, what: str = "a predictio
     return volumes, PLANES[plane], (lambda k: n - 1 - k) if flipped else (lambda k: k)
 
 
-def _items(output: Any) -> list[Mapping]:
+def output_items(output: Any) -> list[Mapping]:
+    """The post-processed items of an engine's output (one dict, or a list of them after decollation)."""
     if isinstance(output, Mapping):
         return [output]
     if isinstance(output, (list, tuple)):
@@ -118,7 +119,7 @@ class ItemWriter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        for item in _items(engine.state.output):
+        for item in output_items(engine.state.output):
             self.write(item)
 
     def next_name(self, item: Mapping) -> str:

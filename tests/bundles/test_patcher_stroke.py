@@ -55,6 +55,20 @@ def test_train_one_epoch(trained):
     assert last["trainer"]["iteration"] // last["trainer"]["epoch_length"] == 1  # ignite stores iterations
 
 
+def test_checkpoints_carry_the_model_record(trained):
+    """model.pt and the last-epoch checkpoint say which network they hold and how its inputs were made."""
+    from monai_patcher.io import read_model_record
+
+    for name in ("model.pt", "checkpoint_epoch=1.pt"):
+        content = torch.load(trained["ckpt"] / name, map_location="cpu", weights_only=True)
+        assert {"model", "model_record"} <= set(content), name
+        record = read_model_record(trained["ckpt"] / name)
+        assert record.network == {"preset": "tiny", "in_channels": 2, "out_channels": 1, "overrides": {}}, name
+        assert (record.channels, record.inplane_mode, record.spatial_size, record.slice_axis) == (
+            ["eADC", "DWI"], "resize", 64, 2), name
+        assert record.normalization["transform"] == "NormalizeIntensityd" and record.b_value == 1000.0
+
+
 def test_resume_continues_epoch_count(trained, tmp_path):
     import shutil
 
@@ -94,6 +108,8 @@ def test_evaluate_writes_csv(trained, tmp_path):
     assert all(0.0 <= float(v) <= 1.0 for v in metrics.values())
     raw = (out / "val_mean_dice_raw.csv").read_text().splitlines()
     assert raw[0].startswith("filename") and len(raw) == 2  # one test case
+    test_case = json.loads(Path(trained["data"], "datalist.json").read_text())["test"][0]["case"]
+    assert raw[1].split("\t")[0].split(",")[0] == test_case, raw  # the row is named by the case id, not a path
     assert (out / "val_mean_iou_summary.csv").is_file()
 
 
@@ -365,9 +381,17 @@ def test_verify_net_in_out_and_ckpt_export(trained, tmp_path):
               "network_def#name": "tiny"}
     verify_net_in_out("network_def", **common)
     ts = tmp_path / "model.ts"
-    ckpt_export("network_def", filepath=str(ts), ckpt_file=str(trained["ckpt"] / "model.pt"), **common)
+    ckpt_export("network_def", filepath=str(ts), ckpt_file=str(trained["ckpt"] / "model.pt"), key_in_ckpt="model",
+                **common)
     net = torch.jit.load(str(ts))
     assert net(torch.zeros(1, 2, 64, 48)).shape == (1, 1, 64, 48)
+    # the network built from the checkpoint's record (--ckpt_path) without naming the preset
+    common.pop("network_def#name")
+    ckpt = str(trained["ckpt"] / "model.pt")
+    ckpt_export("network_def", filepath=str(ts), ckpt_file=ckpt, key_in_ckpt="model", ckpt_path=ckpt, **common)
+    weights = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+    scripted = torch.jit.load(str(ts)).state_dict()
+    assert all(torch.equal(scripted[k], v) for k, v in weights.items())
 
 
 def test_inference_two_channel_nifti(trained, tmp_path):
