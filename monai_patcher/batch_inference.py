@@ -8,7 +8,13 @@ are written atomically (temporary file + rename), so an interrupted run never le
 Usage::
 
     python -m monai_patcher.batch_inference --input scans/ --output masks/ --checkpoint model.pt \\
-        [--preset paper|small|tiny] [--overwrite] [--sw_batch_size 8] [--device cpu] [--save_prob]
+        [--preset paper|small|tiny] [--overwrite] [--sw_batch_size 8] [--device cpu] [--save_prob] [--no_progress]
+
+A checkpoint written by the stroke bundle carries a model record (preset, slice size, slice axis, b-value): the
+network and the pipeline are built from it, and ``--preset``/``--spatial_size`` are only needed for checkpoints
+without one (a plain state dict); given and different from the record, they are refused with one sentence. A
+progress bar shows the slices of each case (``--no_progress`` turns it off); one line per case logs its time and
+lesion voxels.
 
 Input (``--input``, a folder; not recursive beyond one level of case folders). A *case* is one of
 (:func:`monai_patcher.data.cases.find_cases`):
@@ -126,12 +132,18 @@ def _write_nifti(path: Path, array: torch.Tensor, meta: dict, dtype, overwrite: 
 class BatchPredictor:
     """The network, preprocessing, inferer and inversion for one run; :meth:`predict` does one case.
 
+    A checkpoint with a model record (:mod:`monai_patcher.io.model_record`, written by the stroke bundle) gives the
+    network, the slice size, the slice axis and the eADC's b-value; ``preset`` / ``spatial_size`` given as well
+    must agree with it (else :class:`~monai_patcher.io.ModelRecordMismatchError`, one sentence). A checkpoint
+    without a record (a plain state dict) uses them as given (default ``"paper"``, 256).
+
     Args:
         checkpoint: a weights file (a state dict, or a dict with ``"model"``/``"network"``/``"state_dict"``),
             loaded with ``weights_only=True`` (:func:`monai_patcher.io.safe_load_checkpoint`). None:
             random weights (tests, benchmarks).
-        preset: Patcher preset (``"paper"``, ``"small"``, ``"tiny"``).
-        spatial_size: in-plane size the slices are resized to (the bundle's ``spatial_size``).
+        preset: Patcher preset (``"paper"``, ``"small"``, ``"tiny"``); None: the record's, else ``"paper"``.
+        spatial_size: in-plane size the slices are resized to (the bundle's ``spatial_size``); None: the
+            record's, else 256.
         sw_batch_size: slices per forward pass.
         threshold: probability threshold of the mask.
         device: torch device.
@@ -139,13 +151,15 @@ class BatchPredictor:
         isolate: read and preprocess each case in a forked child process (default True where ``os.fork`` exists):
             a crash or hang of a reader fails that case only.
         read_timeout: seconds a case's reading and preprocessing may take in the child before it is killed.
+        network: a network to use instead of building one (its weights are loaded from ``checkpoint`` if given).
+        progress: show a progress bar of the slices of each case (``SliceInferer(progress=True)``, tqdm).
     """
 
     def __init__(
         self,
         checkpoint: str | os.PathLike | None,
-        preset: str = "paper",
-        spatial_size: int = 256,
+        preset: str | None = None,
+        spatial_size: int | None = None,
         sw_batch_size: int = 8,
         threshold: float = 0.5,
         device: str | torch.device = "cpu",
@@ -153,10 +167,19 @@ class BatchPredictor:
         network: torch.nn.Module | None = None,
         isolate: bool = True,
         read_timeout: float = 600.0,
+        progress: bool = False,
     ) -> None:
         from monai.inferers import SliceInferer
 
-        from .networks import patcher_preset
+        from .io.checkpoint import CheckpointMismatchError, load_error_details, safe_load_checkpoint
+        from .io.model_record import (
+            RECORD_KEY,
+            ModelRecord,
+            patcher_from_record,
+            record_value,
+            weights_mismatch_error,
+            weights_of,
+        )
         from .transforms import stroke_inference_transforms
 
         try:
@@ -171,30 +194,41 @@ class BatchPredictor:
         self.channel_order = tuple(str(c).lower() for c in channel_order)
         if sorted(self.channel_order) != ["adc", "dwi"]:
             raise ValueError(f"channel_order must name 'dwi' and 'adc' once each, got {list(channel_order)}")
-        net = network if network is not None else patcher_preset(preset, in_channels=2, out_channels=1)
-        if checkpoint is not None:
-            from .io.checkpoint import CheckpointMismatchError, load_error_details, safe_load_checkpoint
-
-            state = safe_load_checkpoint(checkpoint, map_location="cpu")
-            if isinstance(state, dict):
-                for key in ("model", "network", "state_dict"):
-                    if key in state and isinstance(state[key], dict):
-                        state = state[key]
-                        break
+        content = None if checkpoint is None else safe_load_checkpoint(checkpoint, map_location="cpu")
+        record = None
+        if isinstance(content, dict) and RECORD_KEY in content:
+            record = ModelRecord.from_dict(content[RECORD_KEY], source=checkpoint)
+            record.check(spatial_size=spatial_size)
+            if record.inplane_mode != "resize":
+                raise ValueError(
+                    f"{checkpoint} was trained with inplane_mode {record.inplane_mode!r}; this batch inference runs "
+                    "'resize' models only: use the bundle's inference.json for it."
+                )
+        self.record = record
+        net = network if network is not None else patcher_from_record(record, name=preset, in_channels=2, out_channels=1)
+        if content is not None:
+            weights = weights_of(content)
             try:
-                net.load_state_dict(state)
+                net.load_state_dict(weights)
             except (RuntimeError, TypeError, AttributeError) as e:
-                raise CheckpointMismatchError(
-                    f"{checkpoint}: its weights do not fit the {preset!r} Patcher preset ({load_error_details(e)})"
+                clear = weights_mismatch_error(
+                    checkpoint, weights, net, flag="--preset", what=f"--preset {preset or 'paper'}") if isinstance(weights, dict) else None
+                raise clear or CheckpointMismatchError(
+                    f"{checkpoint}: its weights do not fit the {preset or 'paper'!r} Patcher preset "
+                    f"({load_error_details(e)})"
                 ) from None
         try:
             self.network = net.to(self.device).eval()
         except (RuntimeError, AssertionError) as e:  # e.g. "Torch not compiled with CUDA enabled"
             raise ValueError(f"--device {self.device}: cannot use this device ({type(e).__name__}: {e})") from None
-        self.preprocessing = stroke_inference_transforms(spatial_size=spatial_size)
+        spatial_size = record_value(record, "spatial_size", 256) if spatial_size is None else spatial_size
+        axis = record_value(record, "slice_axis", 2)
+        self.preprocessing = stroke_inference_transforms(
+            spatial_size=spatial_size, axis=axis, b_value=record_value(record, "b_value", 1000.0)
+        )
         self.inferer = SliceInferer(
-            roi_size=(spatial_size, spatial_size), spatial_dim=2, sw_batch_size=sw_batch_size, overlap=0.25,
-            mode="gaussian", progress=False,
+            roi_size=(spatial_size, spatial_size), spatial_dim=axis, sw_batch_size=sw_batch_size, overlap=0.25,
+            mode="gaussian", progress=progress,
         )
 
     def preprocess(self, case: Case, work_dir: str | os.PathLike) -> dict:
@@ -415,8 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--input", required=True, help="folder of cases (see the module docs)")
     ap.add_argument("--output", required=True, help="folder for <case>_seg.nii.gz and summary.json/.csv")
     ap.add_argument("--checkpoint", required=True, help="model weights (.pt), loaded with weights_only=True")
-    ap.add_argument("--preset", default="paper", help="Patcher preset of the checkpoint: paper, small, tiny")
-    ap.add_argument("--spatial_size", type=int, default=256)
+    ap.add_argument("--preset", default=None,
+                    help="Patcher preset: paper, small, tiny (default: the checkpoint's record, else paper)")
+    ap.add_argument("--spatial_size", type=int, default=None,
+                    help="in-plane slice size (default: the checkpoint's record, else 256)")
     ap.add_argument("--sw_batch_size", type=int, default=8, help="slices per forward pass")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
@@ -427,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="seconds a case's reading and preprocessing may take (in a child process) before it is stopped")
     ap.add_argument("--no_isolation", action="store_true",
                     help="read the cases in this process (no child process: a crashing file ends the batch)")
+    ap.add_argument("--no_progress", action="store_true", help="no progress bar of the slices of each case")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     keep_freed_memory()  # a CLI process of our own: reuse freed host memory (see monai_patcher.allocator)
@@ -443,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.checkpoint, preset=args.preset, spatial_size=args.spatial_size, sw_batch_size=args.sw_batch_size,
             threshold=args.threshold, device=args.device, channel_order=args.channel_order.split(","),
             isolate=not args.no_isolation, read_timeout=args.read_timeout,
+            progress=not args.no_progress,
         )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

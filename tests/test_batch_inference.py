@@ -382,11 +382,54 @@ def test_unsafe_or_mismatched_checkpoint_is_refused(tmp_path):
     from monai_patcher.networks import patcher_preset
 
     torch.save(patcher_preset("tiny").state_dict(), tmp_path / "tiny.pt")
-    with pytest.raises(CheckpointError, match="do not fit the 'small'") as info:
+    with pytest.raises(CheckpointError) as info:  # a plain state_dict of another preset: the preset is named
         BatchPredictor(tmp_path / "tiny.pt", preset="small")
+    msg = str(info.value)
+    assert msg.startswith(str(tmp_path / "tiny.pt")) and "'tiny' Patcher (2 -> 1 channels) (guessed from its shapes)" in msg
+    assert "--preset small builds a 'small' Patcher" in msg and "pass --preset tiny" in msg and "\n" not in msg, msg
+    assert "Missing key(s)" not in msg and "size mismatch" not in msg
+    # weights of no preset: PyTorch's mismatches, without its header line
+    torch.save(patcher_preset("tiny", decoder_dim=16).state_dict(), tmp_path / "custom.pt")
+    with pytest.raises(CheckpointError, match="do not fit the 'small'") as info:
+        BatchPredictor(tmp_path / "custom.pt", preset="small")
     # PyTorch's first line is only "Error(s) in loading state_dict for ...": the mismatches themselves are shown
     assert "size mismatch for" in str(info.value) or "Missing key(s)" in str(info.value), str(info.value)
     assert "Error(s) in loading state_dict" not in str(info.value)
+
+
+def test_a_checkpoint_with_a_record_builds_its_network_and_slice_size(tmp_path):
+    """No --preset / --spatial_size needed; given and different from the record: one sentence naming the file."""
+    from monai_patcher.io import ModelRecordMismatchError, stroke_model_record
+    from monai_patcher.networks import patcher_preset
+
+    net = patcher_preset("tiny", in_channels=2, out_channels=1)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "model_record": stroke_model_record(net, spatial_size=48).state_dict()}, ckpt)
+    predictor = BatchPredictor(ckpt)
+    assert predictor.network.config == net.config and tuple(predictor.inferer.roi_size) == (48, 48)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in predictor.network.state_dict().items())
+    assert BatchPredictor(ckpt, preset="tiny", spatial_size=48).network.config == net.config  # agreeing: fine
+    for kwargs, differs in (({"preset": "paper"}, "'paper' preset is asked for"), ({"spatial_size": 64}, "spatial_size 48 but 64")):
+        with pytest.raises(ModelRecordMismatchError) as info:
+            BatchPredictor(ckpt, **kwargs)
+        msg = str(info.value)
+        assert msg.startswith(str(ckpt)) and differs in msg and "\n" not in msg, msg
+
+
+def test_progress_bar_can_be_switched_off_and_each_case_logs_a_summary(setup, tmp_path, capsys, caplog):
+    import logging
+
+    root, inp, ckpt = setup
+    good = _subset(inp, tmp_path / "good", ["good_pair_dwi.nii.gz", "good_pair_adc.nii.gz"])
+    caplog.set_level(logging.INFO, logger="monai_patcher.batch_inference")
+    assert main(["--input", str(good), "--output", str(tmp_path / "on"), "--checkpoint", str(ckpt), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "100%|" in err, err  # SliceInferer's tqdm bar of the case's slices
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("good_pair: ok (")]
+    assert len(summary) == 1 and "lesion voxels" in summary[0] and summary[0].endswith(" s)"), summary
+    assert main(["--input", str(good), "--output", str(tmp_path / "off"), "--checkpoint", str(ckpt), *FAST,
+                 "--no_progress"]) == 0
+    assert "%|" not in capsys.readouterr().err
 
 
 def test_a_crash_in_one_case_does_not_stop_the_others(setup, tmp_path, monkeypatch):

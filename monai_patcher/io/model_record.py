@@ -460,7 +460,11 @@ def guess_preset(state_dict: Mapping[str, Any]) -> str | None:
 
 
 def weights_mismatch_error(
-    path: str | os.PathLike, weights: Mapping[str, Any], network: torch.nn.Module, flag: str = "--network_def#name"
+    path: str | os.PathLike,
+    weights: Mapping[str, Any],
+    network: torch.nn.Module,
+    flag: str = "--network_def#name",
+    what: str = "the config",
 ) -> ModelRecordMismatchError | None:
     """One sentence for weights (without a record) that do not fit ``network``: the preset they look like.
 
@@ -469,6 +473,7 @@ def weights_mismatch_error(
         weights: its ``state_dict``.
         network: the network they failed to load into.
         flag: how the user chooses the preset (``--network_def#name`` in a bundle, ``--preset`` in the CLI).
+        what: what built ``network``, as the sentence names it.
 
     Returns:
         the error, or None when the weights are no preset's (then report ``load_state_dict``'s own error).
@@ -483,7 +488,7 @@ def weights_mismatch_error(
     held = {**_default_args(), **_plain(PATCHER_PRESETS[guessed]),
             "in_channels": int(weights[convs[0]].shape[1]), "out_channels": int(weights[convs[-1]].shape[0])}
     return ModelRecordMismatchError(
-        f"{os.fspath(path)} holds a {_describe(held)} (guessed from its shapes) but the config builds a "
+        f"{os.fspath(path)} holds a {_describe(held)} (guessed from its shapes) but {what} builds a "
         f"{_describe(config)}: pass {flag} {guessed}"
         + ("" if (held["in_channels"], held["out_channels"]) == (config.get("in_channels"), config.get("out_channels"))
            else " with those channel counts")
