@@ -338,7 +338,10 @@ def stroke_inference_datalist(
         raise ValueError("set --input: a NIfTI file, a folder of NIfTI files or a DICOM series folder (see docs).")
     src = Path(input).expanduser()
     if not src.exists():
-        raise FileNotFoundError(f"--input {src}: no such file or folder")
+        raise FileNotFoundError(
+            f"--input {src}: no such file or folder; pass a DWI file (with --input_adc, or next to its *_adc file), a "
+            "2-channel NIfTI, a case folder or a folder of cases."
+        )
     lab = Path(label).expanduser() if label not in (None, "") else None
     if lab is not None and not lab.exists():
         raise FileNotFoundError(f"--label {lab}: no such file or folder")
@@ -369,7 +372,7 @@ def stroke_inference_datalist(
     if input_adc not in (None, ""):
         adc = Path(input_adc).expanduser()
         if not adc.exists():
-            raise FileNotFoundError(f"--input_adc {adc}: no such file or folder")
+            raise FileNotFoundError(f"--input_adc {adc}: no such file or folder; pass the DWI's ADC file or DICOM folder.")
         return [with_label({"dwi": str(src), "adc": str(adc)}, strip_suffix(src.name, "nifti"))]
     if src.is_file():
         found = dwi_with_adc(src)
@@ -462,8 +465,16 @@ def case_id(item: Mapping[str, Any], image_key: str = "image") -> str:
 # ------------------------------------------------------------------------------------------ polyp images
 
 
+_IMAGE_INPUT_FIX = {
+    "--input": "pass an image file, a folder of images, or a Kvasir-style folder with images/ (and masks/)",
+    "--dataset_dir": "set --dataset_dir to the dataset folder: train/ and val/, each with images/ and masks/ "
+    "(Kvasir-SEG layout)",
+    "--eval_dir": "set --eval_dir to a folder with images/ and masks/",
+}
+
+
 def image_datalist(
-    input: str | os.PathLike | None, label: str | os.PathLike | None = None
+    input: str | os.PathLike | None, label: str | os.PathLike | None = None, flag: str = "--input"
 ) -> list[dict[str, Any]]:
     """Datalist of 2D image files (PNG/JPEG/...) for the polyp bundle.
 
@@ -472,19 +483,26 @@ def image_datalist(
             if the folder has one).
         label: optional mask file (one image only: refused for several), or a folder of masks with the same file
             names (Kvasir ``masks/``).
+        flag: the bundle option that sets ``input``, named in the errors with its fix (``"--input"`` in
+            ``inference.json``; ``"--dataset_dir"`` in ``train.json``, whose folders are below it).
+
+    Raises:
+        FileNotFoundError: ``input`` missing or without images; the message names it, ``flag`` and the fix.
     """
+    fix = _IMAGE_INPUT_FIX.get(flag, f"set {flag}")
     if input is None or str(input) == "":
-        raise ValueError("set --input: an image file or a folder of images (see docs).")
+        raise ValueError(f"{flag} is not set: {fix}.")
     src = Path(input).expanduser()
+    where = f"--input {src}" if flag == "--input" else f"{src} (from {flag})"
     if not src.exists():
-        raise FileNotFoundError(f"--input {src}: no such file or folder")
+        raise FileNotFoundError(f"{where}: no such file or folder; {fix}.")
     if src.is_dir() and (src / "images").is_dir():
         if label in (None, "") and (src / "masks").is_dir():
             label = src / "masks"
         src = src / "images"
     files = [src] if src.is_file() else sorted(p for p in src.iterdir() if suffix_of(p.name, "image2d"))
     if not files:
-        raise FileNotFoundError(f"{src}: no image files ({', '.join(suffixes('image2d'))})")
+        raise FileNotFoundError(f"{src}: no image files ({', '.join(suffixes('image2d'))}); {fix}.")
     lab = Path(label).expanduser() if label not in (None, "") else None
     if lab is not None and lab.is_file() and len(files) > 1:
         raise ValueError(f"--label {lab} is one mask file but --input {src} holds {len(files)} images: pass the "

@@ -34,6 +34,19 @@ def run_bundle(*args: str, cwd: Path, timeout: int = 600, check: bool = True) ->
     return proc
 
 
+def bundle_error(*args: str, cwd: Path, timeout: int = 600) -> str:
+    """``python -m monai.bundle <args>``, which must fail; returns the last line of its output (stripped), where
+    ``report_errors_plainly`` puts the clear error."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=env, capture_output=True,
+        encoding="utf-8", errors="replace", timeout=timeout,
+    )
+    assert proc.returncode != 0, f"monai.bundle {' '.join(args[:2])} should have failed:\n{proc.stderr[-3000:]}"
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 def resume_keeps_best_model(train_config: str, trained_ckpt: Path, workdir: Path, *args: str) -> str:
     """Resume a bundle from a copy of ``trained_ckpt`` (epoch 1, validated) whose stored best Dice no validation can
     beat: the best model (``model.pt``) and the best metric must survive the resumed run's epoch-2 validation.

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_cli import FAST, REPO_ROOT, dice, evaluate_in_process, resume_keeps_best_model, run_bundle  # noqa: E402
+from bundle_cli import (  # noqa: E402
+    FAST, REPO_ROOT, bundle_error, dice, evaluate_in_process, resume_keeps_best_model, run_bundle,
+)
 
 BUNDLE = REPO_ROOT / "bundles" / "patcher_polyp"
 CONFIGS = BUNDLE / "configs"
@@ -204,3 +206,11 @@ def test_inference_grayscale_and_rgba_images(trained, tmp_path, shared_path_fn):
     masks = {n: np.asarray(Image.open(out / f"{n}_mask.png")) for n in ("rgb", "gray", "rgba")}
     assert all(m.shape == (rgb.size[1], rgb.size[0]) for m in masks.values())
     np.testing.assert_array_equal(masks["rgba"], masks["rgb"])
+
+
+def test_a_missing_dataset_dir_names_dataset_dir(tmp_path):
+    """Training without the dataset: the last line names the folder and --dataset_dir (the option to set), not --input."""
+    last = bundle_error("run", "training", "--config_file", TRAIN, "--dataset_dir", str(tmp_path / "kvasir"), *FAST,
+                        cwd=tmp_path)
+    assert last.startswith(f"error: {tmp_path / 'kvasir' / 'train'} (from --dataset_dir): no such file or folder"), last
+    assert "set --dataset_dir to the dataset folder" in last and "--input" not in last, last

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_cli import FAST, REPO_ROOT, dice, evaluate_in_process, resume_keeps_best_model, run_bundle  # noqa: E402
+from bundle_cli import (  # noqa: E402
+    FAST, REPO_ROOT, bundle_error, dice, evaluate_in_process, resume_keeps_best_model, run_bundle,
+)
 
 BUNDLE = REPO_ROOT / "bundles" / "patcher_stroke"
 CONFIGS = BUNDLE / "configs"
@@ -406,3 +408,32 @@ def test_inference_two_channel_nifti(trained, tmp_path):
     run_inprocess(None, str(CONFIGS / "inference.json"), input=str(tmp_path / "both.nii.gz"),
                   ckpt_path=str(trained["ckpt"] / "model.pt"), output_dir=str(out))
     _check_same_grid(out / "both_seg.nii.gz", dwi.shape, dwi.affine)
+
+
+def test_front_door_errors_end_with_the_file_and_the_fix(trained, tmp_path):
+    """The common mistakes, through ``python -m monai.bundle run``: the last line names the file and the fix (not
+    MONAI's "Failed to evaluate <expression>", not a list of missing keys)."""
+    import shutil
+
+    infer = str(CONFIGS / "inference.json")
+    case = trained["data"] / json.loads((trained["data"] / "datalist.json").read_text())["test"][0]["case"]
+    ckpt = str(trained["ckpt"] / "model.pt")
+    lonely = tmp_path / "x_dwi.nii.gz"
+    shutil.copy(case / "dwi.nii.gz", lonely)
+    missing = tmp_path / "nowhere" / "model.pt"
+    cases = [  # (arguments, what the last line must contain)
+        (["--config_file", infer, "--input", str(case), "--ckpt_path", str(missing), *FAST],
+         [f"error: {missing}: checkpoint file does not exist", "--ckpt_path"]),
+        (["--config_file", infer, "--input", str(tmp_path / "no_scan.nii.gz"), "--ckpt_path", ckpt, *FAST],
+         [f"error: --input {tmp_path / 'no_scan.nii.gz'}: no such file or folder; pass a DWI file"]),
+        (["--config_file", infer, "--input", str(lonely), "--ckpt_path", ckpt, *FAST],
+         [f"error: {lonely}: a DWI file needs its ADC", "pass --input_adc"]),
+        (["--config_file", TRAIN, "--dataset_dir", str(tmp_path), *FAST],
+         [f"error: {tmp_path / 'datalist.json'}: datalist file does not exist", "--dataset_dir"]),
+        (["--config_file", infer, "--input", str(case), "--ckpt_path", ckpt, *FAST[2:], "--network_def#name", "small"],
+         [f"error: {ckpt} holds a 'tiny' Patcher", "'small' preset is asked for", "drop --network_def#name"]),
+    ]
+    for args, expected in cases:
+        last = bundle_error("run", *args, cwd=tmp_path)
+        assert all(e in last for e in expected), (args, last)
+        assert "Missing key" not in last and "Failed to" not in last, last
