@@ -12,7 +12,18 @@ from __future__ import annotations
 import os
 import numpy as np
 
-__all__ = ["TP_COLOR", "FP_COLOR", "FN_COLOR", "to_uint8", "overlay", "gating_rgb", "save_png", "volume_overlays"]
+__all__ = [
+    "TP_COLOR",
+    "FP_COLOR",
+    "FN_COLOR",
+    "to_uint8",
+    "overlay",
+    "gating_rgb",
+    "save_png",
+    "volume_overlays",
+    "upscale",
+    "mark_empty",
+]
 
 TP_COLOR = (0, 255, 0)  #: true positive: green
 FP_COLOR = (255, 0, 0)  #: false positive: red
@@ -115,6 +126,30 @@ def save_png(rgb: np.ndarray, path: str | os.PathLike) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     Image.fromarray(np.ascontiguousarray(rgb)).save(path)
     return path
+
+
+def upscale(rgb: np.ndarray, min_size: int) -> np.ndarray:
+    """``rgb`` (``H x W [x 3]``) enlarged by the smallest whole factor that makes its shorter side at least
+    ``min_size`` pixels, each voxel a block of pixels (nearest neighbour: no colour is blended); unchanged if it is
+    large enough already (or ``min_size`` <= 0). A 64 x 64 slice becomes 256 x 256 for ``min_size=256``."""
+    short = min(rgb.shape[0], rgb.shape[1])
+    if min_size <= 0 or short >= min_size or short == 0:
+        return rgb
+    f = -(-int(min_size) // short)
+    return np.repeat(np.repeat(rgb, f, axis=0), f, axis=1)
+
+
+def mark_empty(rgb: np.ndarray, text: str = "empty prediction") -> np.ndarray:
+    """``rgb`` (``H x W x 3`` uint8) with a yellow frame and ``text`` in its top-left corner: the picture of a
+    prediction with no foreground, so it is not mistaken for a missing or unread overlay."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(picture)
+    w, h = picture.size
+    draw.rectangle([0, 0, w - 1, h - 1], outline=(255, 225, 25), width=max(1, min(w, h) // 64))
+    draw.text((4, 2), text, fill=(255, 225, 25))
+    return np.asarray(picture)
 
 
 def _display(slice_2d: np.ndarray) -> np.ndarray:

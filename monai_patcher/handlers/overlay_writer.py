@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
-from ..visualize import overlay, save_png, volume_overlays
+from ..visualize import mark_empty, overlay, save_png, upscale, volume_overlays
 from .item_writer import ItemWriter, ras_view
 
 __all__ = ["OverlayWriter"]
+
+logger = logging.getLogger(__name__)
 
 
 class OverlayWriter(ItemWriter):
@@ -21,6 +24,10 @@ class OverlayWriter(ItemWriter):
     optionally a label of the same spatial shape (e.g. after ``Invertd`` back to the input's grid). 3D items
     (``C x X x Y x Z``) give ``<output_dir>/<case>/slice_<k>.png`` for every slice with foreground in the
     prediction or the label; 2D items (``C x H x W``) give ``<output_dir>/<case>_overlay.png``.
+
+    An empty prediction is said so: a log line (logger ``monai_patcher.handlers.overlay_writer``), and its pictures
+    are framed and titled "empty prediction" (:func:`~monai_patcher.visualize.mark_empty`); a 3D case with nothing
+    in the prediction or the label still gets one picture, its middle slice (``slice_<k>_empty.png``).
 
     Args:
         output_dir: folder for the PNGs.
@@ -39,6 +46,9 @@ class OverlayWriter(ItemWriter):
         alpha: colour opacity.
         output_name_formatter: as ``SaveImaged``'s: ``(metadict, saver) -> {"subject": name, ...}`` naming the
             case from the metadata of the first of ``name_keys`` (default: the file name without extension).
+        min_size: pictures whose shorter side is below this many pixels are enlarged by a whole factor (nearest
+            neighbour) to reach it (:func:`~monai_patcher.visualize.upscale`): 64 x 64 slices are unreadable at
+            their own size. 0 (default): the image's own size.
     """
 
     def __init__(
@@ -53,8 +63,10 @@ class OverlayWriter(ItemWriter):
         only_nonempty: bool = True,
         alpha: float = 0.6,
         output_name_formatter: Callable | None = None,
+        min_size: int = 0,
     ) -> None:
         super().__init__(output_dir, name_keys or (pred_key, image_key), slice_axis, output_name_formatter)
+        self.min_size = int(min_size)
         self.image_key, self.pred_key, self.label_key = image_key, pred_key, label_key
         self.image_channel = image_channel
         self.only_nonempty = only_nonempty
@@ -67,17 +79,32 @@ class OverlayWriter(ItemWriter):
         pred = torch.as_tensor(item[self.pred_key]).detach().cpu().float().numpy()
         lab = item.get(self.label_key) if self.label_key else None
         lab = None if lab is None else torch.as_tensor(lab).detach().cpu().float().numpy()
+        empty = not (pred > 0.5).any()
+        if empty:
+            logger.info("%s: the prediction is empty (no foreground); its overlay is marked 'empty prediction'", name)
+
+        def picture(rgb: np.ndarray) -> np.ndarray:
+            rgb = upscale(rgb, self.min_size)
+            return mark_empty(rgb) if empty else rgb
+
         paths = []
         if pred.ndim == 4:  # C x X x Y x Z
             vols = [img[min(self.image_channel, img.shape[0] - 1)], pred[0], None if lab is None else lab[0]]
             axis, index = self.slice_axis, lambda k: k
             if isinstance(axis, str):  # to the RAS grid (axes permuted and flipped), cut along the plane's axis
                 vols, axis, index = ras_view(item[self.pred_key], axis, vols)
-            for k, rgb in volume_overlays(*vols, axis, self.only_nonempty, self.alpha):
-                paths.append(save_png(rgb, self.output_dir / name / f"slice_{index(k):03d}.png"))
+            shown = volume_overlays(*vols, axis, self.only_nonempty, self.alpha)
+            suffix = ""
+            if not shown:  # nothing in the prediction nor the label: the middle slice, so the case has a picture
+                middle = vols[0].shape[axis] // 2
+                one = [None if v is None else np.take(v, [middle], axis=axis) for v in vols]
+                shown = [(middle, rgb) for _, rgb in volume_overlays(*one, axis, False, self.alpha)]
+                suffix = "_empty"
+            for k, rgb in shown:
+                paths.append(save_png(picture(rgb), self.output_dir / name / f"slice_{index(k):03d}{suffix}.png"))
         else:  # C x H x W (2D: MONAI's (W, H) array order from PIL is transposed back to rows x columns)
             shown = np.moveaxis(img[:3], 0, -1) if img.shape[0] >= 3 else img[min(self.image_channel, img.shape[0] - 1)]
             shown = np.swapaxes(shown, 0, 1)
             rgb = overlay(shown, pred[0].T, None if lab is None else lab[0].T, self.alpha)
-            paths.append(save_png(rgb, self.output_dir / f"{name}_overlay.png"))
+            paths.append(save_png(picture(rgb), self.output_dir / f"{name}_overlay.png"))
         return paths

@@ -374,6 +374,9 @@ def test_inference_overlays_with_label(trained, tmp_path):
     assert (out / f"{case.name}_seg.nii.gz").is_file()
     pngs = list((out / "overlays" / case.name).glob("slice_*.png"))
     assert pngs, "no overlay PNGs written although a label was given"
+    from PIL import Image
+
+    assert min(Image.open(pngs[0]).size) >= 256  # the 64 x 64 demo slices, enlarged to be read (min_size)
 
 
 def test_verify_net_in_out_and_ckpt_export(trained, tmp_path):

@@ -61,3 +61,43 @@ def test_stroke_inference_overlays_are_axial(tmp_path):
     entry = next(h for h in cfg["handlers"] if h.get("_target_", "").endswith("OverlayWriter"))
     paths = OverlayWriter(tmp_path, label_key=None, slice_axis=entry["slice_axis"]).write(sagittal_stored_case())
     assert sorted(Path(p).name for p in paths) == ["slice_003.png", "slice_004.png"]
+
+
+def test_an_empty_prediction_is_said_and_still_drawn(tmp_path, caplog):
+    """No foreground anywhere: a log line, and one marked picture (the middle slice) instead of nothing."""
+    import logging
+
+    from PIL import Image
+
+    img = MetaTensor(torch.rand(2, 8, 8, 5), meta={"filename_or_obj": "/x/case9_adc.nii.gz"})
+    caplog.set_level(logging.INFO, logger="monai_patcher.handlers.overlay_writer")
+    paths = OverlayWriter(tmp_path, image_channel=1).write({"image": img, "pred": torch.zeros(1, 8, 8, 5)})
+    assert [Path(p).name for p in paths] == ["slice_002_empty.png"]
+    assert any("case9_adc: the prediction is empty" in r.getMessage() for r in caplog.records)
+    marked = np.asarray(Image.open(paths[0]))
+    assert (marked[0, :] == (255, 225, 25)).all()  # the frame marks it
+    # an empty prediction of a case with a label: the label's slices, each marked
+    y = torch.zeros(1, 8, 8, 5)
+    y[0, 2:4, 2:4, 1] = 1
+    paths = OverlayWriter(tmp_path / "lab", image_channel=1).write(
+        {"image": img, "pred": torch.zeros(1, 8, 8, 5), "label": y})
+    assert [Path(p).name for p in paths] == ["slice_001.png"]
+    assert (np.asarray(Image.open(paths[0]))[0, :] == (255, 225, 25)).all()
+    # a non-empty prediction is not marked
+    p = torch.zeros(1, 8, 8, 5)
+    p[0, 2:4, 2:4, 1] = 1
+    (path,) = OverlayWriter(tmp_path / "full", image_channel=1).write({"image": img, "pred": p})
+    assert not (np.asarray(Image.open(path))[0, :] == (255, 225, 25)).all()
+
+
+def test_small_slices_are_upscaled_to_min_size(tmp_path):
+    from PIL import Image
+
+    img = MetaTensor(torch.rand(2, 64, 48, 3), meta={"filename_or_obj": "/x/case1_adc.nii.gz"})
+    p = torch.zeros(1, 64, 48, 3)
+    p[0, 10:20, 10:20, 1] = 1
+    (small,) = OverlayWriter(tmp_path / "a", image_channel=1).write({"image": img, "pred": p})
+    (big,) = OverlayWriter(tmp_path / "b", image_channel=1, min_size=256).write({"image": img, "pred": p})
+    assert Image.open(small).size == (64, 48) and Image.open(big).size == (64 * 6, 48 * 6)  # 48 * 6 >= 256
+    a, b = np.asarray(Image.open(small)), np.asarray(Image.open(big))
+    assert np.array_equal(b[::6, ::6], a)  # nearest neighbour: every voxel a 6 x 6 block of its colour
