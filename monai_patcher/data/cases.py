@@ -422,25 +422,36 @@ def stroke_inference_datalist(
 def stroke_output_name(metadict: dict, saver: Any) -> dict[str, Any]:
     """``SaveImaged(output_name_formatter=...)`` for the stroke bundle: name outputs after the case, not the ADC.
 
-    The prediction's metadata come from the ADC file (eADC is the first channel), so the default name would
-    be ``<..._adc>_seg``; this drops a trailing ``_adc`` (``sub-x_ses-1_adc`` -> ``sub-x_ses-1``) and uses the
-    folder name for generic names (``case003/adc.nii.gz`` -> ``case003``).
+    The prediction's metadata come from the ADC (eADC is the first channel), so the default name would be
+    ``<..._adc>_seg``; this drops a trailing ``_adc`` (``sub-x_ses-1_adc`` -> ``sub-x_ses-1``) and uses the
+    folder name for generic names (``case003/adc.nii.gz`` -> ``case003``). A DICOM series (read by
+    :class:`~monai_patcher.data.SimpleITKReader`, which records its ``series_uid``) is named after the series, not
+    its folder: its ``SeriesDescription`` (``0008|103e``; characters other than letters, digits, ``.``, ``-`` and
+    ``_`` become ``_``, a trailing ``_adc`` is dropped), else its ``SeriesInstanceUID``.
 
     Example:
         >>> stroke_output_name({"filename_or_obj": "/data/case003/adc.nii.gz"}, None)["subject"]
         'case003'
+        >>> stroke_output_name({"filename_or_obj": "/dicom/7", "series_uid": "1.2.3", "0008|103e": "ep2d diff ADC"}, None)["subject"]
+        'ep2d_diff'
     """
     from monai.utils import ImageMetaKey
 
     name = metadict.get(ImageMetaKey.FILENAME_OR_OBJ, "") if metadict else ""
     if isinstance(name, (list, tuple)):
         name = name[0] if name else ""
+    index = metadict.get(ImageMetaKey.PATCH_INDEX, None) if metadict else None
+    uid = str(metadict.get("series_uid") or "").strip() if metadict else ""
+    if uid:  # a DICOM series
+        description = re.sub(r"[^A-Za-z0-9._-]+", "_", str(metadict.get("0008|103e") or "")).strip("._-")
+        description = re.sub(r"(^|_)adc$", "", description, flags=re.I).strip("._-")
+        return {"subject": description or uid, "idx": index}
     p = Path(str(name))
     stem = strip_suffix(p.name, VOLUME_FORMATS)
     stem = re.sub(r"(^|_)adc$", "", stem, flags=re.I)
     if not stem:
         stem = p.parent.name or "case"
-    return {"subject": stem, "idx": metadict.get(ImageMetaKey.PATCH_INDEX, None) if metadict else None}
+    return {"subject": stem, "idx": index}
 
 
 def case_id(item: Mapping[str, Any], image_key: str = "image") -> str:

@@ -268,7 +268,8 @@ def test_inference_real_dicom_series(trained, tmp_path, shared_path_fn):
                   ckpt_path=str(trained["ckpt"] / "model.pt"), output_dir=str(out))
     ref = LoadImage(reader=SimpleITKReader(), image_only=True)(str(series))
     files = list(out.glob("*_seg.nii.gz"))
-    assert len(files) == 1 and files[0].name == "data_seg.nii.gz"
+    # named after the series (its SeriesDescription), not after the folder ("data")
+    assert len(files) == 1 and files[0].name == "MEMPRAGE_4e_p2_1mm_iso_RMS_seg.nii.gz", files
     seg = nib.load(str(files[0]))
     assert seg.shape == tuple(ref.shape)
     np.testing.assert_allclose(seg.affine, np.asarray(ref.affine), atol=1e-3)

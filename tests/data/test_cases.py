@@ -109,5 +109,9 @@ def test_bundle_datalist_and_output_names(tmp_path):
     assert Path(item["dwi"]).name == "sub-1_ses-1_dwi.nii.gz" and Path(item["adc"]).name == "sub-1_ses-1_adc.nii.gz"
     assert stroke_output_name({"filename_or_obj": item["adc"]}, None)["subject"] == "sub-1_ses-1"
     assert stroke_output_name({"filename_or_obj": "/x/case3/ADC"}, None)["subject"] == "case3"  # a DICOM folder
+    # a DICOM series read by SimpleITKReader (it records series_uid): named after the series, not the folder
+    series = {"filename_or_obj": "/x/case3/ADC", "series_uid": "1.2.840.1", "0008|103e": " ep2d_diff/3scan ADC "}
+    assert stroke_output_name(series, None)["subject"] == "ep2d_diff_3scan"
+    assert stroke_output_name({**series, "0008|103e": ""}, None)["subject"] == "1.2.840.1"
     with pytest.raises(ValueError, match="a DWI file needs its ADC: no lonely_adc.nii.gz next to it"):
         stroke_inference_datalist(_nifti(tmp_path / "lonely_dwi.nii.gz", vol))
