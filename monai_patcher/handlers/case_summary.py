@@ -49,7 +49,7 @@ class CaseSummary:
         pred_key: key of the binary prediction.
         name_keys: keys whose metadata name the case (first found wins); default ``(pred_key,)``.
         output_name_formatter: as ``SaveImaged``'s, to name the case like the written files.
-        logger_name: the logger to write to (default: the engine's logger).
+        logger_name: the logger to write to (default ``monai_patcher.handlers.case_summary``).
 
     Example (``inference.json``)::
 
@@ -84,7 +84,7 @@ class CaseSummary:
         items = output_items(engine.state.output)
         seconds = (now - self._start) / max(1, len(items))
         self._start = now
-        log = logging.getLogger(self.logger_name) if self.logger_name else engine.logger
+        log = logging.getLogger(self.logger_name or __name__)
         lines = []
         for item in items:
             self._count += 1

@@ -441,3 +441,17 @@ def test_front_door_errors_end_with_the_file_and_the_fix(trained, tmp_path):
         last = bundle_error("run", *args, cwd=tmp_path)
         assert all(e in last for e in expected), (args, last)
         assert "Missing key" not in last and "Failed to" not in last, last
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_inference_progress_bar_can_be_switched_off_and_each_case_logs_a_summary(trained, tmp_path, capsys, caplog, progress):
+    import logging
+
+    case = sorted(p for p in Path(trained["data"]).iterdir() if p.is_dir())[0]
+    caplog.set_level(logging.INFO, logger="monai_patcher.handlers.case_summary")
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(case), ckpt_path=str(trained["ckpt"] / "model.pt"),
+                  output_dir=str(tmp_path / "pred"), progress=progress)
+    err = capsys.readouterr().err
+    assert ("100%|" in err) == progress, err[-2000:]  # SliceInferer's tqdm bar of the case's slices
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "monai_patcher.handlers.case_summary"]
+    assert line.startswith(f"{case.name}: ") and " s, " in line and "voxels segmented" in line, line
