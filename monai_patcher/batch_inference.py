@@ -171,15 +171,7 @@ class BatchPredictor:
     ) -> None:
         from monai.inferers import SliceInferer
 
-        from .io.checkpoint import CheckpointMismatchError, load_error_details, safe_load_checkpoint
-        from .io.model_record import (
-            RECORD_KEY,
-            ModelRecord,
-            patcher_from_record,
-            record_value,
-            weights_mismatch_error,
-            weights_of,
-        )
+        from .io.model_record import load_patcher, patcher_from_record, record_value
         from .transforms import stroke_inference_transforms
 
         try:
@@ -194,10 +186,11 @@ class BatchPredictor:
         self.channel_order = tuple(str(c).lower() for c in channel_order)
         if sorted(self.channel_order) != ["adc", "dwi"]:
             raise ValueError(f"channel_order must name 'dwi' and 'adc' once each, got {list(channel_order)}")
-        content = None if checkpoint is None else safe_load_checkpoint(checkpoint, map_location="cpu")
-        record = None
-        if isinstance(content, dict) and RECORD_KEY in content:
-            record = ModelRecord.from_dict(content[RECORD_KEY], source=checkpoint)
+        if checkpoint is None:
+            net, record = network if network is not None else patcher_from_record(None, preset), None
+        else:
+            net, record = load_patcher(checkpoint, preset, in_channels=2, out_channels=1, network=network)
+        if record is not None:
             record.check(spatial_size=spatial_size)
             if record.inplane_mode != "resize":
                 raise ValueError(
@@ -205,18 +198,6 @@ class BatchPredictor:
                     "'resize' models only: use the bundle's inference.json for it."
                 )
         self.record = record
-        net = network if network is not None else patcher_from_record(record, name=preset, in_channels=2, out_channels=1)
-        if content is not None:
-            weights = weights_of(content)
-            try:
-                net.load_state_dict(weights)
-            except (RuntimeError, TypeError, AttributeError) as e:
-                clear = weights_mismatch_error(
-                    checkpoint, weights, net, flag="--preset", what=f"--preset {preset or 'paper'}") if isinstance(weights, dict) else None
-                raise clear or CheckpointMismatchError(
-                    f"{checkpoint}: its weights do not fit the {preset or 'paper'!r} Patcher preset "
-                    f"({load_error_details(e)})"
-                ) from None
         try:
             self.network = net.to(self.device).eval()
         except (RuntimeError, AssertionError) as e:  # e.g. "Torch not compiled with CUDA enabled"

@@ -30,36 +30,9 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["export_onnx", "check_onnx", "load_network", "main"]
+from .io.model_record import load_patcher, record_value
 
-
-def load_network(
-    checkpoint: str | os.PathLike,
-    preset: str | None = None,
-    in_channels: int | None = None,
-    out_channels: int | None = None,
-) -> tuple[torch.nn.Module, dict | None]:
-    """The Patcher of ``checkpoint`` with its weights, in eval mode, and its record (a plain dict) or None.
-
-    Raises:
-        CheckpointError: unreadable or unsafe file; ``ModelRecordMismatchError``/``CheckpointMismatchError``: the
-            weights are not the network asked for (one sentence naming the file).
-    """
-    from .io.checkpoint import CheckpointMismatchError, load_error_details, safe_load_checkpoint
-    from .io.model_record import RECORD_KEY, ModelRecord, patcher_from_record, weights_mismatch_error, weights_of
-
-    content = safe_load_checkpoint(checkpoint)
-    record = ModelRecord.from_dict(content[RECORD_KEY], source=checkpoint) if (
-        isinstance(content, dict) and RECORD_KEY in content) else None
-    net = patcher_from_record(record, name=preset, in_channels=in_channels, out_channels=out_channels)
-    weights = weights_of(content)
-    try:
-        net.load_state_dict(weights)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        clear = weights_mismatch_error(checkpoint, weights, net, flag="--preset",
-                                       what=f"--preset {preset or 'paper'}") if isinstance(weights, dict) else None
-        raise clear or CheckpointMismatchError(f"{checkpoint}: its weights do not fit ({load_error_details(e)})") from None
-    return net.eval(), None if record is None else record.state_dict()
+__all__ = ["export_onnx", "check_onnx", "main"]
 
 
 def export_onnx(
@@ -157,13 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no_check", action="store_true", help="skip the onnxruntime check")
     args = ap.parse_args(argv)
     try:
-        net, record = load_network(args.checkpoint, args.preset, args.in_channels, args.out_channels)
+        net, record = load_patcher(args.checkpoint, args.preset, args.in_channels, args.out_channels)
     except (OSError, ValueError) as e:  # CheckpointError and the mismatch errors are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
-    recorded = (record or {}).get("spatial_size") or 256
+    net.eval()
+    recorded = record_value(record, "spatial_size", 256)
     size = args.size or ([recorded] * 2 if isinstance(recorded, int) else list(recorded))
-    meta = {"model_record": json.dumps(record)} if record else None
+    meta = {"model_record": json.dumps(record.state_dict())} if record else None
     path = export_onnx(net, args.output, size=size, opset=args.opset, gating=args.gating, metadata=meta)
     if args.no_check:
         print(f"{path}: exported (not checked)")

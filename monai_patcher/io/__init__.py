@@ -19,6 +19,7 @@ from .model_record import (
     ModelRecord,
     ModelRecordMismatchError,
     guess_preset,
+    load_patcher,
     patcher_from_record,
     read_model_record,
     record_value,

@@ -53,6 +53,7 @@ __all__ = [
     "guess_preset",
     "weights_of",
     "weights_mismatch_error",
+    "load_patcher",
 ]
 
 #: the key of the record in a checkpoint dict (next to ``"model"``).
@@ -494,3 +495,46 @@ def weights_mismatch_error(
            else " with those channel counts")
         + "."
     )
+
+
+def load_patcher(
+    checkpoint: str | os.PathLike,
+    name: str | None = None,
+    in_channels: int | None = None,
+    out_channels: int | None = None,
+    network: torch.nn.Module | None = None,
+    flag: str = "--preset",
+) -> tuple[torch.nn.Module, ModelRecord | None]:
+    """The network of ``checkpoint`` with its weights (read with ``weights_only=True``), and its record or None.
+
+    The network is built from the record (:func:`patcher_from_record`: ``name``/channels given must agree with it),
+    else from ``name`` (default ``"paper"``) and the channels; ``network``: load into this one instead.
+
+    Args:
+        checkpoint: a checkpoint dict (``"model"`` + ``"model_record"``) or a plain ``state_dict``.
+        name, in_channels, out_channels: as :func:`patcher_from_record`.
+        network: a network to load the weights into (nothing is built).
+        flag: how the user chooses the preset, for the error message.
+
+    Raises:
+        CheckpointError: unreadable or unsafe file, malformed record; ``ModelRecordMismatchError`` (one sentence
+            naming the file) or ``CheckpointMismatchError``: the weights are not the network asked for.
+    """
+    from .checkpoint import load_error_details, safe_load_checkpoint
+
+    content = safe_load_checkpoint(checkpoint, map_location="cpu")
+    record = None
+    if isinstance(content, Mapping) and RECORD_KEY in content:
+        record = ModelRecord.from_dict(content[RECORD_KEY], source=checkpoint)
+    net = network if network is not None else patcher_from_record(record, name, in_channels, out_channels)
+    weights = weights_of(content)
+    try:
+        net.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        clear = weights_mismatch_error(checkpoint, weights, net, flag, f"{flag} {name or 'paper'}") if isinstance(
+            weights, Mapping) else None
+        raise clear or CheckpointMismatchError(
+            f"{os.fspath(checkpoint)}: its weights do not fit the {name or 'paper'!r} Patcher preset "
+            f"({load_error_details(e)})"
+        ) from None
+    return net, record

@@ -88,6 +88,10 @@ class Patcher(nn.Module):
             return its gating maps, e.g. a bundle's ``"return_gating": "@save_gating"``); default False.
         use_checkpoint: activation checkpointing in the transformer blocks (less training memory, more compute).
 
+    The constructor's arguments are kept in ``config`` (plain types, tuples as lists), as Hugging Face models keep
+    theirs: a checkpoint's model record stores them (:mod:`monai_patcher.io.model_record`) so inference can rebuild
+    this network without repeating them.
+
     Example::
 
         >>> net = patcher_preset("tiny", in_channels=2, out_channels=1)

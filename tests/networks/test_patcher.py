@@ -513,3 +513,16 @@ def test_package_exports_network_names():
     for name in ("Patcher", "patcher_preset", "PatcherBlock", "MoEDecoder"):
         assert getattr(monai_patcher, name) is getattr(monai_patcher.networks, name)
         assert name in monai_patcher.__all__
+
+
+def test_config_holds_the_constructor_arguments_and_rebuilds_the_network():
+    """``Patcher.config``: what a model record stores (monai_patcher.io.model_record), plain types only."""
+    net = patcher_preset("tiny", in_channels=3, out_channels=2, large_patch=(32, 32, 16, 16), return_gating=True)
+    cfg = net.config
+    assert (cfg["in_channels"], cfg["out_channels"], cfg["return_gating"]) == (3, 2, True)
+    assert cfg["large_patch"] == [32, 32, 16, 16] and cfg["embed_dims"] == [16, 32, 64, 64]  # tuples as lists
+    assert "self" not in cfg and "__class__" not in cfg
+    assert all(isinstance(v, (int, float, bool, list)) for v in cfg.values()), cfg
+    again = Patcher(**cfg)
+    assert again.config == cfg
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
