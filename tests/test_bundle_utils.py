@@ -59,3 +59,28 @@ def test_check_bundle_root_refuses_another_bundle(tmp_path):
     listed = _bundle_folder(tmp_path / "listed", ["Stroke"])
     with pytest.raises(ValueError, match=r"metadata\.json is not a JSON object"):
         check_bundle_root(listed, name="Stroke")
+
+
+def test_report_errors_plainly_ends_with_the_wrapped_clear_error(monkeypatch, capsys):
+    import sys
+
+    from monai_patcher.bundle_utils import report_errors_plainly
+    from monai_patcher.data import DataError
+
+    printed = []
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: printed.append(exc[1]))  # stands in for Python's traceback
+    report_errors_plainly()
+    report_errors_plainly()  # a second call adds nothing
+    try:
+        try:
+            raise DataError("/data/x_dwi.nii.gz: a DWI file needs its ADC;\n  pass --input_adc.")
+        except DataError as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression: ...") from inner
+    except RuntimeError as outer:
+        sys.excepthook(type(outer), outer, outer.__traceback__)
+        wrapped = outer
+    assert printed == [wrapped]  # the traceback as before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: /data/x_dwi.nii.gz: a DWI file needs its ADC; pass --input_adc."  # one line, last
+    sys.excepthook(ZeroDivisionError, ZeroDivisionError("x"), None)  # not ours: nothing added
+    assert capsys.readouterr().err == ""
