@@ -23,7 +23,7 @@ def _parser(bundle: str, config: str, **overrides):
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLES / bundle / "configs" / config))
-    parser.update(overrides)
+    parser.update({"bundle_root": str(BUNDLES / bundle), **overrides})  # paths (the checkpoint's record) resolve
     return parser
 
 
