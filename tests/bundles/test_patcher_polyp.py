@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bundle_cli import (  # noqa: E402
-    FAST, REPO_ROOT, bundle_error, dice, evaluate_in_process, resume_keeps_best_model, run_bundle,
+    FAST, REPO_ROOT, bundle_copy, bundle_error, dice, evaluate_in_process, resume_keeps_best_model, run_bundle,
 )
 
 BUNDLE = REPO_ROOT / "bundles" / "patcher_polyp"
@@ -210,7 +210,8 @@ def test_inference_grayscale_and_rgba_images(trained, tmp_path, shared_path_fn):
 
 def test_a_missing_dataset_dir_names_dataset_dir(tmp_path):
     """Training without the dataset: the last line names the folder and --dataset_dir (the option to set), not --input."""
-    last = bundle_error("run", "training", "--config_file", TRAIN, "--dataset_dir", str(tmp_path / "kvasir"), *FAST,
-                        cwd=tmp_path)
+    root = str(bundle_copy("patcher_polyp", tmp_path / "bundle"))  # run from elsewhere, as users do: --bundle_root
+    last = bundle_error("run", "training", "--config_file", TRAIN, "--bundle_root", root,
+                        "--dataset_dir", str(tmp_path / "kvasir"), *FAST, cwd=tmp_path)
     assert last.startswith(f"error: {tmp_path / 'kvasir' / 'train'} (from --dataset_dir): no such file or folder"), last
     assert "set --dataset_dir to the dataset folder" in last and "--input" not in last, last

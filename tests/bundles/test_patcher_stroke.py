@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bundle_cli import (  # noqa: E402
-    FAST, REPO_ROOT, bundle_error, dice, evaluate_in_process, resume_keeps_best_model, run_bundle,
+    FAST, REPO_ROOT, bundle_copy, bundle_error, dice, evaluate_in_process, resume_keeps_best_model, run_bundle,
 )
 
 BUNDLE = REPO_ROOT / "bundles" / "patcher_stroke"
@@ -437,8 +437,9 @@ def test_front_door_errors_end_with_the_file_and_the_fix(trained, tmp_path):
         (["--config_file", infer, "--input", str(case), "--ckpt_path", ckpt, *FAST[2:], "--network_def#name", "small"],
          [f"error: {ckpt} holds a 'tiny' Patcher", "'small' preset is asked for", "drop --network_def#name"]),
     ]
+    root = str(bundle_copy("patcher_stroke", tmp_path / "bundle"))  # run from elsewhere, as users do: --bundle_root
     for args, expected in cases:
-        last = bundle_error("run", *args, cwd=tmp_path)
+        last = bundle_error("run", *args, "--bundle_root", root, cwd=tmp_path)
         assert all(e in last for e in expected), (args, last)
         assert "Missing key" not in last and "Failed to" not in last, last
 
