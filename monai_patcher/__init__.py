@@ -9,15 +9,17 @@ It also registers :class:`~monai_patcher.data.SimpleITKReader` with ``LoadImage(
 
 __version__ = "0.1.0"
 
-from . import allocator, data, losses, networks, transforms  # noqa: E402
+from . import allocator, data, inferers, losses, networks, transforms  # noqa: E402
 from .data import *  # noqa: F401,F403,E402
+from .inferers import *  # noqa: F401,F403,E402
 from .losses import *  # noqa: F401,F403,E402
 from .networks import *  # noqa: F401,F403,E402
 from .transforms import *  # noqa: F401,F403,E402
 
 __all__ = (
-    ["__version__", "allocator", "data", "losses", "networks", "transforms"]
+    ["__version__", "allocator", "data", "inferers", "losses", "networks", "transforms"]
     + list(networks.__all__)
+    + list(inferers.__all__)
     + list(data.__all__)
     + list(transforms.__all__)
     + list(losses.__all__)
