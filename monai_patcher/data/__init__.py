@@ -26,6 +26,7 @@ _LAZY = {
     "split_cases": "datalists",
     "write_datalist": "datalists",
     "load_datalist": "datalists",
+    "median_inplane_spacing": "spacing",
     "make_demo_case": "demo",
     "write_demo_dataset": "demo",
     "ensure_demo_dataset": "demo",
