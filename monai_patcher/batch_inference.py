@@ -8,13 +8,14 @@ are written atomically (temporary file + rename), so an interrupted run never le
 Usage::
 
     python -m monai_patcher.batch_inference --input scans/ --output masks/ --checkpoint model.pt \\
-        [--preset paper|small|tiny] [--overwrite] [--sw_batch_size 8] [--device cpu] [--save_prob] [--no_progress]
+        [--preset paper|small|tiny] [--overwrite] [--sw_batch_size 8] [--device cpu] [--save_prob] [--no_progress] \
+        [--inplane_mode spacing|resize] [--inplane_spacing 2.0 2.0] [--spatial_size 256] [--sw_overlap 0.25]
 
-A checkpoint written by the stroke bundle carries a model record (preset, slice size, slice axis, b-value): the
-network and the pipeline are built from it, and ``--preset``/``--spatial_size`` are only needed for checkpoints
-without one (a plain state dict); given and different from the record, they are refused with one sentence. A
-progress bar shows the slices of each case (``--no_progress`` turns it off); one line per case logs its time and
-lesion voxels.
+A checkpoint written by the stroke bundle carries a model record (preset, in-plane mode and spacing, slice or
+window size, slice axis, b-value): the network and the pipeline are built from it, and ``--preset``,
+``--inplane_mode``, ``--inplane_spacing`` and ``--spatial_size`` are only needed for checkpoints without one (a plain
+state dict); given and different from the record, they are refused with one sentence. A progress bar shows the
+windows of each case (``--no_progress`` turns it off); one line per case logs its time and lesion voxels.
 
 Input (``--input``, a folder; not recursive beyond one level of case folders). A *case* is one of
 (:func:`monai_patcher.data.cases.find_cases`):
@@ -50,9 +51,12 @@ finished cases are kept, a re-run completes the others).
 
 The preprocessing is :func:`monai_patcher.transforms.stroke_inference_transforms`, the definition the
 ``patcher_stroke`` bundle's ``inference.json`` calls too (checks, eADC + DWI, RAS, per-channel normalisation,
-in-plane resize),
-the network runs slice by slice with ``SliceInferer`` (``sw_batch_size`` slices at a time), ``Invertd`` brings
-the probabilities back to the input grid.
+the in-plane step), with the bundle's defaults: ``--inplane_mode spacing`` resamples the slices to
+``--inplane_spacing`` mm (default 2.0 2.0, the ISLES'22 median) and the network runs on ``--spatial_size`` windows
+with ``--sw_overlap`` and Gaussian blending; ``--inplane_mode resize`` is the paper's resize of every slice to
+``--spatial_size``. The windows are run by :class:`~monai_patcher.inferers.SkipEmptySliceInferer`
+(``sw_batch_size`` at a time, all-background windows answered once), ``Invertd`` brings the probabilities back to
+the input grid.
 """
 
 from __future__ import annotations
@@ -133,18 +137,20 @@ class BatchPredictor:
     """The network, preprocessing, inferer and inversion for one run; :meth:`predict` does one case.
 
     A checkpoint with a model record (:mod:`monai_patcher.io.model_record`, written by the stroke bundle) gives the
-    network, the slice size, the slice axis and the eADC's b-value; ``preset`` / ``spatial_size`` given as well
-    must agree with it (else :class:`~monai_patcher.io.ModelRecordMismatchError`, one sentence). A checkpoint
-    without a record (a plain state dict) uses them as given (default ``"paper"``, 256).
+    network, the in-plane mode and spacing, the slice or window size, the slice axis and the eADC's b-value;
+    ``preset`` / ``inplane_mode`` / ``inplane_spacing`` / ``spatial_size`` given as well must agree with it (else
+    :class:`~monai_patcher.io.ModelRecordMismatchError`, one sentence). A checkpoint without a record (a plain state
+    dict) uses them as given (default ``"paper"``, ``"spacing"`` at ``(2.0, 2.0)`` mm, 256: the bundle's defaults;
+    a plain state dict trained with the paper's resize needs ``inplane_mode="resize"``).
 
     Args:
         checkpoint: a weights file (a state dict, or a dict with ``"model"``/``"network"``/``"state_dict"``),
             loaded with ``weights_only=True`` (:func:`monai_patcher.io.safe_load_checkpoint`). None:
             random weights (tests, benchmarks).
         preset: Patcher preset (``"paper"``, ``"small"``, ``"tiny"``); None: the record's, else ``"paper"``.
-        spatial_size: in-plane size the slices are resized to (the bundle's ``spatial_size``); None: the
-            record's, else 256.
-        sw_batch_size: slices per forward pass.
+        spatial_size: the network's window (``"spacing"``) or the size slices are resized to (``"resize"``), the
+            bundle's ``spatial_size``; None: the record's, else 256.
+        sw_batch_size: windows per forward pass.
         threshold: probability threshold of the mask.
         device: torch device.
         channel_order: meaning of the two channels of 2-channel files.
@@ -152,7 +158,15 @@ class BatchPredictor:
             a crash or hang of a reader fails that case only.
         read_timeout: seconds a case's reading and preprocessing may take in the child before it is killed.
         network: a network to use instead of building one (its weights are loaded from ``checkpoint`` if given).
-        progress: show a progress bar of the slices of each case (``SliceInferer(progress=True)``, tqdm).
+        progress: show a progress bar of the windows of each case (``SliceInferer(progress=True)``, tqdm).
+        inplane_mode: ``"spacing"`` or ``"resize"`` (the paper), see
+            :func:`~monai_patcher.transforms.stroke_volume_transforms`; None: the record's, else ``"spacing"``
+            (the bundle's default).
+        inplane_spacing: target in-plane voxel size (mm) of ``"spacing"`` (the bundle's ``inplane_spacing``);
+            None: the record's, else ``(2.0, 2.0)``.
+        sw_overlap: overlap of neighbouring windows (the bundle's ``sw_overlap``).
+        sw_mode: window blending, ``"gaussian"`` or ``"constant"`` (the bundle's ``sw_mode``).
+        skip_empty: run the network once for all all-background windows (the bundle's ``skip_empty``).
     """
 
     def __init__(
@@ -168,9 +182,13 @@ class BatchPredictor:
         isolate: bool = True,
         read_timeout: float = 600.0,
         progress: bool = False,
+        inplane_mode: str | None = None,
+        inplane_spacing: Sequence[float] | None = None,
+        sw_overlap: float = 0.25,
+        sw_mode: str = "gaussian",
+        skip_empty: bool = True,
     ) -> None:
-        from monai.inferers import SliceInferer
-
+        from .inferers import SkipEmptySliceInferer
         from .io.model_record import load_patcher, patcher_from_record, record_value
         from .transforms import stroke_inference_transforms
 
@@ -191,25 +209,24 @@ class BatchPredictor:
         else:
             net, record = load_patcher(checkpoint, preset, in_channels=2, out_channels=1, network=network)
         if record is not None:
-            record.check(spatial_size=spatial_size)
-            if record.inplane_mode != "resize":
-                raise ValueError(
-                    f"{checkpoint} was trained with inplane_mode {record.inplane_mode!r}; this batch inference runs "
-                    "'resize' models only: use the bundle's inference.json for it."
-                )
+            record.check(spatial_size=spatial_size, inplane_mode=inplane_mode, inplane_spacing=inplane_spacing)
         self.record = record
         try:
             self.network = net.to(self.device).eval()
         except (RuntimeError, AssertionError) as e:  # e.g. "Torch not compiled with CUDA enabled"
             raise ValueError(f"--device {self.device}: cannot use this device ({type(e).__name__}: {e})") from None
         spatial_size = record_value(record, "spatial_size", 256) if spatial_size is None else spatial_size
+        inplane_mode = record_value(record, "inplane_mode", "spacing") if inplane_mode is None else inplane_mode
+        if inplane_spacing is None:
+            inplane_spacing = record_value(record, "inplane_spacing", (2.0, 2.0))
         axis = record_value(record, "slice_axis", 2)
         self.preprocessing = stroke_inference_transforms(
-            spatial_size=spatial_size, axis=axis, b_value=record_value(record, "b_value", 1000.0)
+            spatial_size=spatial_size, axis=axis, b_value=record_value(record, "b_value", 1000.0),
+            inplane_mode=inplane_mode, inplane_spacing=inplane_spacing,
         )
-        self.inferer = SliceInferer(
-            roi_size=(spatial_size, spatial_size), spatial_dim=axis, sw_batch_size=sw_batch_size, overlap=0.25,
-            mode="gaussian", progress=progress,
+        self.inferer = SkipEmptySliceInferer(
+            roi_size=(spatial_size, spatial_size), spatial_dim=axis, sw_batch_size=sw_batch_size, overlap=sw_overlap,
+            mode=sw_mode, skip_empty=skip_empty, progress=progress,
         )
 
     def preprocess(self, case: Case, work_dir: str | os.PathLike) -> dict:
@@ -432,9 +449,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="model weights (.pt), loaded with weights_only=True")
     ap.add_argument("--preset", default=None,
                     help="Patcher preset: paper, small, tiny (default: the checkpoint's record, else paper)")
+    ap.add_argument("--inplane_mode", default=None, choices=["spacing", "resize"],
+                    help="slices resampled to --inplane_spacing or resized to --spatial_size (the paper) "
+                    "(default: the checkpoint's record, else spacing)")
+    ap.add_argument("--inplane_spacing", type=float, nargs=2, default=None, metavar=("SX", "SY"),
+                    help="in-plane voxel size (mm) of --inplane_mode spacing "
+                    "(default: the checkpoint's record, else 2.0 2.0, as the bundle)")
     ap.add_argument("--spatial_size", type=int, default=None,
-                    help="in-plane slice size (default: the checkpoint's record, else 256)")
-    ap.add_argument("--sw_batch_size", type=int, default=8, help="slices per forward pass")
+                    help="network window (spacing) or resize target (default: the checkpoint's record, else 256)")
+    ap.add_argument("--sw_overlap", type=float, default=0.25, help="overlap of neighbouring windows")
+    ap.add_argument("--sw_batch_size", type=int, default=8, help="windows per forward pass")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--channel_order", default="dwi,adc", help="channels of 2-channel files")
@@ -461,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.checkpoint, preset=args.preset, spatial_size=args.spatial_size, sw_batch_size=args.sw_batch_size,
             threshold=args.threshold, device=args.device, channel_order=args.channel_order.split(","),
             isolate=not args.no_isolation, read_timeout=args.read_timeout,
-            progress=not args.no_progress,
+            progress=not args.no_progress, inplane_mode=args.inplane_mode, inplane_spacing=args.inplane_spacing,
+            sw_overlap=args.sw_overlap,
         )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

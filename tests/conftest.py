@@ -72,3 +72,36 @@ def two_b_value_dwi_series(tmp_path) -> Path:
                 ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
             ds.save_as(dst / f"b{b}_{f.name}")
     return dst
+
+
+def upsample_inplane(src: Path, dst: Path, size: int, slices: slice | None = None) -> Path:
+    """``src`` (a NIfTI volume) resampled in-plane (axes 0 and 1, bilinear) to ``size`` x ``size``, optionally cut to
+    a slab of ``slices`` along axis 2, written uncompressed to ``dst`` with the affine of the finer grid (same field
+    of view: voxel ``i`` of the new grid is at ``(i + 0.5) * n / size - 0.5`` of the old one)."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    img = nib.load(str(src))
+    arr = np.asanyarray(img.dataobj).astype(np.float32)
+    affine = img.affine.copy()
+    if slices is not None:
+        arr = arr[:, :, slices]
+        affine[:3, 3] += affine[:3, 2] * slices.start
+    t = torch.from_numpy(arr).permute(2, 0, 1)[:, None]  # Z x 1 x X x Y
+    up = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    out = up[:, 0].permute(1, 2, 0).numpy()
+    scale = np.diag([arr.shape[0] / size, arr.shape[1] / size, 1.0, 1.0])
+    scale[:2, 3] = (np.diag(scale)[:2] - 1) / 2
+    nib.save(nib.Nifti1Image(out, affine @ scale), str(dst))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def isles22_512(tmp_path_factory) -> dict[str, Path]:
+    """The real ISLES'22 case (112 x 112 x 73 at 2 mm) upsampled in-plane to a 512 x 512 scan (0.4375 mm), 24 slices
+    of it (30-53, through the brain), DWI and ADC, in a temporary folder (never in the repository)."""
+    data = shared_path("ISLES-2022-case0001", "data")
+    out = tmp_path_factory.mktemp("isles22_512")
+    return {k: upsample_inplane(data / f"sub-strokecase0001_ses-0001_{k}.nii.gz", out / f"case512_{k}.nii", 512,
+                                slice(30, 54)) for k in ("dwi", "adc")}

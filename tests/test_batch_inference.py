@@ -135,7 +135,8 @@ def test_mask_and_probability_map_content_with_a_known_network(tmp_path):
     """What is written, not only that something is: with a stand-in network whose logits are known, the mask
     finds the demo lesion and the probability map is the sigmoid of those logits, on the scan's own (LAS) grid.
 
-    Two cases, one predictor (``spatial_size`` 64): ``square`` is 64 x 64 in-plane, so the in-plane resize is the
+    Two cases, one predictor (``spatial_size`` 64, ``inplane_mode="resize"``, the paper's; spacing mode:
+    ``test_spacing_mode_at_the_scans_spacing_is_exact``): ``square`` is 64 x 64 in-plane, so the in-plane resize is the
     identity and the whole way there and back (RAS orientation, normalisation, slice inference, inversion) must give
     ``sigmoid(SLOPE * (z(dwi) - OFFSET))`` voxel for voxel (measured max |diff| 1.7e-7); ``rect`` (40 x 36, the
     file's usual case) is resized to 64 x 64 and back, which smooths the map at the lesion border only (measured
@@ -155,7 +156,7 @@ def test_mask_and_probability_map_content_with_a_known_network(tmp_path):
         _save(inp / f"{name}_dwi.nii.gz", c["dwi"])
         _save(inp / f"{name}_adc.nii.gz", c["adc"])
     net = _DWILogitsKnown()
-    predictor = BatchPredictor(None, spatial_size=64, sw_batch_size=6, network=net)
+    predictor = BatchPredictor(None, spatial_size=64, sw_batch_size=6, network=net, inplane_mode="resize")
     results = run_batch(inp, tmp_path / "out", predictor, save_prob=True)
     assert [(r.case, r.status) for r in results] == [("rect", "ok"), ("square", "ok")], results
     for name in ("square", "rect"):  # the exact comparison first
@@ -175,6 +176,34 @@ def test_mask_and_probability_map_content_with_a_known_network(tmp_path):
             np.testing.assert_allclose(prob, expected, rtol=0, atol=1e-4)
         else:
             assert np.abs(prob - expected).mean() < 0.006, np.abs(prob - expected).mean()  # about 2x measured
+
+
+def test_spacing_mode_at_the_scans_spacing_is_exact(tmp_path):
+    """``inplane_mode="spacing"`` (the default) at the scans' own in-plane voxel size (1.5 mm): ``Spacingd`` is the
+    identity, the 40 x 36 and 64 x 64 slices are padded into 80 x 80 windows (the padding and the empty slices are
+    answered once by ``SkipEmptySliceInferer``), and both cases come back as the known network's map voxel for voxel;
+    at 3 mm the network sees half the pixels and the mask still finds the lesion on the scan's grid."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    cases = {}
+    for name, shape in [("rect", SHAPE), ("square", (64, 64, 6))]:
+        c = cases[name] = make_demo_case(0, shape=shape, spacing=(1.5, 1.5, 4.0))
+        _save(inp / f"{name}_dwi.nii.gz", c["dwi"])
+        _save(inp / f"{name}_adc.nii.gz", c["adc"])
+    net = _DWILogitsKnown()
+    for spacing, out in [((1.5, 1.5), tmp_path / "at_1.5"), ((3.0, 3.0), tmp_path / "at_3")]:
+        predictor = BatchPredictor(None, spatial_size=80, sw_batch_size=6, network=net, inplane_spacing=spacing)
+        assert [r.status for r in run_batch(inp, out, predictor, save_prob=True)] == ["ok", "ok"]
+        for name, c in cases.items():
+            prob_img = nib.load(str(out / f"{name}_prob.nii.gz"))
+            prob = np.asarray(prob_img.dataobj)
+            assert prob.shape == c["dwi"].shape
+            np.testing.assert_allclose(prob_img.affine, AFFINE, atol=1e-4)
+            if spacing == (1.5, 1.5):
+                expected = 1.0 / (1.0 + np.exp(-net.SLOPE * (_zscore_nonzero(c["dwi"]) - net.OFFSET)))
+                np.testing.assert_allclose(prob, expected, rtol=0, atol=1e-4)
+            else:
+                assert _dice(prob >= 0.5, c["label"] > 0) > 0.8, (name, _dice(prob >= 0.5, c["label"] > 0))
 
 
 def test_find_cases_layouts(setup):

@@ -5,6 +5,7 @@ from .polyp import IMAGENET_MEAN, IMAGENET_STD, BinarizeMaskd, EnsureRGBd, polyp
 from .slices import RandSliced, SliceDataset, extract_slice, slice_labels, stack_slices
 from .stroke import (
     ADC_UNITS,
+    INPLANE_MODES,
     ComputeEADCd,
     detect_adc_unit,
     stroke_inference_transforms,
@@ -29,6 +30,7 @@ __all__ = [
     "slice_labels",
     "stack_slices",
     "ADC_UNITS",
+    "INPLANE_MODES",
     "ComputeEADCd",
     "detect_adc_unit",
     "stroke_volume_transforms",

@@ -9,7 +9,8 @@ MONAI transforms plus ours, and the one definition of the stroke pipeline: the `
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from .slices import RandSliced
 
 __all__ = [
     "ADC_UNITS",
+    "INPLANE_MODES",
     "ComputeEADCd",
     "detect_adc_unit",
     "stroke_volume_transforms",
@@ -52,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 #: ADC units understood by :class:`ComputeEADCd` and their factor to mm^2/s.
 ADC_UNITS = {"mm2/s": 1.0, "1e-3mm2/s": 1e-3, "1e-6mm2/s": 1e-6}
+
+#: how the slices reach the network's grid: ``"resize"`` every slice to ``spatial_size`` pixels (the paper),
+#: ``"spacing"`` every slice resampled to ``inplane_spacing`` mm (nnU-Net / MONAI: windows tile larger slices)
+INPLANE_MODES = ("resize", "spacing")
 
 
 def detect_adc_unit(adc) -> str:
@@ -188,6 +194,24 @@ def _reader(reader, b_value: float):
     return SimpleITKReader(b_value=b_value) if reader is None else reader
 
 
+def _inplane_transform(mode: str, spacing: Sequence[float] | None, spatial_size: int, axis: int):
+    """``keys, mode -> transform``: the in-plane step of ``mode`` (see :func:`stroke_volume_transforms`)."""
+    if mode not in INPLANE_MODES:
+        raise ValueError(f"inplane_mode must be one of {list(INPLANE_MODES)}, got {mode!r}")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be a spatial axis 0, 1 or 2, got {axis!r}")
+    if mode == "resize":
+        size = [int(spatial_size)] * 3
+        size[axis] = -1  # the slice axis keeps its size
+        return partial(Resized, spatial_size=size)
+    if spacing is None or len(spacing) != 2 or not all(float(v) > 0 for v in spacing):
+        raise ValueError(f"inplane_mode 'spacing' needs inplane_spacing, two positive in-plane voxel sizes (mm), "
+                         f"got {spacing!r}")
+    pixdim = [float(v) for v in spacing]
+    pixdim.insert(axis, -1.0)  # non-positive: Spacingd keeps the scan's own spacing along the slice axis
+    return partial(Spacingd, pixdim=pixdim)
+
+
 def stroke_volume_transforms(
     dwi_key: str = "dwi",
     adc_key: str = "adc",
@@ -195,7 +219,8 @@ def stroke_volume_transforms(
     image_key: str = "image",
     spatial_size: int = 256,
     axis: int = 2,
-    pixdim: tuple[float, float, float] | None = None,
+    inplane_mode: str = "resize",
+    inplane_spacing: Sequence[float] | None = None,
     b_value: float = 1000.0,
     adc_unit: str = "auto",
     reader=None,
@@ -206,9 +231,16 @@ def stroke_volume_transforms(
     ``LoadImaged(reader=SimpleITKReader)`` -> ``EnsureChannelFirstd`` -> ``CheckVolumed`` (DWI, ADC: 3D, one
     volume each, finite, not constant; label: 3D, finite) -> ``CheckGeometryd`` (DWI, ADC, label share one grid) ->
     ``ComputeEADCd`` -> ``ConcatItemsd([eadc, dwi] -> image)`` -> ``DeleteItemsd`` (the single channels) ->
-    ``Orientationd("RAS")`` -> [``Spacingd(pixdim)``] -> ``NormalizeIntensityd(nonzero, channel_wise)`` ->
-    ``AsDiscreted(label, threshold=0.5)`` (label > 0.5 -> 1, so multi-class labels become "lesion") ->
-    ``Resized`` in-plane to ``spatial_size`` (the slice axis keeps its size; label: nearest).
+    ``Orientationd("RAS")`` -> ``NormalizeIntensityd(nonzero, channel_wise)`` ->
+    ``AsDiscreted(label, threshold=0.5)`` (label > 0.5 -> 1, so multi-class labels become "lesion") -> the
+    in-plane step, one of :data:`INPLANE_MODES` (label: nearest; the slice axis is never resampled):
+
+    - ``"resize"`` (the paper): ``Resized`` to ``spatial_size`` x ``spatial_size``: every slice fills one
+      ``spatial_size`` window whatever its resolution or field of view;
+    - ``"spacing"`` (nnU-Net / MONAI): ``Spacingd`` of the in-plane axes to ``inplane_spacing`` mm (the slice axis
+      keeps its own spacing and its voxels): every scan reaches the network at one physical pixel size, and
+      training crops / inference windows of ``spatial_size`` pixels tile slices larger than that (smaller ones
+      are padded).
 
     The stroke bundle's ``train.json`` (up to the slice sampler) and ``inference.json``, and the batch-inference
     CLI, build their preprocessing with this function (``inference.json``: :func:`stroke_inference_transforms`).
@@ -219,10 +251,13 @@ def stroke_volume_transforms(
     Args:
         dwi_key, adc_key, label_key: datalist keys (label_key None: no label, inference).
         image_key: key of the stacked 2-channel image.
-        spatial_size: in-plane size after resizing (the paper: 256).
+        spatial_size: in-plane size after resizing (``"resize"``; the paper: 256). With ``"spacing"`` it is not
+            used here: it is the size of the training crops and inference windows that follow.
         axis: slice axis (spatial, after RAS orientation; 2 = axial).
-        pixdim: optional resampling to this voxel size (mm), of the stacked image (and label) after
-            ``Orientationd``, i.e. after the eADC is computed on the scan's own grid, before normalisation.
+        inplane_mode: ``"resize"`` (default, the paper's) or ``"spacing"``, see above.
+        inplane_spacing: the in-plane voxel size (mm) of ``"spacing"``, two values for the two in-plane axes in
+            RAS order (e.g. ``(2.0, 2.0)``; ``python -m monai_patcher.data.spacing`` gives a training datalist's
+            median). Required with ``"spacing"``; ``"resize"`` ignores it (so a bundle keeps one value for both modes).
         b_value: b for eADC, and the b-value the default reader takes from a DICOM series holding several.
         adc_unit: ADC unit (``"auto"`` to detect).
         reader: the image reader (default ``SimpleITKReader(b_value=b_value)``).
@@ -238,10 +273,9 @@ def stroke_volume_transforms(
     """
     if label_key and scan_label_key:
         raise ValueError(f"give label_key ({label_key!r}) or scan_label_key ({scan_label_key!r}), not both.")
+    inplane = _inplane_transform(inplane_mode, inplane_spacing, spatial_size, axis)
     img_keys = [dwi_key, adc_key]
     all_keys = img_keys + ([label_key] if label_key else [])
-    size = [spatial_size] * 3
-    size[axis] = -1
     xs = [
         LoadImaged(all_keys, reader=_reader(reader, b_value), image_only=True),
         EnsureChannelFirstd(all_keys),
@@ -264,12 +298,10 @@ def stroke_volume_transforms(
         # spatial transforms after stacking, so that Invertd on the image undoes them
         Orientationd(keys, axcodes="RAS", labels=None),
     ]
-    if pixdim is not None:
-        xs.append(Spacingd(keys, pixdim=pixdim, mode=["bilinear"] + (["nearest"] if label_key else [])))
     xs.append(NormalizeIntensityd(image_key, nonzero=True, channel_wise=True))
     if label_key:
         xs.append(AsDiscreted(label_key, threshold=0.5))
-    xs.append(Resized(keys, spatial_size=size, mode=["bilinear"] + (["nearest"] if label_key else [])))
+    xs.append(inplane(keys, mode=["bilinear"] + (["nearest"] if label_key else [])))
     xs.append(EnsureTyped(keys, dtype=torch.float32, track_meta=True))
     return Compose(xs)
 
@@ -296,7 +328,8 @@ def stroke_train_transforms(
         pos_ratio: probability that a sampled slice contains lesion.
         num_samples: slices per case per epoch (so the batch holds ``batch_size * num_samples`` slices).
         scale_range: random rescale factors (the paper: 0.7-2.0).
-        volume_kwargs: passed to :func:`stroke_volume_transforms` (``pixdim``, ``b_value``, ``adc_unit``, ``reader``).
+        volume_kwargs: passed to :func:`stroke_volume_transforms` (``inplane_mode``, ``inplane_spacing``,
+            ``b_value``, ``adc_unit``, ``reader``).
         (other arguments: as in :func:`stroke_volume_transforms`)
     """
     base = stroke_volume_transforms(dwi_key, adc_key, label_key, image_key, spatial_size, axis, **volume_kwargs)

@@ -333,11 +333,14 @@ def test_inference_geometry_round_trip(shared_path_fn):
         + ", ".join(f"{v:.3f}" for v in flipped.values()) + " (a flip on the way back?)")
 
 
-def test_inference_preprocessing_of_the_bundle_and_the_batch_cli_is_identical(shared_path_fn, tmp_path):
+@pytest.mark.parametrize("mode, size, inplane", [(None, 112, "SpatialResample"), ("resize", 256, "Resize")])
+def test_inference_preprocessing_of_the_bundle_and_the_batch_cli_is_identical(shared_path_fn, tmp_path, mode, size,
+                                                                              inplane):
     """``inference.json`` and ``python -m monai_patcher.batch_inference`` build their preprocessing from one definition
     (``stroke_inference_transforms``): on the real ISLES'22 case they give the same tensor, voxel for voxel, with the
     same affine and the same recorded transforms (so ``Invertd`` undoes the same steps); ``train.json``'s volume
-    transforms (up to the slice sampler) give the same image."""
+    transforms (up to the slice sampler) give the same image. With the defaults (``inplane_mode`` "spacing", 2 mm:
+    the case's own voxel size) and with ``inplane_mode`` "resize" (the paper's 256 x 256)."""
     import nibabel as nib
     from monai.bundle import ConfigParser
 
@@ -348,23 +351,65 @@ def test_inference_preprocessing_of_the_bundle_and_the_batch_cli_is_identical(sh
     item = {k: str(data / f"sub-strokecase0001_ses-0001_{k}.nii.gz") for k in ("dwi", "adc")}
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
+    train = ConfigParser()
+    train.read_config(TRAIN)
+    cli_kw = {}
+    if mode:
+        parser["inplane_mode"] = train["inplane_mode"] = cli_kw["inplane_mode"] = mode
     bundle = parser.get_parsed_content("preprocessing")(dict(item))["image"]
-    cli = BatchPredictor(None, network=patcher_preset("tiny", in_channels=2, out_channels=1)).preprocessing(dict(item))
-    cli = cli["image"]
-    assert tuple(bundle.shape) == tuple(cli.shape) == (2, 256, 256, 73)
+    cli = BatchPredictor(None, network=patcher_preset("tiny", in_channels=2, out_channels=1), **cli_kw)
+    cli = cli.preprocessing(dict(item))["image"]
+    assert tuple(bundle.shape) == tuple(cli.shape) == (2, size, size, 73)
     assert torch.equal(bundle.as_tensor(), cli.as_tensor())
     assert torch.equal(bundle.affine, cli.affine)
     assert [op["class"] for op in bundle.applied_operations] == [op["class"] for op in cli.applied_operations]
-    assert len(cli.applied_operations) >= 2  # Orientationd and Resized at least: something to invert
+    assert [op["class"] for op in cli.applied_operations] == ["Orientation", inplane]  # something to invert
     dwi = nib.load(item["dwi"])  # the case ships without its mask: a made-up one, on the scans' grid
     mask = (np.asanyarray(dwi.dataobj) > np.percentile(np.asanyarray(dwi.dataobj), 99)).astype(np.uint8)
     nib.save(nib.Nifti1Image(mask, dwi.affine, dwi.header), str(tmp_path / "msk.nii.gz"))
-    train = ConfigParser()
-    train.read_config(TRAIN)
     labelled = {**item, "label": str(tmp_path / "msk.nii.gz")}
     out = train.get_parsed_content("train#volume_transforms")(labelled)
     assert torch.equal(out["image"].as_tensor(), cli.as_tensor())
-    assert tuple(out["label"].shape) == (1, 256, 256, 73)
+    assert tuple(out["label"].shape) == (1, size, size, 73)
+
+
+def test_window_parameters_reach_the_inferers_and_crops():
+    """The bundle parameters ``roi_size`` (from ``spatial_size``), ``sw_overlap``, ``sw_mode`` and ``skip_empty`` are
+    what inference, validation and the training crops use."""
+    from monai.bundle import ConfigParser
+
+    from monai_patcher.inferers import SkipEmptySliceInferer
+
+    for config in ("inference.json", "train.json"):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        assert parser["inplane_mode"] == "spacing" and parser["sw_mode"] == "gaussian"
+        parser["spatial_size"], parser["sw_overlap"], parser["skip_empty"] = 96, 0.5, False
+        inferer = parser.get_parsed_content("inferer" if config == "inference.json" else "validate#inferer")
+        assert isinstance(inferer, SkipEmptySliceInferer)
+        assert tuple(inferer.orig_roi_size) == (96, 96) and inferer.overlap == 0.5 and inferer.mode == "gaussian"
+        assert inferer.skip_empty is False
+    crops = {type(t).__name__: t for t in parser.get_parsed_content("train#random_transforms")}
+    assert list(crops["SpatialPadd"].padder.spatial_size) == [96, 96]
+    assert list(crops["RandSpatialCropd"].cropper.roi_size) == [96, 96]
+
+
+def test_inference_512_scan_is_tiled_and_keeps_its_grid(trained, tmp_path, isles22_512):
+    """The real ISLES'22 case upsampled to a 512 x 512 scan (conftest): the bundle resamples it to 2 mm (113 x 113),
+    tiles each slice with 64 x 64 windows (the test's ``spatial_size``; Gaussian blending), and writes the mask and
+    probabilities on the scan's 512 x 512 x 24 grid with its affine."""
+    import nibabel as nib
+
+    out = tmp_path / "pred"
+    run_inprocess(None, str(CONFIGS / "inference.json"), input=str(isles22_512["dwi"]),
+                  input_adc=str(isles22_512["adc"]), ckpt_path=str(trained["ckpt"] / "model.pt"), output_dir=str(out),
+                  save_prob=True)
+    ref = nib.load(str(isles22_512["dwi"]))
+    assert ref.shape == (512, 512, 24)
+    seg = _check_same_grid(out / "case512_seg.nii.gz", ref.shape, ref.affine)
+    assert set(np.unique(np.asanyarray(seg.dataobj))) <= {0, 1}
+    prob = np.asanyarray(_check_same_grid(out / "case512_prob.nii.gz", ref.shape, ref.affine).dataobj)
+    assert 0 <= prob.min() and prob.max() <= 1
 
 
 def test_inference_overlays_with_label(trained, tmp_path):

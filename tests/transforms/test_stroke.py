@@ -334,3 +334,61 @@ def test_invertd_on_stacked_image_restores_non_ras_geometry(tmp_path):
     np.testing.assert_allclose(np.asarray(back.affine), las, atol=1e-5)
     same, flipped = _flip_margin(back[1].numpy(), dwi)
     assert same > 0.98 and flipped < same - 0.3, f"inverted DWI vs DWI: corr {same:.3f}, vs a flipped DWI {flipped:.3f}"
+
+
+def test_spacing_mode_resamples_in_plane_only(case):
+    """``inplane_mode="spacing"``: Spacingd of the two in-plane axes to ``inplane_spacing``; the slice axis keeps its
+    voxels (the lesion stays on slice 4) and its spacing; the label stays binary (nearest)."""
+    from monai_patcher.transforms import stroke_volume_transforms
+
+    d = stroke_volume_transforms(inplane_mode="spacing", inplane_spacing=(2.0, 0.5))(case)  # the case: 1 mm
+    img, lab = d["image"], d["label"]
+    assert tuple(img.shape) == (2, 10, 47, 6) and tuple(lab.shape) == (1, 10, 47, 6)
+    np.testing.assert_allclose(img.pixdim.numpy(), [2.0, 0.5, 1.0])
+    assert set(lab.unique().tolist()) == {0.0, 1.0}
+    assert int(torch.nonzero(lab.sum(dim=(0, 1, 2))).flatten()[0]) == 4
+    assert [op["class"] for op in img.applied_operations] == ["Orientation", "SpatialResample"]
+    # along the slice axis nothing is interpolated: every slice is the same as the resampled scan's one
+    axis0 = stroke_volume_transforms(label_key=None, axis=0, inplane_mode="spacing", inplane_spacing=(2.0, 0.5))(
+        {k: case[k] for k in ("dwi", "adc")})["image"]
+    assert tuple(axis0.shape) == (2, 20, 12, 11)  # axis 0 kept; 24 mm / 2 mm, 6 mm / 0.5 mm
+    resize = stroke_volume_transforms(spatial_size=32, inplane_spacing=(2.0, 0.5))(case)  # resize ignores the spacing
+    assert tuple(resize["image"].shape) == (2, 32, 32, 6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"inplane_mode": "zoom"}, "inplane_mode must be one of"),
+    ({"inplane_mode": "spacing"}, "needs inplane_spacing"),
+    ({"inplane_mode": "spacing", "inplane_spacing": (1.0,)}, "needs inplane_spacing"),
+    ({"inplane_mode": "spacing", "inplane_spacing": (1.0, 0.0)}, "needs inplane_spacing"),
+    ({"axis": 3}, "axis must be"),
+])
+def test_inplane_mode_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        stroke_val_transforms(**kwargs)
+
+
+@pytest.mark.parametrize("mode, network_shape", [("spacing", (113, 113)), ("resize", (256, 256))])
+def test_real_isles_512_scan_round_trip(isles22_512, mode, network_shape):
+    """The real ISLES'22 case upsampled to a 512 x 512 scan (conftest): spacing mode resamples it to 2 mm (the
+    training grid), resize mode to 256 x 256; either way the probabilities inverted with ``Invertd`` are on the
+    scan's grid (512 x 512 x 24, its affine), and the inverted DWI channel is the scan's DWI (no flip, no shift)."""
+    from monai.transforms import Invertd
+
+    item = {k: str(v) for k, v in isles22_512.items()}
+    xf = stroke_inference_transforms(spatial_size=256, inplane_mode=mode, inplane_spacing=(2.0, 2.0))
+    d = xf(item)
+    assert tuple(d["image"].shape) == (2, *network_shape, 24)
+    d["pred"] = d["image"][1:2].clone()
+    back = Invertd("pred", transform=xf, orig_keys="image", nearest_interp=False)(d)["pred"]
+    scan = nib.load(item["dwi"])
+    assert tuple(back.shape) == (1, 512, 512, 24) == (1, *scan.shape)
+    np.testing.assert_allclose(np.asarray(back.affine), scan.affine, atol=1e-5)
+    dwi, out = np.asanyarray(scan.dataobj), back[0].numpy()
+
+    def corr(ref):  # over the brain of the scan and of ``ref``: a flipped result is judged on its own voxels too
+        m = (dwi != 0) | (ref != 0)
+        return float(np.corrcoef(out[m], ref[m])[0, 1])
+
+    same, flipped = corr(dwi), max(corr(np.flip(dwi, ax)) for ax in range(3))
+    assert same > 0.9 and flipped < same - 0.2, f"corr {same:.3f} vs flipped {flipped:.3f}"
