@@ -82,3 +82,22 @@ def test_all_empty_volume_runs_one_window():
         out = inferer(torch.zeros(1, 2, 16, 16, 7), net)
     assert net.seen == 1 and inferer.num_skipped == 6
     torch.testing.assert_close(out, net.net(torch.zeros(1, 2, 16, 16)).unsqueeze(-1).expand(1, 1, 16, 16, 7))
+
+
+def test_tiling_equals_one_window_where_the_window_covers_the_slice():
+    """With a window that covers the slice the inferer is the network on each slice; tiling the same slices with
+    smaller, overlapping Gaussian-weighted windows gives that result again for a network whose output at a pixel
+    depends on that pixel only (so every window agrees where they overlap: the blending itself adds nothing)."""
+    torch.manual_seed(0)
+    vol = _volume(shape=(1, 2, 40, 36, 5), full=(1, 2, 4), half=None)
+    pointwise = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 1), torch.nn.GELU(), torch.nn.Conv2d(8, 1, 1))
+    patcher = patcher_preset("tiny", in_channels=2, out_channels=1).eval()
+    with torch.no_grad():
+        per_slice = torch.stack([patcher(vol[..., z]) for z in range(5)], dim=-1)
+        covering = SkipEmptySliceInferer(spatial_dim=2, roi_size=(40, 36), sw_batch_size=3, mode="gaussian")
+        torch.testing.assert_close(covering(vol, patcher), per_slice, rtol=1e-5, atol=1e-5)
+        one = covering(vol, pointwise)
+        tiled = SkipEmptySliceInferer(spatial_dim=2, roi_size=(16, 16), sw_batch_size=7, overlap=0.5, mode="gaussian")
+        out = tiled(vol, pointwise)
+    assert tiled.num_windows == 5 * 4 * 4  # 40 and 36 pixels in 16-pixel windows at stride 8: 4 x 4 per slice
+    torch.testing.assert_close(out, one, rtol=1e-5, atol=1e-6)
