@@ -248,6 +248,12 @@ def test_inference_asks_for_gating_only_when_it_saves_it(save_gating, tmp_path):
     post = parser.get_parsed_content("postprocessing").transforms
     invert = next(t for t in post if type(t).__name__ == "Invertd")
     assert ("gating" in invert.keys) is save_gating and "pred" in invert.keys
+    # the image goes back to the scan's grid only for the pictures drawn over it (gating maps here, no label so no
+    # overlays): inverting 2 channels of a 512 x 512 x 150 scan costs twice the prediction's inversion
+    assert ("image" in invert.keys) is save_gating
+    parser["save_overlays"] = True
+    assert "image" in next(t for t in parser.get_parsed_content("postprocessing", lazy=False).transforms
+                           if type(t).__name__ == "Invertd").keys
     assert sum(type(t).__name__ == "Lambdad" for t in post) == (2 if save_gating else 0)
     saved = [t.keys for t in post if type(t).__name__ == "SaveImaged"]
     assert (("gating",) in saved) is save_gating
