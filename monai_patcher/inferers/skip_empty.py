@@ -82,7 +82,8 @@ class SkipEmptySliceInferer(SliceInferer):
     computed it) is the output of every other. Windows are checked one by one (``x == background`` everywhere, the
     padding of slices smaller than the window included), so partly empty windows run as usual.
 
-    After a call, ``num_windows`` and ``num_skipped`` say how many windows there were and how many were not run.
+    After a call with ``skip_empty``, ``num_windows`` and ``num_skipped`` say how many windows there were and how many
+    were not run (both 0 without ``skip_empty``).
 
     Args:
         spatial_dim: the slice axis of the 3D input (0, 1, 2), as in ``SliceInferer``.
