@@ -23,7 +23,8 @@ weights; the masks compared are those of these weights).
 Usage::
 
     python -m benchmarks.bench_volume_inference [--preset paper] [--threads 1] [--inplane_mode spacing]
-        [--sw_batch_size 8] [--volumes isles22 512] [--out benchmarks/results/volume_inference/summary.md]
+        [--sw_batch_size 8] [--volumes isles22 512] [--out benchmarks/results/volume_inference/summary.md] [--append]
+    python -m benchmarks.bench_volume_inference --stages --volumes 512   # the steps outside the network, timed
 """
 
 from __future__ import annotations
@@ -122,6 +123,36 @@ def run_bundle(case: dict[str, Path], ckpt: Path, out_dir: Path, overrides: dict
             "windows_skipped": inferer.num_skipped, "mask": mask, "logits": logits}
 
 
+def stage_times(case: dict[str, Path], inplane_mode: str, out_dir: Path) -> dict[str, float]:
+    """Seconds of each step outside the network on ``case``: every preprocessing transform of the bundle, then
+    sigmoid, ``Invertd`` (of the probabilities alone, as without overlays), threshold and writing the mask."""
+    import numpy
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Activationsd, AsDiscreted, Invertd, SaveImaged
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser["inplane_mode"] = inplane_mode
+    xf = parser.get_parsed_content("preprocessing")
+    data, times = {k: str(v) for k, v in case.items()}, {}
+    for t in xf.transforms:  # a class that comes twice (the optional label's LoadImaged, CheckVolumed) adds up
+        t0 = time.perf_counter()
+        data = t(data)
+        times[type(t).__name__] = round(times.get(type(t).__name__, 0.0) + time.perf_counter() - t0, 2)
+    data["pred"] = torch.randn(1, *data["image"].shape[1:])
+    post = [Activationsd("pred", sigmoid=True),
+            Invertd("pred", transform=xf, orig_keys="image", nearest_interp=False, to_tensor=True),
+            AsDiscreted("pred", threshold=0.5),
+            SaveImaged("pred", output_dir=str(out_dir), output_postfix="seg", output_dtype=numpy.uint8,
+                       separate_folder=False, resample=False, squeeze_end_dims=True)]
+    for t in post:
+        t0 = time.perf_counter()
+        data = t(data)
+        times[type(t).__name__] = round(time.perf_counter() - t0, 2)
+    return times
+
+
 def others_running() -> str:
     """The other processes using CPU now (``ps``, top 5 by CPU), for the record."""
     try:
@@ -142,6 +173,8 @@ def main(argv=None) -> None:
     ap.add_argument("--depth", type=int, default=150, help="slices of the 512 x 512 volume")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "volume_inference" / "summary.md")
     ap.add_argument("--append", action="store_true", help="add this run's section to --out instead of replacing it")
+    ap.add_argument("--stages", action="store_true",
+                    help="only time the steps outside the network on each volume (printed, not written)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
 
@@ -164,6 +197,10 @@ def main(argv=None) -> None:
             volumes["isles22 112x112x73"] = {k: ISLES / f"sub-strokecase0001_ses-0001_{k}.nii.gz" for k in ("dwi", "adc")}
         if "512" in args.volumes:
             volumes[f"512x512x{args.depth}"] = resample_case(ISLES, tmp, (512, 512, args.depth))
+        if args.stages:
+            for name, case in volumes.items():
+                print(name, json.dumps(stage_times(case, args.inplane_mode, tmp)), flush=True)
+            return
         overrides = {"network_def#name": args.preset, "inplane_mode": args.inplane_mode,
                      "inferer#_target_": f"{__name__}.CapturingInferer",
                      "sw_batch_size": args.sw_batch_size, "num_workers": 0}
