@@ -445,6 +445,48 @@ def test_a_checkpoint_with_a_record_builds_its_network_and_slice_size(tmp_path):
         assert msg.startswith(str(ckpt)) and differs in msg and "\n" not in msg, msg
 
 
+def test_a_checkpoint_with_a_record_sets_the_inplane_mode_and_spacing(tmp_path, capsys):
+    """A record of a ``spacing`` model resamples to its spacing (no flags needed; the bundle's default is not used):
+    ``--inplane_mode``/``--inplane_spacing`` that disagree are one sentence naming the file (exit 2 in the CLI);
+    a ``resize`` record resizes even though ``spacing`` is the default for checkpoints without a record."""
+    from monai.transforms import Resized, Spacingd
+
+    from monai_patcher.io import ModelRecordMismatchError, stroke_model_record
+    from monai_patcher.networks import patcher_preset
+
+    def inplane_step(predictor):
+        (step,) = [t for t in predictor.preprocessing.transforms if isinstance(t, (Spacingd, Resized))]
+        return step
+
+    net = patcher_preset("tiny", in_channels=2, out_channels=1)
+    spacing, resize = tmp_path / "spacing.pt", tmp_path / "resize.pt"
+    torch.save({"model": net.state_dict(), "model_record": stroke_model_record(
+        net, spatial_size=48, inplane_mode="spacing", inplane_spacing=(1.25, 1.5)).state_dict()}, spacing)
+    torch.save({"model": net.state_dict(), "model_record": stroke_model_record(net, spatial_size=48).state_dict()}, resize)
+    step = inplane_step(BatchPredictor(spacing))
+    assert isinstance(step, Spacingd) and list(step.spacing_transform.pixdim) == [1.25, 1.5, -1.0]
+    assert tuple(BatchPredictor(spacing).inferer.roi_size) == (48, 48)
+    agreeing = BatchPredictor(spacing, inplane_mode="spacing", inplane_spacing=(1.25, 1.5))
+    assert list(inplane_step(agreeing).spacing_transform.pixdim) == [1.25, 1.5, -1.0]
+    for kwargs, differs in (({"inplane_mode": "resize"}, "inplane_mode spacing but resize"),
+                            ({"inplane_spacing": (2.0, 2.0)}, "inplane_spacing [1.25, 1.5] but [2.0, 2.0]")):
+        with pytest.raises(ModelRecordMismatchError) as info:
+            BatchPredictor(spacing, **kwargs)
+        msg = str(info.value)
+        assert msg.startswith(str(spacing)) and differs in msg and "\n" not in msg, msg
+    assert isinstance(inplane_step(BatchPredictor(resize)), Resized)  # the record's mode, not the default
+    assert isinstance(inplane_step(BatchPredictor(None, network=net)), Spacingd)  # no record: the bundle's default
+    good = tmp_path / "in"
+    good.mkdir()
+    c = make_demo_case(0, shape=SHAPE, spacing=(1.5, 1.5, 4.0))  # a case, so the run reaches the checkpoint
+    _save(good / "c_dwi.nii.gz", c["dwi"])
+    _save(good / "c_adc.nii.gz", c["adc"])
+    args = ["--input", str(good), "--output", str(tmp_path / "out"), "--checkpoint", str(spacing)]
+    assert main([*args, "--inplane_mode", "resize"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {spacing}") and "inplane_mode spacing but resize" in err, err
+
+
 def test_progress_bar_can_be_switched_off_and_each_case_logs_a_summary(setup, tmp_path, capsys, caplog):
     import logging
 

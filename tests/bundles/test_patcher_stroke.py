@@ -67,7 +67,8 @@ def test_checkpoints_carry_the_model_record(trained):
         record = read_model_record(trained["ckpt"] / name)
         assert record.network == {"preset": "tiny", "in_channels": 2, "out_channels": 1, "overrides": {}}, name
         assert (record.channels, record.inplane_mode, record.spatial_size, record.slice_axis) == (
-            ["eADC", "DWI"], "resize", 64, 2), name
+            ["eADC", "DWI"], "spacing", 64, 2), name
+        assert record.inplane_spacing == [2.0, 2.0], name  # the bundle's default, what training resampled to
         assert record.normalization["transform"] == "NormalizeIntensityd" and record.b_value == 1000.0
 
 
@@ -359,6 +360,7 @@ def test_inference_preprocessing_of_the_bundle_and_the_batch_cli_is_identical(sh
     item = {k: str(data / f"sub-strokecase0001_ses-0001_{k}.nii.gz") for k in ("dwi", "adc")}
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)  # as MONAI's tools set it: the default '.' is refused outside the bundle
     train = ConfigParser()
     train.read_config(TRAIN)
     cli_kw = {}
@@ -391,7 +393,8 @@ def test_window_parameters_reach_the_inferers_and_crops():
     for config in ("inference.json", "train.json"):
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / config))
-        assert parser["inplane_mode"] == "spacing" and parser["sw_mode"] == "gaussian"
+        parser["bundle_root"] = str(BUNDLE)  # as MONAI's tools set it: the default '.' is refused outside the bundle
+        assert parser.get_parsed_content("inplane_mode") == "spacing" and parser["sw_mode"] == "gaussian"
         parser["spatial_size"], parser["sw_overlap"], parser["skip_empty"] = 96, 0.5, False
         inferer = parser.get_parsed_content("inferer" if config == "inference.json" else "validate#inferer")
         assert isinstance(inferer, SkipEmptySliceInferer)
