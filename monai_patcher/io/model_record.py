@@ -303,7 +303,8 @@ def stroke_model_record(
     Example (``train.json``)::
 
         "model_record": {"_target_": "monai_patcher.io.stroke_model_record", "network": "@network_def",
-                         "spatial_size": "@spatial_size", "slice_axis": "@slice_axis", "b_value": "@b_value"}
+                         "spatial_size": "@spatial_size", "slice_axis": "@slice_axis", "b_value": "@b_value",
+                         "inplane_mode": "@inplane_mode", "inplane_spacing": "@inplane_spacing"}
     """
     from ..networks import PATCHER_PRESETS
 
