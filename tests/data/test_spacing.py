@@ -74,7 +74,10 @@ def test_cli_writes_the_bundle_configs(tmp_path, capsys):
     for name in ("train.json", "inference.json"):
         parser = ConfigParser()
         parser.read_config(str(tmp_path / name))
-        assert parser["inplane_spacing"] == [1.5, 1.5] and parser["inplane_mode"] == "spacing"
+        parser["bundle_root"] = str(REPO_ROOT / "bundles" / "patcher_stroke")  # as MONAI's tools set it
+        # inference.json: the written spacing replaces the record's default; the mode still comes from the record
+        # (none here: the bundle's default)
+        assert parser["inplane_spacing"] == [1.5, 1.5] and parser.get_parsed_content("inplane_mode") == "spacing"
     original = json.loads((REPO_ROOT / "bundles" / "patcher_stroke" / "configs" / "train.json").read_text())
     written = json.loads((tmp_path / "train.json").read_text())
     assert {k: v for k, v in written.items() if k != "inplane_spacing"} == {
@@ -92,5 +95,12 @@ def test_real_isles22_and_brats(shared_path_fn):
     assert median_inplane_spacing([{"dwi": str(isles)}])[0] == (2.0, 2.0)
     flair = [{"dwi": str(p)} for p in sorted(brats.glob("*/Flair_subtrMeanDivStd.nii.gz"))]
     assert len(flair) == 2 and median_inplane_spacing(flair)[0] == (1.0, 1.0)
-    config = json.loads((REPO_ROOT / "bundles" / "patcher_stroke" / "configs" / "inference.json").read_text())
+    from monai.bundle import ConfigParser
+
+    bundle = REPO_ROOT / "bundles" / "patcher_stroke"
+    config = json.loads((bundle / "configs" / "train.json").read_text())  # what training uses and records
     assert config["inplane_spacing"] == list(median_inplane_spacing([{"dwi": str(isles)}])[0])
+    parser = ConfigParser()  # inference: the record's spacing, this default for a checkpoint without a record
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"], parser["ckpt_path"] = str(bundle), ""
+    assert list(parser.get_parsed_content("inplane_spacing")) == config["inplane_spacing"]
