@@ -481,6 +481,8 @@ def test_front_door_errors_end_with_the_file_and_the_fix(trained, tmp_path):
     lonely = tmp_path / "x_dwi.nii.gz"
     shutil.copy(case / "dwi.nii.gz", lonely)
     missing = tmp_path / "nowhere" / "model.pt"
+    (tmp_path / "configs").mkdir()  # tmp_path is the bundle folder of these runs (bundle_root '.'): outputs go there
+    shutil.copy(CONFIGS / "metadata.json", tmp_path / "configs" / "metadata.json")
     cases = [  # (arguments, what the last line must contain)
         (["--config_file", infer, "--input", str(case), "--ckpt_path", str(missing), *FAST],
          [f"error: {missing}: checkpoint file does not exist", "--ckpt_path"]),
