@@ -242,6 +242,7 @@ def test_inference_asks_for_gating_only_when_it_saves_it(save_gating, tmp_path):
     parser.read_config(str(CONFIGS / "inference.json"))
     parser["save_gating"], parser["network_def#name"] = save_gating, "tiny"
     parser["output_dir"] = str(tmp_path)  # the default is built on bundle_root '.', refused outside the bundle
+    parser["ckpt_path"] = ""  # no checkpoint: no model record (its default path is built on bundle_root too)
     net = parser.get_parsed_content("network_def").eval()
     with torch.no_grad():
         out = net(torch.zeros(1, 2, 40, 36))
