@@ -441,7 +441,7 @@ def test_verify_net_in_out_and_ckpt_export(trained, tmp_path):
     from monai.bundle import ckpt_export, verify_net_in_out
 
     common = {"meta_file": str(CONFIGS / "metadata.json"), "config_file": str(CONFIGS / "inference.json"),
-              "network_def#name": "tiny"}
+              "network_def#name": "tiny", "bundle_root": str(BUNDLE)}  # as model-zoo's CI passes it
     verify_net_in_out("network_def", **common)
     ts = tmp_path / "model.ts"
     ckpt_export("network_def", filepath=str(ts), ckpt_file=str(trained["ckpt"] / "model.pt"), key_in_ckpt="model",
