@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from bundle_cli import REPO_ROOT, run_bundle  # noqa: E402
 
@@ -155,13 +156,35 @@ def test_plain_config_parser_refuses_a_wrong_bundle_root(unzipped, bundle, tmp_p
     monkeypatch.chdir(folder.parent.parent)  # holds bundles/<name>, like this repository's root
     for layer in LAYERS[bundle]:
         files = [folder / "configs" / f for f in layer]
-        for id_ in ("ckpt_dir", "output_dir"):
+        for id_ in ("output_dir",) if layer == ["inference.json"] else ("ckpt_dir", "output_dir"):
             msg = _bundle_root_error(files, _data_overrides(files, data), id_)
             assert f"bundle_root '.' ({folder.parent.parent}) is not a bundle folder" in msg, msg
             assert f"folder of the bundle {name!r}" in msg and "--bundle_root" in msg, msg
             msg = _bundle_root_error(files, {"bundle_root": str(other), **_data_overrides(files, data)}, id_)
             assert f"is the folder of the bundle '{name_of(other)}', not of {name!r}" in msg, msg
     assert not list(folder.parent.parent.glob("models")) and not list(folder.parent.parent.glob("eval"))
+
+
+@pytest.mark.parametrize("bundle", sorted(LAYERS))
+def test_inference_network_def_parses_from_any_folder(unzipped, bundle, tmp_path, monkeypatch):
+    """``inference.json`` reads ``<ckpt_dir>/model.pt`` (its model record builds the network) and writes nothing
+    there, so that path is not checked: tools that only parse ``network_def`` (``verify_net_in_out``,
+    ``ckpt_export``) work from any folder without ``--bundle_root``. With no checkpoint there the network is the
+    default one; with ``--bundle_root`` the checkpoint is the bundle's own; the run's outputs stay refused."""
+    from monai.bundle import ConfigParser
+
+    folder = unzipped[bundle]
+    monkeypatch.chdir(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    assert parser.get_parsed_content("ckpt_path") == "./models/model.pt"
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, torch.nn.Module) and sum(p.numel() for p in net.parameters()) > 0
+    with pytest.raises(RuntimeError) as err:
+        parser.get_parsed_content("output_dir")
+    assert "is not a bundle folder" in str(err.value.__cause__)
+    parser["bundle_root"] = str(folder)
+    assert Path(parser.get_parsed_content("ckpt_path")) == folder / "models" / "model.pt"
 
 
 def _files_under(folder: Path) -> set[str]:
