@@ -10,10 +10,12 @@ Command line::
 
     python -m monai_patcher.data.spacing --datalist /data/ISLES-2022/datalist.json \\
         [--data_list_key training] [--key dwi] [--slice_axis 2] \\
-        [--config_file bundles/patcher_stroke/configs/train.json --config_file .../inference.json]
+        [--config_file bundles/patcher_stroke/configs/train.json]
 
 prints the median (and range) and the override ``--inplane_spacing "[sx, sy]"``; with ``--config_file`` it writes
-``inplane_spacing`` into those bundle configs.
+``inplane_spacing`` into that training config. ``inference.json`` needs no copy: it reads ``inplane_spacing`` from the
+checkpoint's model record, which training writes; a config whose ``inplane_spacing`` is such an expression is
+refused rather than overwritten with a literal that would ignore the checkpoint.
 """
 
 from __future__ import annotations
@@ -120,14 +122,13 @@ def median_inplane_spacing(
     return (round(float(median[0]), 4), round(float(median[1]), 4)), spacings
 
 
-def write_inplane_spacing(config_file: str | os.PathLike, spacing: Sequence[float]) -> None:
-    """Set ``"inplane_spacing"`` in a bundle config (JSON, written back with the bundle's 4-space indent, atomically).
+def _writable_config(config_file: str | os.PathLike) -> dict:
+    """The JSON object of a bundle config whose ``inplane_spacing`` may be set.
 
     Raises:
-        DataError: the config is missing, not JSON, or not a JSON object.
+        DataError: the config is missing, not JSON, not a JSON object, or its ``inplane_spacing`` is an expression
+            (``inference.json`` reads it from the checkpoint's model record).
     """
-    from ..io.atomic import atomic_write
-
     path = Path(config_file)
     try:
         config = json.loads(path.read_text())
@@ -135,6 +136,24 @@ def write_inplane_spacing(config_file: str | os.PathLike, spacing: Sequence[floa
         raise DataError(f"{path}: cannot read this bundle config ({e})") from None
     if not isinstance(config, dict):
         raise DataError(f"{path}: not a bundle config (a JSON object)")
+    current = config.get("inplane_spacing")
+    if isinstance(current, str) and current.startswith("$"):
+        raise DataError(f"{path}: its inplane_spacing is computed ({current}), e.g. read from the checkpoint's model "
+                        "record: write the spacing into train.json only, the checkpoints it trains carry it")
+    return config
+
+
+def write_inplane_spacing(config_file: str | os.PathLike, spacing: Sequence[float]) -> None:
+    """Set ``"inplane_spacing"`` in a bundle config (JSON, written back with the bundle's 4-space indent, atomically).
+
+    Raises:
+        DataError: the config is missing, not JSON, not a JSON object, or its ``inplane_spacing`` is an expression
+            (``inference.json``, which reads it from the checkpoint's model record).
+    """
+    from ..io.atomic import atomic_write
+
+    path = Path(config_file)
+    config = _writable_config(path)
     config["inplane_spacing"] = [float(v) for v in spacing]
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=4) + "\n"))
 
@@ -150,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--key", default="dwi", help="the image key whose grid is resampled (default: dwi)")
     ap.add_argument("--slice_axis", type=int, default=2, help="slice axis after RAS orientation (default: 2, axial)")
     ap.add_argument("--config_file", action="append", default=[],
-                    help="bundle config to write inplane_spacing into (repeat for train.json and inference.json)")
+                    help="training config to write inplane_spacing into (train.json; inference.json reads it from "
+                         "the checkpoint's model record)")
     args = ap.parse_args(argv)
     try:
         try:
@@ -158,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"--datalist {args.datalist}: cannot read section {args.data_list_key!r} "
                             f"({type(e).__name__}: {e})") from None
+        for config in args.config_file:  # all checked before any is written
+            _writable_config(config)
         median, spacings = median_inplane_spacing(items, args.key, args.slice_axis)
         for config in args.config_file:
             write_inplane_spacing(config, median)

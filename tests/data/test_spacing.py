@@ -64,20 +64,23 @@ def test_cli_writes_the_bundle_configs(tmp_path, capsys):
 
     files = [_nifti(tmp_path / f"c{i}.nii.gz", s) for i, s in enumerate([(1.5, 1.5, 5), (1.5, 1.5, 4), (0.75, 1.0, 5)])]
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"dwi": f"c{i}.nii.gz"} for i in range(3)]}))
-    configs = []
     for name in ("train.json", "inference.json"):
         shutil.copy(REPO_ROOT / "bundles" / "patcher_stroke" / "configs" / name, tmp_path / name)
-        configs += ["--config_file", str(tmp_path / name)]
-    assert main(["--datalist", str(tmp_path / "datalist.json"), *configs]) == 0
+    before = (tmp_path / "train.json").read_text()
+    # inference.json reads inplane_spacing from the checkpoint's record: refused, and nothing is written at all
+    both = ["--config_file", str(tmp_path / "train.json"), "--config_file", str(tmp_path / "inference.json")]
+    assert main(["--datalist", str(tmp_path / "datalist.json"), *both]) == 2
+    err = capsys.readouterr().err
+    assert "inference.json: its inplane_spacing is computed" in err and "train.json only" in err, err
+    assert (tmp_path / "train.json").read_text() == before
+    assert main(["--datalist", str(tmp_path / "datalist.json"), "--config_file", str(tmp_path / "train.json")]) == 0
     out = capsys.readouterr().out
     assert "3 cases" in out and "median [1.5, 1.5] mm" in out and '--inplane_spacing "[1.5, 1.5]"' in out
-    for name in ("train.json", "inference.json"):
-        parser = ConfigParser()
-        parser.read_config(str(tmp_path / name))
-        parser["bundle_root"] = str(REPO_ROOT / "bundles" / "patcher_stroke")  # as MONAI's tools set it
-        # inference.json: the written spacing replaces the record's default; the mode still comes from the record
-        # (none here: the bundle's default)
-        assert parser["inplane_spacing"] == [1.5, 1.5] and parser.get_parsed_content("inplane_mode") == "spacing"
+    parser = ConfigParser()
+    parser.read_config(str(tmp_path / "train.json"))
+    parser["bundle_root"] = str(REPO_ROOT / "bundles" / "patcher_stroke")  # as MONAI's tools set it
+    assert parser["inplane_spacing"] == [1.5, 1.5] and parser.get_parsed_content("inplane_mode") == "spacing"
+    assert parser.get_parsed_content("model_record#inplane_spacing") == [1.5, 1.5]  # what the checkpoints carry
     original = json.loads((REPO_ROOT / "bundles" / "patcher_stroke" / "configs" / "train.json").read_text())
     written = json.loads((tmp_path / "train.json").read_text())
     assert {k: v for k, v in written.items() if k != "inplane_spacing"} == {
