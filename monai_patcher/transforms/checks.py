@@ -110,15 +110,14 @@ class CheckVolumed(MapTransform):
                        else "the image is degenerate")
                 )
             t = torch.as_tensor(x)
-            if t.is_floating_point() and not self.allow_nonfinite:
-                n_nan = int(torch.isnan(t).sum())
+            t = t.as_tensor() if hasattr(t, "as_tensor") else t  # plain tensor ops: no MetaTensor bookkeeping
+            if t.is_floating_point() and not self.allow_nonfinite and not bool(torch.isfinite(t).all()):
+                n_nan = int(torch.isnan(t).sum())  # counted only for the message
                 n_inf = int(torch.isinf(t).sum())
-                if n_nan or n_inf:
-                    raise DataError(f"{where}: contains {n_nan} NaN and {n_inf} infinite voxels")
+                raise DataError(f"{where}: contains {n_nan} NaN and {n_inf} infinite voxels")
             if not self.allow_constant:
                 for c in range(t.shape[0]):
-                    ch = t[c]
-                    lo, hi = ch.min(), ch.max()
+                    lo, hi = torch.aminmax(t[c])
                     if lo == hi:
                         what = "empty (every voxel is 0)" if float(lo) == 0 else f"constant (every voxel is {float(lo):g})"
                         raise DataError(f"{where}: channel {c} is {what}")

@@ -78,16 +78,27 @@ def detect_adc_unit(adc) -> str:
     Raises:
         DataError: no positive finite voxel.
     """
-    t = torch.as_tensor(adc).detach().float()
-    t = t[torch.isfinite(t) & (t > 0)]
-    if t.numel() == 0:
+    t = torch.as_tensor(adc).detach()
+    t = (t.as_tensor() if hasattr(t, "as_tensor") else t).float()  # plain float32: no MetaTensor bookkeeping
+    positive = torch.isfinite(t) & (t > 0)
+    n = int(positive.sum())
+    if n == 0:
         raise DataError("ADC map has no positive voxels: cannot detect its unit")
-    med = float(t.median())
-    if med < 0.03:
+    # the median (torch.median: the ((n - 1) // 2)-th smallest) is below a threshold exactly when more than
+    # (n - 1) // 2 positive voxels are: counting decides the unit without sorting the volume
+    rank = (n - 1) // 2
+    if int((positive & (t < _float32_bound(0.03))).sum()) > rank:
         return "mm2/s"
-    if med < 30:
+    if int((positive & (t < _float32_bound(30.0))).sum()) > rank:
         return "1e-3mm2/s"
     return "1e-6mm2/s"
+
+
+def _float32_bound(x: float) -> torch.Tensor:
+    """The float32 ``b`` with ``v < b`` exactly when ``float(v) < x`` for every float32 ``v`` (a plain ``t < x``
+    rounds ``x`` to float32 first, which moves the boundary when ``x`` is not a float32, e.g. 0.03)."""
+    b = torch.tensor(x, dtype=torch.float32)
+    return torch.nextafter(b, torch.tensor(float("inf"))) if float(b) < x else b
 
 
 class ComputeEADCd(MapTransform):
@@ -164,10 +175,10 @@ class ComputeEADCd(MapTransform):
             else:
                 unit = self.unit
                 self._check_unit(t, unit, d, key)
-            adc_mm2 = t.float().clamp(min=0) * ADC_UNITS[unit]
-            eadc = torch.exp(-self.b_value * adc_mm2)
+            plain = t.as_tensor() if isinstance(t, MetaTensor) else t  # no MetaTensor bookkeeping per operation
+            eadc = torch.exp((plain.float().clamp(min=0) * ADC_UNITS[unit]).mul_(-self.b_value))
             if self.zero_background:
-                eadc = torch.where(t <= 0, torch.zeros_like(eadc), eadc)
+                eadc.masked_fill_(plain <= 0, 0.0)
             if isinstance(adc, MetaTensor):
                 eadc = MetaTensor(eadc.as_tensor() if isinstance(eadc, MetaTensor) else eadc, meta=dict(adc.meta),
                                   applied_operations=list(adc.applied_operations))

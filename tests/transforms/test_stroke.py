@@ -392,3 +392,31 @@ def test_real_isles_512_scan_round_trip(isles22_512, mode, network_shape):
 
     same, flipped = corr(dwi), max(corr(np.flip(dwi, ax)) for ax in range(3))
     assert same > 0.9 and flipped < same - 0.2, f"corr {same:.3f} vs flipped {flipped:.3f}"
+
+
+def test_detect_adc_unit_is_the_median_rule_at_the_thresholds():
+    """The unit is decided by counting voxels below the thresholds instead of sorting for the median; the answer is
+    the median rule's (median of the positive voxels < 0.03 / < 30, compared as Python floats) also when voxels sit
+    on a threshold's float32 neighbours (float32(0.03) is below 0.03, so a plain ``t < 0.03`` would move it)."""
+    import random
+
+    def by_median(values):
+        t = torch.tensor(values, dtype=torch.float32)
+        med = float(t[torch.isfinite(t) & (t > 0)].median())
+        return "mm2/s" if med < 0.03 else "1e-3mm2/s" if med < 30 else "1e-6mm2/s"
+
+    lo = torch.tensor(0.03, dtype=torch.float32)
+    near = [float(torch.nextafter(lo, torch.tensor(-1.0))), float(lo), float(torch.nextafter(lo, torch.tensor(1.0))),
+            29.999998, 30.0, 30.000002, 0.5, 0.001, 100.0, -1.0, 0.0, float("nan")]
+    assert by_median([0.01, 0.03, 0.05]) == "mm2/s"  # float32(0.03) < 0.03: the case a float32 comparison gets wrong
+    rng = random.Random(0)
+    cases = [[0.01, 0.03, 0.05], [0.03, 0.03]] + [[rng.choice(near) for _ in range(rng.randint(1, 7))]
+                                                  for _ in range(2000)]
+    checked = 0
+    for values in cases:
+        if not any(v > 0 for v in values):
+            continue
+        for dtype in (torch.float32, torch.float64):
+            assert detect_adc_unit(torch.tensor(values, dtype=dtype)) == by_median(values), (values, dtype)
+        checked += 1
+    assert checked > 1000
