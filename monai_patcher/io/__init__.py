@@ -21,6 +21,7 @@ from .model_record import (
     guess_preset,
     load_patcher,
     patcher_from_record,
+    polyp_model_record,
     read_model_record,
     record_value,
     stroke_model_record,

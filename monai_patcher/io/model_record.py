@@ -47,6 +47,7 @@ __all__ = [
     "ModelRecord",
     "ModelRecordMismatchError",
     "stroke_model_record",
+    "polyp_model_record",
     "read_model_record",
     "patcher_from_record",
     "record_value",
@@ -66,6 +67,11 @@ _RUNTIME_ARGS = ("return_gating", "use_checkpoint", "drop_path_rate", "dropout_r
 
 #: the stroke pipeline's normalisation (``stroke_volume_transforms``): per channel, over the non-zero voxels.
 STROKE_NORMALIZATION = {"transform": "NormalizeIntensityd", "nonzero": True, "channel_wise": True}
+#: the polyp pipeline's normalisation (``bundles/patcher_polyp``): 0-255 to 0-1, then ImageNet's mean and std.
+POLYP_NORMALIZATION = {
+    "transform": "NormalizeIntensityd", "scale_from": [0.0, 255.0], "subtrahend": [0.485, 0.456, 0.406],
+    "divisor": [0.229, 0.224, 0.225], "channel_wise": True,
+}
 
 
 class ModelRecordMismatchError(CheckpointMismatchError):
@@ -94,7 +100,7 @@ class ModelRecord:
             ``inplane_spacing`` mm, then tiled in windows of ``spatial_size``).
         spatial_size: in-plane size of the network's slices or windows (``[x, y]``, or an int for a square).
         inplane_spacing: ``[x, y]`` mm for ``inplane_mode="spacing"``; None for ``"resize"``.
-        slice_axis: the axis the volumes are sliced along (after RAS orientation; 2 = axial).
+        slice_axis: the axis the volumes are sliced along (after RAS orientation; 2 = axial); None for 2D images.
         normalization: the intensity normalisation (``{"transform": ..., <its arguments>}``).
         b_value: b (s/mm^2) of the eADC channel; None when there is none.
         version: the record layout's version (:data:`RECORD_VERSION`).
@@ -109,7 +115,7 @@ class ModelRecord:
     inplane_mode: str = "resize"
     spatial_size: list | None = None
     inplane_spacing: list | None = None
-    slice_axis: int = 2
+    slice_axis: int | None = 2
     normalization: dict = field(default_factory=dict)
     b_value: float | None = None
     version: int = RECORD_VERSION
@@ -281,6 +287,23 @@ def _overrides(config: Mapping[str, Any], preset: str) -> dict[str, Any]:
     }
 
 
+def _network_part(network: torch.nn.Module) -> dict:
+    """A record's ``network`` entry of a Patcher: the preset its ``config`` matches best (the fewest overrides;
+    ties: the first, "paper"), the channels and the overrides."""
+    from ..networks import PATCHER_PRESETS
+
+    config = getattr(network, "config", None)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"network must be a monai_patcher Patcher (with .config), got {type(network).__name__}")
+    preset = min(PATCHER_PRESETS, key=lambda name: len(_overrides(config, name)))
+    return {
+        "preset": preset,
+        "in_channels": int(config["in_channels"]),
+        "out_channels": int(config["out_channels"]),
+        "overrides": _overrides(config, preset),
+    }
+
+
 def stroke_model_record(
     network: torch.nn.Module,
     spatial_size: int | Sequence[int] = 256,
@@ -306,23 +329,12 @@ def stroke_model_record(
                          "spatial_size": "@spatial_size", "slice_axis": "@slice_axis", "b_value": "@b_value",
                          "inplane_mode": "@inplane_mode", "inplane_spacing": "@inplane_spacing"}
     """
-    from ..networks import PATCHER_PRESETS
-
-    config = getattr(network, "config", None)
-    if not isinstance(config, Mapping):
-        raise TypeError(f"network must be a monai_patcher Patcher (with .config), got {type(network).__name__}")
-    preset = min(PATCHER_PRESETS, key=lambda name: len(_overrides(config, name)))  # ties: the first, "paper"
     size = int(spatial_size) if isinstance(spatial_size, (int, float)) else [int(s) for s in spatial_size]
     spacing = None if inplane_spacing is None else [float(s) for s in inplane_spacing]
     if inplane_mode == "spacing" and spacing is None:
         raise ValueError("inplane_mode='spacing' needs inplane_spacing ([x, y] mm)")
     return ModelRecord(
-        network={
-            "preset": preset,
-            "in_channels": int(config["in_channels"]),
-            "out_channels": int(config["out_channels"]),
-            "overrides": _overrides(config, preset),
-        },
+        network=_network_part(network),
         channels=["eADC", "DWI"],
         inplane_mode=inplane_mode,
         spatial_size=size,
@@ -330,6 +342,26 @@ def stroke_model_record(
         slice_axis=int(slice_axis),
         normalization=dict(STROKE_NORMALIZATION),
         b_value=float(b_value),
+    )
+
+
+def polyp_model_record(network: torch.nn.Module, spatial_size: int | Sequence[int] = 256) -> ModelRecord:
+    """The record of a polyp model (2D RGB images resized to ``spatial_size``, ImageNet normalisation).
+
+    Args:
+        network: the Patcher being trained (its ``config`` gives the constructor arguments).
+        spatial_size: the size images are resized to; an int is a square.
+
+    Example (``train.json``)::
+
+        "model_record": {"_target_": "monai_patcher.io.polyp_model_record", "network": "@network_def",
+                         "spatial_size": "@spatial_size"}
+    """
+    network_part = _network_part(network)
+    size = int(spatial_size) if isinstance(spatial_size, (int, float)) else [int(s) for s in spatial_size]
+    return ModelRecord(
+        network=network_part, channels=["R", "G", "B"], inplane_mode="resize", spatial_size=size,
+        slice_axis=None, normalization=dict(POLYP_NORMALIZATION), b_value=None,
     )
 
 
@@ -425,6 +457,13 @@ def patcher_from_record(
                 f"{record.source or 'the checkpoint'} holds a {_describe(args)} (its model record) but the "
                 f"{name!r} preset is asked for: drop --network_def#name (or --preset) to build the checkpoint's network."
             )
+    if in_channels is not None and in_channels != args["in_channels"]:
+        channels = ", ".join(map(str, record.channels)) or str(args["in_channels"])
+        raise ModelRecordMismatchError(
+            f"{record.source or 'the checkpoint'} holds a network of {args['in_channels']} input channels ({channels}, "
+            f"its model record) but this pipeline gives {in_channels}: use a checkpoint trained for these inputs "
+            "(a polyp model in the stroke bundle, or the other way round?)."
+        )
     asked = {"in_channels": in_channels, "out_channels": out_channels}
     asked.update({k: v for k, v in kwargs.items() if k not in _RUNTIME_ARGS})
     for key, value in asked.items():

@@ -71,6 +71,56 @@ def test_train_one_epoch(trained):
     assert "val_mean_dice" in trained["log"] and "val_mean_iou" in trained["log"]
 
 
+def test_checkpoints_carry_the_model_record(trained):
+    """model.pt and the last-epoch checkpoint say which network they hold and how its images were made."""
+    from monai_patcher.io import read_model_record
+
+    for name in ("model.pt", "checkpoint_epoch=1.pt"):
+        content = torch.load(trained["ckpt"] / name, map_location="cpu", weights_only=True)
+        assert {"model", "model_record"} <= set(content), name
+        record = read_model_record(trained["ckpt"] / name)
+        assert record.network == {"preset": "tiny", "in_channels": 3, "out_channels": 1, "overrides": {}}, name
+        assert (record.channels, record.inplane_mode, record.spatial_size, record.slice_axis) == (
+            ["R", "G", "B"], "resize", 64, None), name
+        assert record.normalization["subtrahend"] == [0.485, 0.456, 0.406] and record.b_value is None
+
+
+def test_inference_builds_the_network_from_the_record(trained, tmp_path):
+    """Inference with no preset and no size given builds the trained 'tiny' network at 64 x 64 from model.pt's
+    record (the config's defaults are 'paper' and 256); a preset or a size that disagrees is one sentence."""
+    from monai.bundle import ConfigWorkflow
+
+    from monai_patcher.io import ModelRecordMismatchError
+    from monai_patcher.networks import PATCHER_PRESETS
+
+    ckpt = str(trained["ckpt"] / "model.pt")
+    images = trained["data"] / "val" / "images"
+    common = {"input": str(images), "ckpt_path": ckpt, "num_workers": 0}
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), logging_file=False, workflow_type="infer",
+                        output_dir=str(tmp_path / "pred"), **common)
+    wf.initialize()
+    assert wf.parser.get_parsed_content("spatial_size") == 64
+    net = wf.parser.get_parsed_content("network_def")
+    assert list(net.config["embed_dims"]) == list(PATCHER_PRESETS["tiny"]["embed_dims"])
+    wf.run()
+    assert len(list((tmp_path / "pred").glob("*_mask.png"))) == len(list(images.glob("*.jpg")))
+    for override, words in (({"network_def#name": "small"}, ["holds a 'tiny' Patcher", "drop --network_def#name"]),
+                            ({"spatial_size": 128}, ["trained with spatial_size 64 but 128", "--spatial_size"])):
+        wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), logging_file=False, workflow_type="infer",
+                            output_dir=str(tmp_path / "other"), **common, **override)
+        with pytest.raises(Exception) as err:
+            wf.initialize()
+            wf.parser.get_parsed_content("network_def")
+        chain, e = [], err.value
+        while e is not None:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        mismatch = [e for e in chain if isinstance(e, ModelRecordMismatchError)]
+        assert mismatch, chain
+        msg = str(mismatch[0])
+        assert ckpt in msg and all(w in msg for w in words) and "\n" not in msg, msg
+
+
 def test_resume_keeps_best_model(trained, tmp_path):
     """After ``--resume true`` the best Dice so far is restored: a worse validation does not replace model.pt."""
     cfg = json.loads(Path(TRAIN).read_text())

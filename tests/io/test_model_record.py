@@ -82,7 +82,8 @@ def test_a_setting_that_disagrees_with_the_record_is_one_sentence_naming_the_fil
     msg = str(info.value)
     assert str(path) in msg and "'small' Patcher" in msg and "'paper'" in msg and "\n" not in msg, msg
     assert "Missing key" not in msg
-    with pytest.raises(ModelRecordMismatchError, match=r"in_channels 2 .* in_channels 3"):
+    with pytest.raises(ModelRecordMismatchError, match=r"2 input channels \(eADC, DWI, its model record\) but this "
+                       r"pipeline gives 3"):
         patcher_from_record(record, in_channels=3)
     with pytest.raises(ModelRecordMismatchError, match=r"spatial_size 64 but 128 is asked for"):
         record.check(spatial_size=128)
@@ -149,3 +150,20 @@ def test_safe_loader_says_how_to_fix_a_missing_checkpoint(tmp_path):
         SafeCheckpointLoader(str(tmp_path / "model.pt"), {"model": torch.nn.Linear(2, 1)})(Engine(lambda e, b: None))
     msg = str(info.value)
     assert str(tmp_path / "model.pt") in msg and "does not exist" in msg and "--ckpt_path" in msg
+
+
+def test_a_polyp_record_describes_rgb_images_and_is_refused_by_a_two_channel_pipeline(tmp_path):
+    from monai_patcher.io import polyp_model_record
+
+    net = patcher_preset("tiny", in_channels=3, out_channels=1)
+    path = _save(tmp_path, net, polyp_model_record(net, spatial_size=96))
+    record = read_model_record(path)
+    assert (record.channels, record.inplane_mode, record.spatial_size, record.slice_axis, record.b_value) == (
+        ["R", "G", "B"], "resize", 96, None, None)
+    assert record.normalization["divisor"] == [0.229, 0.224, 0.225]
+    assert patcher_from_record(record, in_channels=3, out_channels=1).config == net.config
+    record.check(spatial_size=96, slice_axis=2)  # no slice axis recorded: nothing to disagree with
+    with pytest.raises(ModelRecordMismatchError) as info:
+        patcher_from_record(record, in_channels=2, out_channels=1)  # the stroke bundle's inference.json
+    msg = str(info.value)
+    assert str(path) in msg and "3 input channels (R, G, B" in msg and "gives 2" in msg and "\n" not in msg, msg
