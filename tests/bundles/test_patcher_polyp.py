@@ -121,6 +121,23 @@ def test_inference_builds_the_network_from_the_record(trained, tmp_path):
         assert ckpt in msg and all(w in msg for w in words) and "\n" not in msg, msg
 
 
+def test_ckpt_export_of_the_trained_checkpoint(trained, tmp_path):
+    """The command of the bundle's README: ``ckpt_export --key_in_ckpt model`` of model.pt (weights next to the
+    record), the network built from the record (no preset named): the TorchScript file holds the trained weights."""
+    from monai.bundle import ckpt_export
+
+    ckpt = str(trained["ckpt"] / "model.pt")
+    ts = tmp_path / "model.ts"
+    ckpt_export("network_def", filepath=str(ts), ckpt_file=ckpt, key_in_ckpt="model", ckpt_path=ckpt,
+                meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
+                bundle_root=str(BUNDLE))
+    weights = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+    scripted = torch.jit.load(str(ts))
+    assert set(scripted.state_dict()) == set(weights)
+    assert all(torch.equal(scripted.state_dict()[k], v) for k, v in weights.items())
+    assert scripted(torch.zeros(1, 3, 64, 48)).shape == (1, 1, 64, 48)
+
+
 def test_resume_keeps_best_model(trained, tmp_path):
     """After ``--resume true`` the best Dice so far is restored: a worse validation does not replace model.pt."""
     cfg = json.loads(Path(TRAIN).read_text())
