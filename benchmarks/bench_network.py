@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -37,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +44,7 @@ from torch import nn
 from monai_patcher.allocator import keep_freed_memory
 
 from . import child_env, models, module_command
+from .flops import as_defined, count_flops
 
 PRESETS = ("paper", "small", "tiny")
 MONAI_MODELS = ("unet", "attention_unet", "swin_unetr")
@@ -65,59 +65,6 @@ def build_model(name: str, in_channels: int = 2, out_channels: int = 1) -> nn.Mo
         The model in eval mode.
     """
     return models.build_model(f"patcher_{name}" if name in PRESETS else name, in_channels, out_channels).eval()
-
-
-def _register_cpu_attention_flops() -> None:
-    """Count ``scaled_dot_product_attention`` on CPU (its CPU kernel has no formula in torch's FLOP counter)."""
-    from torch.utils import flop_counter
-
-    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    if op in flop_counter.flop_registry:
-        return
-
-    @flop_counter.register_flop_formula(op)
-    def _sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-@contextlib.contextmanager
-def as_defined(model: nn.Module) -> Iterator[None]:
-    """Inside, every Patcher part in ``model`` (the model itself or a wrapped one) runs on its plain path
-    (:func:`monai_patcher.networks.set_fast_paths` off), so its FLOPs are those of the architecture as defined (the
-    same outputs up to float rounding): every transformer block computes all its tokens (no centre-only last block),
-    and the decoder's gate convolves the upsampled experts at full resolution. Each part's setting is restored
-    afterwards. Other models are unchanged."""
-    from monai_patcher.networks import set_fast_paths
-
-    saved = [(m, m.fast_paths) for m in model.modules() if hasattr(m, "fast_paths")]
-    set_fast_paths(model, False)
-    try:
-        yield
-    finally:
-        for m, enabled in saved:
-            m.fast_paths = enabled
-
-
-def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """FLOPs of one forward (``FlopCounterMode``: matmuls, convolutions and attention; 2 FLOPs per multiply-add).
-
-    Args:
-        model: the network (run as it is; wrap the call in :func:`as_defined` for the architecture's count).
-        x: its input.
-
-    Returns:
-        ``(total, attention)``: all FLOPs, and the part in ``scaled_dot_product_attention`` (which torch's counter
-        alone misses on CPU, like the module-based counters papers quote).
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    _register_cpu_attention_flops()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
-    attention = sum(
-        n for op, n in counter.get_flop_counts()["Global"].items() if "scaled_dot_product" in str(op)
-    )
-    return int(counter.get_total_flops()), int(attention)
 
 
 class MatmulProbe:

@@ -22,7 +22,7 @@ the same way (CPU time and wall), and their ratio. **Training FLOPs as defined**
 the architecture as defined (``torch.utils.flop_counter`` on one image, times the batch; Patcher models on their
 plain path, :func:`monai_patcher.networks.set_fast_paths` off): the backward of a matrix product or convolution
 costs two of its forwards (the input and the weight gradient). Attention products are not in that count (the
-counter has no CPU formula for ``scaled_dot_product_attention``; ``bench_network.count_flops`` adds them, and the
+counter has no CPU formula for ``scaled_dot_product_attention``; ``flops.count_flops`` adds them, and the
 ``+ attn`` column gives the count with them). Eval rows count the forward once.
 
 **In fresh processes** (``--fresh``): each model also runs alone in a child process (``--warmup`` steps, then
@@ -136,7 +136,7 @@ def forward_gflop_as_defined(model, size: int) -> tuple[float, float]:
     """GFLOP of one ``1 x 3 x size x size`` forward as defined: ``(matmuls and convolutions, attention products)``."""
     import torch
 
-    from .bench_network import as_defined, count_flops
+    from .flops import as_defined, count_flops
 
     was_training = model.training
     model.eval()
