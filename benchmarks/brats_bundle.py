@@ -131,7 +131,9 @@ def read_metrics(eval_dir: Path) -> dict:
     for metric in ("val_mean_dice", "val_mean_iou"):
         with open(eval_dir / f"{metric}_raw.csv") as f:
             rows = list(csv.DictReader(f))
-        out[f"{metric}_per_volume"] = {Path(r["filename"]).parent.name: float(r["class0"]) for r in rows}
+        # rows are named by the datalist's case id (older runs: by the scan's path, whose folder is the case)
+        out[f"{metric}_per_volume"] = {(Path(r["filename"]).parent.name or r["filename"]): float(r["class0"])
+                                       for r in rows}
     return out
 
 
