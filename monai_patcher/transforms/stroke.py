@@ -165,17 +165,17 @@ class ComputeEADCd(MapTransform):
         for key, out_key in self.key_iterator(d, self.output_keys):
             adc = d[key]
             t = torch.as_tensor(adc)
-            if not torch.isfinite(t).all():
+            plain = t.as_tensor() if isinstance(t, MetaTensor) else t  # no MetaTensor bookkeeping per operation
+            if not torch.isfinite(plain).all():
                 raise DataError(f"{source_name(d, key)}: ADC map contains NaN/Inf voxels")
             if self.unit == "auto":
                 try:
-                    unit = detect_adc_unit(t)
+                    unit = detect_adc_unit(plain)
                 except DataError as e:
                     raise DataError(f"{source_name(d, key)}: {e}") from None
             else:
                 unit = self.unit
-                self._check_unit(t, unit, d, key)
-            plain = t.as_tensor() if isinstance(t, MetaTensor) else t  # no MetaTensor bookkeeping per operation
+                self._check_unit(plain, unit, d, key)
             eadc = torch.exp((plain.float().clamp(min=0) * ADC_UNITS[unit]).mul_(-self.b_value))
             if self.zero_background:
                 eadc.masked_fill_(plain <= 0, 0.0)
