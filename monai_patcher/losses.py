@@ -6,7 +6,41 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["BCEIoULoss"]
+__all__ = ["BCEIoULoss", "box_mean"]
+
+
+def box_mean(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Mean of ``x`` over the ``kernel_size`` box around each element, counting only the elements inside the image.
+
+    The same values as ``avg_poolNd(x, kernel_size, stride=1, padding=kernel_size // 2, count_include_pad=False)``
+    up to float rounding, computed as one 1-D box mean per spatial axis: the window inside the image is a box (the
+    product of its extents along each axis), so its mean is the mean along one axis of the means along the others.
+    That is ``N * kernel_size`` additions per element instead of ``kernel_size ** N``: for the polyp loss's 31 x 31
+    window, 62 instead of 961 (the full pool took about as long as a UNet's forward at 256 x 256).
+
+    Args:
+        x: ``B x C x spatial`` with 1, 2 or 3 spatial axes.
+        kernel_size: odd window size along every spatial axis.
+
+    Example::
+
+        >>> x = torch.rand(2, 1, 40, 30)
+        >>> ref = F.avg_pool2d(x, 7, stride=1, padding=3, count_include_pad=False)
+        >>> torch.allclose(box_mean(x, 7), ref, atol=1e-6)
+        True
+    """
+    nd = x.ndim - 2
+    if nd not in (1, 2, 3):
+        raise ValueError(f"box_mean takes 1, 2 or 3 spatial axes, got a tensor of shape {tuple(x.shape)}.")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}.")
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+    for axis in range(nd):
+        kernel = [1] * nd
+        padding = [0] * nd
+        kernel[axis], padding[axis] = kernel_size, kernel_size // 2
+        x = pool(x, kernel, stride=1, padding=padding, count_include_pad=False)
+    return x
 
 
 class BCEIoULoss(_Loss):
@@ -41,7 +75,8 @@ class BCEIoULoss(_Loss):
     Example::
 
         >>> loss = BCEIoULoss()
-        >>> loss(torch.randn(2, 1, 64, 64), torch.randint(0, 2, (2, 1, 64, 64)).float())
+        >>> loss(torch.randn(2, 1, 64, 64), torch.randint(0, 2, (2, 1, 64, 64)).float()).shape
+        torch.Size([])
     """
 
     def __init__(
@@ -72,9 +107,7 @@ class BCEIoULoss(_Loss):
             raise ValueError(f"input {tuple(input.shape)} and target {tuple(target.shape)} must have the same shape.")
         input, target = input.float(), target.float()  # sums over an image overflow in float16 (autocast)
         if self.boundary_weight > 0:
-            pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[input.ndim - 2]
-            local_mean = pool(target, self.kernel_size, stride=1, padding=self.kernel_size // 2, count_include_pad=False)
-            weight = 1 + self.boundary_weight * (local_mean - target).abs()
+            weight = 1 + self.boundary_weight * (box_mean(target, self.kernel_size) - target).abs()
         else:
             weight = torch.ones_like(target)
         dims = tuple(range(2, input.ndim))

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_patcher.losses import BCEIoULoss
+from monai_patcher.losses import BCEIoULoss, box_mean
 
 
 def _mask(b=2, h=32, w=32):
@@ -140,3 +140,25 @@ def test_mask_filling_the_image_has_no_boundary_weight():
     torch.testing.assert_close(BCEIoULoss()(x, y), BCEIoULoss(boundary_weight=0)(x, y))
     padded = F.avg_pool2d(y, 31, stride=1, padding=15)  # PraNet's weight, for contrast
     assert float((1 + 5 * (padded - y).abs()).max()) > 4.6
+
+
+@pytest.mark.parametrize(
+    "shape,kernel",
+    [((2, 3, 37), 31), ((2, 1, 45, 29), 31), ((1, 2, 9, 11), 31), ((2, 1, 40, 33), 7), ((1, 2, 11, 13, 9), 5)],
+)
+def test_box_mean_equals_the_full_pool(shape, kernel):
+    """The separable box mean against the one-pass pool it replaces, float64, soft values, odd sizes, images
+    smaller than the window, 1-3 spatial axes."""
+    torch.manual_seed(0)
+    x = torch.rand(shape, dtype=torch.float64)
+    pool = {3: F.avg_pool1d, 4: F.avg_pool2d, 5: F.avg_pool3d}[len(shape)]
+    ref = pool(x, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    got = box_mean(x, kernel)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 3), 3), ((1, 1, 2, 2, 2, 2), 3), ((1, 1, 8, 8), 4), ((1, 1, 8, 8), 0)])
+def test_box_mean_bad_arguments_raise(shape, kernel):
+    with pytest.raises(ValueError, match="spatial axes|odd"):
+        box_mean(torch.zeros(shape), kernel)
