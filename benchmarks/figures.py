@@ -43,7 +43,9 @@ def dice_vs_time(results: Path, path: Path, skip: tuple[str, ...] = ()) -> None:
         t = [0.0] + [r["train_cpu_s"] / 60 for r in h]
         d = [0.0] + [100 * r.get("dice_full", r["dice_256"]) for r in h]
         style = "-" if log["model"].startswith("patcher") else "--"
-        ax.plot(t, d, style, marker="o", ms=3, label=f"{log['model']} ({log['steps']} steps)")
+        budget = log.get("config", {}).get("budget_minutes")  # runs of one model at two budgets share the plot
+        label = f"{log['model']}, {budget:g} CPU min" if budget else log["model"]
+        ax.plot(t, d, style, marker="o", ms=3, label=f"{label} ({log['steps']} steps)")
     ax.set_xlabel("training time (process CPU minutes, 1 thread)")
     ax.set_ylabel("val Dice (%), original resolution")
     ax.set_title("Kvasir-SEG val/ (100 images): Dice against training time")

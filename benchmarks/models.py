@@ -6,7 +6,8 @@ encoder sizes) and its ``H/4`` logits are upsampled (bilinear) to the input size
 
 Names: ``patcher_small``, ``patcher_paper``, ``patcher_tiny`` (Patcher presets; ``patcher_small_bn`` etc. add
 overrides, see ``PATCHER_VARIANTS``), ``unet``, ``attention_unet``, ``swin_unetr`` (MONAI, ``spatial_dims=2``),
-``segformer_b0``, ``segformer_b5``.
+``segformer_b0``, ``segformer_b5``; ``gemm_stack``, a control made of nothing but matrix products (see
+:class:`GemmStack`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from monai_patcher.networks import patcher_preset
 
-__all__ = ["MODEL_NAMES", "PATCHER_VARIANTS", "build_model", "build_patcher", "count_parameters", "describe_model"]
+__all__ = ["CONTROL_MODELS", "MODEL_NAMES", "PATCHER_VARIANTS", "build_model", "build_patcher", "count_parameters", "describe_model"]
 
 MODEL_NAMES = (
     "patcher_small",
@@ -30,6 +31,9 @@ MODEL_NAMES = (
     "segformer_b5",
     "patcher_paper",
 )
+
+#: controls for speed ratios, not segmentation models (built by ``build_model``, not trained on real data)
+CONTROL_MODELS = ("gemm_stack",)
 
 #: extra Patcher configurations tried on val/ (name -> (preset, overrides))
 PATCHER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -78,6 +82,33 @@ class SegFormerLogits(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(pixel_values=x).logits  # B x C x H/4 x W/4
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class GemmStack(nn.Module):
+    """A control for speed ratios: a network that is almost only matrix products, shaped like the paper preset's
+    stage 3 Mix-FFN (320 -> 1280 -> 320 tokens).
+
+    ``8 x 8`` pixel blocks become tokens (``pixel_unshuffle``, a copy), a linear layer embeds them, ``depth``
+    residual blocks ``x + fc2(gelu(fc1(x)))`` follow, and a linear layer and ``pixel_shuffle`` give the logits.
+    Its training step against its eval forward is what the GEMMs of this machine's library give (a linear layer's
+    backward is two products the size of its forward), the floor below which a network made of the same products
+    cannot go.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dim: int = 320, hidden: int = 1280, depth: int = 8) -> None:
+        super().__init__()
+        self.block = 8
+        self.embed = nn.Linear(in_channels * self.block**2, dim)
+        self.fc1 = nn.ModuleList([nn.Linear(dim, hidden) for _ in range(depth)])
+        self.fc2 = nn.ModuleList([nn.Linear(hidden, dim) for _ in range(depth)])
+        self.out = nn.Linear(dim, out_channels * self.block**2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        t = self.embed(F.pixel_unshuffle(x, self.block).permute(0, 2, 3, 1))  # B x h/8 x w/8 x dim
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            t = t + fc2(F.gelu(fc1(t)))
+        return F.pixel_shuffle(self.out(t).permute(0, 3, 1, 2), self.block)
 
 
 class PatcherLogits(nn.Module):
@@ -142,7 +173,11 @@ def build_model(name: str, in_channels: int = 3, out_channels: int = 1) -> nn.Mo
         )
     if name in _SEGFORMER:
         return SegFormerLogits(in_channels, out_channels, name)
-    raise ValueError(f"unknown model {name!r}; choose from {list(MODEL_NAMES) + sorted(PATCHER_VARIANTS)}")
+    if name == "gemm_stack":
+        return GemmStack(in_channels, out_channels)
+    raise ValueError(
+        f"unknown model {name!r}; choose from {list(MODEL_NAMES) + sorted(PATCHER_VARIANTS) + list(CONTROL_MODELS)}"
+    )
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -156,6 +191,7 @@ def describe_model(name: str) -> str:
         return f"Patcher preset '{preset}'" + (f" with {overrides}" if overrides else "")
     return {
         "unet": "MONAI UNet, channels (32,64,128,256,512), strides 2, 2 residual units, BatchNorm",
+        "gemm_stack": "control: 8 residual MLP blocks 320 -> 1280 -> 320 on 8 x 8 pixel tokens (matrix products only)",
         "attention_unet": "MONAI AttentionUnet, channels (32,64,128,256,512), strides 2",
         "swin_unetr": "MONAI SwinUNETR 2D, feature_size 24, window 8, depths (2,2,2,2)",
         "segformer_b0": "transformers SegFormer, MiT-b0 config, random init, decoder 256",
