@@ -14,10 +14,11 @@ processes start them with :func:`module_command` and :func:`child_env`, so a chi
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from pathlib import Path
 
-__all__ = ["ROOT", "child_env", "module_command"]
+__all__ = ["ROOT", "child_env", "module_command", "peak_rss_mib"]
 
 #: the repository root (the folder that holds ``benchmarks/`` and ``monai_patcher/``)
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,3 +39,21 @@ def child_env(**overrides: str) -> dict[str, str]:
     env = {**os.environ, **overrides}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process's own address space, in MiB.
+
+    Linux's ``VmHWM`` (``/proc/self/status``), which starts again at ``exec``. Not ``getrusage(RUSAGE_SELF).
+    ru_maxrss``: Linux carries that maximum over ``fork`` and ``exec``, so a child started by a process that had
+    5 GB resident reports at least 5 GB whatever it used itself. ``ru_maxrss`` is the fallback where ``/proc``
+    is missing.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB

@@ -20,7 +20,7 @@ import os
 import statistics
 import subprocess
 
-from . import child_env, module_command
+from . import child_env, module_command, peak_rss_mib
 
 
 def child(preset: str, size: int, forwards: int, keep: bool) -> dict:
@@ -48,7 +48,7 @@ def child(preset: str, size: int, forwards: int, keep: bool) -> dict:
             net(x)
             times.append(time.perf_counter() - t0)
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    rss = int(peak_rss_mib())
     return {"keep": keep, "faults": faults, "times": times, "max_rss_mib": rss}
 
 

@@ -1,6 +1,6 @@
 """Peak memory of stroke inference on a big scan (512 x 512 x 300, DWI + ADC), for several ``sw_batch_size``.
 
-Measures, not tests. Each measurement runs in its own child process (``ru_maxrss`` is the peak resident memory of
+Measures, not tests. Each measurement runs in its own child process (:func:`benchmarks.peak_rss_mib` is the peak resident memory of
 that process over its whole life): ``monai_patcher.batch_inference`` reads the two NIfTI files, checks them,
 computes eADC, normalises, resizes in-plane to 256 x 256, runs the network with ``SliceInferer`` over the 300
 axial slices, ``sw_batch_size`` slices per forward pass, inverts the resize/orientation back to 512 x 512 x 300
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -29,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import child_env, module_command
+from . import child_env, module_command, peak_rss_mib
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return peak_rss_mib()
 
 
 def write_case(folder: Path, shape: tuple[int, int, int]) -> dict:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from torch import nn
 
 from monai_patcher.allocator import keep_freed_memory
 
-from . import child_env, models, module_command
+from . import child_env, models, module_command, peak_rss_mib
 from .flops import as_defined, count_flops
 
 PRESETS = ("paper", "small", "tiny")
@@ -127,7 +126,7 @@ def time_forward(
 
 
 def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    return peak_rss_mib()
 
 
 def measure(name: str, size: int, in_channels: int, repeats: int, time_budget: float) -> dict[str, Any]:

@@ -26,7 +26,7 @@ counter has no CPU formula for ``scaled_dot_product_attention``; ``flops.count_f
 ``+ attn`` column gives the count with them). Eval rows count the forward once.
 
 **In fresh processes** (``--fresh``): each model also runs alone in a child process (``--warmup`` steps, then
-``--rounds`` timed steps), which gives its peak resident memory (``ru_maxrss``), its page faults per step and the
+``--rounds`` timed steps), which gives its peak resident memory (:func:`benchmarks.peak_rss_mib`), its page faults per step and the
 times of a process that starts cold; ``--child-allocator default`` leaves glibc's allocator as it is (the
 earlier benchmark's setting) instead of ``keep_freed_memory``. Each child runs under an address-space limit
 (``--mem-limit-gb``) so that a model too large for the machine fails with an allocation error.
@@ -57,7 +57,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from . import child_env, module_command
+from . import child_env, module_command, peak_rss_mib
 
 HERE = Path(__file__).resolve().parent
 
@@ -235,7 +235,7 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
-        "peak_rss_mib_all_models": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib_all_models": peak_rss_mib(),
         "rows": rows,
     }
 
@@ -280,7 +280,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     torch.set_num_threads(args.threads)
     w = Workload(args.child, args.batch_size, args.size)
-    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_model = peak_rss_mib()
     cpu, wall, faults = [], [], []
     for i in range(args.warmup + args.rounds):
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -299,7 +299,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s_per_step": _median(cpu),
         "wall_s_per_step": _median(wall),
         "rss_after_build_mib": rss_model,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 

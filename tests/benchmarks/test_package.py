@@ -7,9 +7,10 @@ import importlib
 import os
 import pkgutil
 import subprocess
+import sys
 
 import benchmarks
-from benchmarks import ROOT, child_env, module_command
+from benchmarks import ROOT, child_env, module_command, peak_rss_mib
 
 LIBRARY_MODULES = {"models"}  # imported by the scripts, not run
 
@@ -33,3 +34,22 @@ def test_a_child_runs_the_module_from_another_working_directory(tmp_path):
     bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     res = subprocess.run(cmd, cwd=tmp_path, env=bare, capture_output=True, text=True)
     assert res.returncode != 0 and "No module named 'benchmarks'" in res.stderr  # what child_env is for
+
+
+def test_peak_rss_of_a_child_is_its_own_not_its_parents():
+    """A child started by a process with a large resident set reports its own peak (ru_maxrss would carry the
+    parent's over fork and exec)."""
+    ballast = bytearray(400 * 2**20)
+    for i in range(0, len(ballast), 4096):  # touch every page: resident
+        ballast[i] = 1
+    assert peak_rss_mib() >= 400
+    code = (
+        "import resource; from benchmarks import peak_rss_mib; "
+        "print(peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), check=True)
+    own, inherited = map(float, out.stdout.split())
+    assert own < 200, out.stdout  # an interpreter that imported the benchmarks package: tens of MiB
+    if sys.platform.startswith("linux"):
+        assert inherited >= 400  # the reason for the helper: Linux's ru_maxrss is the parent's here
+    del ballast
