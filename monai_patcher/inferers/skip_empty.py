@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from monai.inferers import SliceInferer
+from monai.utils import convert_to_tensor
 
 __all__ = ["SkipEmptySliceInferer"]
 
@@ -50,7 +51,7 @@ class _SkipEmptyWindows:
         self.windows += n
         if args or kwargs:  # a condition or extra inputs go with each window: nothing to share
             return self.network(x, *args, **kwargs)
-        plain = x.as_tensor() if hasattr(x, "as_tensor") else x
+        plain = convert_to_tensor(x, track_meta=False)
         empty = (plain == self.background).flatten(1).all(dim=1)
         if not bool(empty.any()):
             return self.network(x)

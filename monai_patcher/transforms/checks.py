@@ -13,7 +13,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
-from monai.utils import MetaKeys
+from monai.utils import convert_to_tensor
 
 from ..data.errors import DataError
 
@@ -109,8 +109,7 @@ class CheckVolumed(MapTransform):
                     + ("a 2D image (single slice) was given where a volume is expected" if self.spatial_dims == 3
                        else "the image is degenerate")
                 )
-            t = torch.as_tensor(x)
-            t = t.as_tensor() if hasattr(t, "as_tensor") else t  # plain tensor ops: no MetaTensor bookkeeping
+            t = convert_to_tensor(x, track_meta=False)  # plain tensor ops: no MetaTensor bookkeeping
             if t.is_floating_point() and not self.allow_nonfinite and not bool(torch.isfinite(t).all()):
                 n_nan = int(torch.isnan(t).sum())  # counted only for the message
                 n_inf = int(torch.isinf(t).sum())

@@ -26,7 +26,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.transforms.traits import MultiSampleTrait
-from monai.utils import MetaKeys
+from monai.utils import MetaKeys, convert_to_tensor
 
 from ..data.errors import DataError
 from .checks import source_name
@@ -288,6 +288,5 @@ def stack_slices(slices: Sequence, axis: int = 2, indices: Sequence[int] | None 
     if sorted(indices) != list(range(len(slices))):
         raise ValueError(f"stack_slices: slice indices must be 0..{len(slices) - 1} once each, got {sorted(indices)}")
     order = np.argsort(indices)
-    planes = [torch.as_tensor(slices[i]) for i in order]
-    planes = [p.as_tensor() if isinstance(p, MetaTensor) else p for p in planes]
+    planes = [convert_to_tensor(slices[i], track_meta=False) for i in order]
     return torch.stack(planes, dim=axis + 1)

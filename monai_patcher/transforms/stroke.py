@@ -12,7 +12,6 @@ import logging
 from collections.abc import Hashable, Mapping, Sequence
 from functools import partial
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -33,6 +32,7 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
+from monai.utils import convert_to_tensor
 
 from ..data.errors import DataError
 from ..data.readers import SimpleITKReader
@@ -78,8 +78,7 @@ def detect_adc_unit(adc) -> str:
     Raises:
         DataError: no positive finite voxel.
     """
-    t = torch.as_tensor(adc).detach()
-    t = (t.as_tensor() if hasattr(t, "as_tensor") else t).float()  # plain float32: no MetaTensor bookkeeping
+    t = convert_to_tensor(adc, track_meta=False).detach().float()  # plain float32: no MetaTensor bookkeeping
     positive = torch.isfinite(t) & (t > 0)
     n = int(positive.sum())
     if n == 0:
@@ -164,8 +163,7 @@ class ComputeEADCd(MapTransform):
         d = dict(data)
         for key, out_key in self.key_iterator(d, self.output_keys):
             adc = d[key]
-            t = torch.as_tensor(adc)
-            plain = t.as_tensor() if isinstance(t, MetaTensor) else t  # no MetaTensor bookkeeping per operation
+            plain = convert_to_tensor(adc, track_meta=False)  # no MetaTensor bookkeeping per operation
             if not torch.isfinite(plain).all():
                 raise DataError(f"{source_name(d, key)}: ADC map contains NaN/Inf voxels")
             if self.unit == "auto":
@@ -180,8 +178,7 @@ class ComputeEADCd(MapTransform):
             if self.zero_background:
                 eadc.masked_fill_(plain <= 0, 0.0)
             if isinstance(adc, MetaTensor):
-                eadc = MetaTensor(eadc.as_tensor() if isinstance(eadc, MetaTensor) else eadc, meta=dict(adc.meta),
-                                  applied_operations=list(adc.applied_operations))
+                eadc = MetaTensor(eadc, meta=dict(adc.meta), applied_operations=list(adc.applied_operations))
                 eadc.meta["adc_unit"] = unit
             d[out_key] = eadc
         return d
