@@ -1,8 +1,8 @@
 """Peak memory of stroke inference on a big scan (512 x 512 x 300, DWI + ADC), for several ``sw_batch_size``.
 
-Measures, not tests. Each measurement runs in its own child process (:func:`benchmarks.peak_rss_mib` is the peak resident memory of
-that process over its whole life): ``monai_patcher.batch_inference`` reads the two NIfTI files, checks them,
-computes eADC, normalises, resizes in-plane to 256 x 256, runs the network with ``SliceInferer`` over the 300
+Measures, not tests. Each measurement runs in its own child process (:func:`benchmarks.peak_rss_mib` is the
+peak resident memory of that process over its whole life): ``monai_patcher.batch_inference`` reads the two NIfTI
+files, checks them, computes eADC, normalises, resizes in-plane to 256 x 256, runs the network with ``SliceInferer`` over the 300
 axial slices, ``sw_batch_size`` slices per forward pass, inverts the resize/orientation back to 512 x 512 x 300
 and writes the mask. A baseline child builds the same predictor (imports, network) without reading any data.
 
@@ -29,10 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from . import child_env, module_command, peak_rss_mib
-
-
-def _rss_mb() -> float:
-    return peak_rss_mib()
 
 
 def write_case(folder: Path, shape: tuple[int, int, int]) -> dict:
@@ -71,14 +67,14 @@ def child(args) -> None:
     # the paper's resize, as in the recorded results (the CLI's default is now the spacing pipeline)
     predictor = BatchPredictor(None, preset=args.preset, spatial_size=256, sw_batch_size=args.sw_batch_size,
                                inplane_mode="resize")
-    baseline = _rss_mb()
+    baseline = peak_rss_mib()
     result = {"sw_batch_size": args.sw_batch_size, "preset": args.preset, "baseline_mb": round(baseline, 1)}
     if not args.baseline_only:
         start = time.perf_counter()
         results = run_batch(args.input, args.output, predictor, overwrite=True)
         result["seconds"] = round(time.perf_counter() - start, 1)
         result["status"] = [r.status + (f": {r.reason}" if r.reason else "") for r in results]
-    result["peak_mb"] = round(_rss_mb(), 1)
+    result["peak_mb"] = round(peak_rss_mib(), 1)
     print(json.dumps(result), flush=True)
 
 

@@ -125,10 +125,6 @@ def time_forward(
     return times, warmup
 
 
-def _maxrss_mib() -> float:
-    return peak_rss_mib()
-
-
 def measure(name: str, size: int, in_channels: int, repeats: int, time_budget: float) -> dict[str, Any]:
     """All the numbers of one table row (run this in a fresh process, see :func:`run_child`).
 
@@ -145,12 +141,12 @@ def measure(name: str, size: int, in_channels: int, repeats: int, time_budget: f
     torch.manual_seed(0)
     x = torch.randn(1, in_channels, size, size)
     probe = MatmulProbe()
-    rss0 = _maxrss_mib()
+    rss0 = peak_rss_mib()
     model = build_model(name, in_channels)
     params = sum(p.numel() for p in model.parameters())
     times, warmup = time_forward(model, x, repeats, time_budget, probe)
     matmul = probe.median()
-    rss1 = _maxrss_mib()
+    rss1 = peak_rss_mib()
     flops, attention_flops = count_flops(model, x)
     with as_defined(model):
         defined_flops, defined_attention = count_flops(model, x)

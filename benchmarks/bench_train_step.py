@@ -26,9 +26,9 @@ counter has no CPU formula for ``scaled_dot_product_attention``; ``flops.count_f
 ``+ attn`` column gives the count with them). Eval rows count the forward once.
 
 **In fresh processes** (``--fresh``): each model also runs alone in a child process (``--warmup`` steps, then
-``--rounds`` timed steps), which gives its peak resident memory (:func:`benchmarks.peak_rss_mib`), its page faults per step and the
-times of a process that starts cold; ``--child-allocator default`` leaves glibc's allocator as it is (the
-earlier benchmark's setting) instead of ``keep_freed_memory``. Each child runs under an address-space limit
+``--rounds`` timed steps), which gives its peak resident memory (:func:`benchmarks.peak_rss_mib`), its page faults
+per step and the times of a process that starts cold; ``--child-allocator default`` leaves glibc's allocator as it
+is (the earlier benchmark's setting) instead of ``keep_freed_memory``. Each child runs under an address-space limit
 (``--mem-limit-gb``) so that a model too large for the machine fails with an allocation error.
 
 **Profile** (``--profile MODEL``): ``torch.profiler`` over ``--profile-steps`` training steps after the warm-up;
