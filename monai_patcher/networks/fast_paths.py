@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .blocks import PatcherBlock
-from .moe import MoEDecoder
+from .moe import MoEDecoder, PixelwiseConv
 
 __all__ = ["set_fast_paths"]
 
@@ -22,6 +22,8 @@ def set_fast_paths(module: nn.Module, enabled: bool = True) -> nn.Module:
       dropped after the stage); without autograd, the large patches go through the blocks in cache-sized groups.
     - :class:`MoEDecoder`: the gate's first convolution over the upsampled experts runs at the experts' own
       resolution (:func:`~monai_patcher.networks.cpu_kernels.add_upsampled_conv3x3_` in eager mode on CPU).
+    - :class:`~monai_patcher.networks.moe.PixelwiseConv` (the decoder's 1x1 convolutions): one matrix product over
+      the pixels, in eager mode on CPU.
 
     Each part keeps its setting in its ``fast_paths`` attribute, so TorchScript, tracing and ONNX export follow it;
     the CPU kernels themselves run in eager mode on CPU only.
@@ -40,6 +42,6 @@ def set_fast_paths(module: nn.Module, enabled: bool = True) -> nn.Module:
         >>> set_fast_paths(net)  # back to the fast paths
     """
     for m in module.modules():
-        if isinstance(m, (PatcherBlock, MoEDecoder)):
+        if isinstance(m, (PatcherBlock, MoEDecoder, PixelwiseConv)):
             m.fast_paths = bool(enabled)
     return module

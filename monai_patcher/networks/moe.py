@@ -10,7 +10,7 @@ from torch import nn
 
 from .cpu_kernels import add_upsampled_conv3x3_, use_cpu_kernels
 
-__all__ = ["MoEDecoder"]
+__all__ = ["MoEDecoder", "PixelwiseConv"]
 
 
 def _init_conv_module(module: nn.Module) -> None:
@@ -31,11 +31,48 @@ def _init_conv_module(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+class PixelwiseConv(nn.Conv2d):
+    """A 1x1 convolution (a linear map of the channels at every pixel) that runs as one matrix product on CPU.
+
+    The same module, parameters and ``state_dict`` as ``nn.Conv2d(in_channels, out_channels, kernel_size=1)``. On
+    its fast path (the attribute ``fast_paths``, set by :func:`~monai_patcher.networks.set_fast_paths`; eager mode on
+    CPU) it applies ``F.linear`` to the pixels of the channels-last map, a view, and returns a channels-last view of
+    the product: the same values up to float rounding. PyTorch runs a 1x1 convolution of fewer than 16 images on one
+    thread with its slow reference kernel rather than oneDNN (``ConvParams::use_mkldnn``), whose backward took about
+    1.3x the matrix product's at the decoder's shapes (docs/architecture.md). Elsewhere (scripted, traced or exported
+    graphs, other devices) it is the convolution.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        bias: add a learnable bias.
+
+    Example::
+
+        >>> conv = PixelwiseConv(8, 4)
+        >>> conv(torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)).shape
+        torch.Size([2, 4, 5, 5])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+        self.fast_paths = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self.fast_paths and use_cpu_kernels(x):
+                # B x C x H x W channels-last -> B x H x W x C (a view) -> B x H x W x O -> channels-last B x O x H x W
+                return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        return self._conv_forward(x, self.weight, self.bias)
+
+
 def _pixel_mlp(in_channels: int, hidden: Sequence[int]) -> nn.Sequential:
     """Pixel-wise MLP as 1x1 convolutions: ``in -> hidden[0] -> ... -> hidden[-1]``, ReLU after each layer."""
     layers: list[nn.Module] = []
     for ch in hidden:
-        layers += [nn.Conv2d(in_channels, ch, kernel_size=1), nn.ReLU(inplace=True)]
+        # not in place: the convolution's output is a view on CPU, and an in-place op on a view makes autograd
+        # copy the whole map in the backward
+        layers += [PixelwiseConv(in_channels, ch), nn.ReLU()]
         in_channels = ch
     return nn.Sequential(*layers)
 
@@ -143,11 +180,11 @@ class MoEDecoder(nn.Module):
 
         self.head = nn.Sequential(
             _pixel_mlp(decoder_dim, (decoder_dim, decoder_dim)),
-            nn.Conv2d(decoder_dim, decoder_dim, kernel_size=1, bias=False),
+            PixelwiseConv(decoder_dim, decoder_dim, bias=False),
             nn.BatchNorm2d(decoder_dim),
             nn.ReLU(inplace=True),
             nn.Dropout2d(dropout_rate),
-            nn.Conv2d(decoder_dim, out_channels, kernel_size=1),
+            PixelwiseConv(decoder_dim, out_channels),
         )
         self.fast_paths = True  # see _gate_logits and monai_patcher.networks.set_fast_paths
         # experts with at least this many channels take the gate's first convolution at their own resolution

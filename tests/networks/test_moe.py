@@ -368,3 +368,31 @@ def test_low_resolution_gate_paths():
                 traced_logits, traced_gating = traced(feats)
             torch.testing.assert_close(traced_gating, plain_gating, atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(traced_logits, plain_logits, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pixelwise_conv_equals_the_1x1_convolution(channels_last):
+    """Its CPU fast path (a matrix product over the pixels) gives the 1x1 convolution's output and gradients in
+    float64, from channels-last and NCHW inputs, and returns a channels-last map; ``fast_paths = False`` is the
+    convolution itself. Same parameters and state_dict keys as ``nn.Conv2d``."""
+    from monai_patcher.networks.moe import PixelwiseConv
+
+    torch.manual_seed(0)
+    conv = PixelwiseConv(6, 5).double()
+    ref = torch.nn.Conv2d(6, 5, kernel_size=1).double()
+    assert conv.state_dict().keys() == ref.state_dict().keys()
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(3, 6, 7, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    out, expected = conv(xs[0]), ref(xs[1])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(expected)
+    got = torch.autograd.grad(out, [xs[0], conv.weight, conv.bias], grad)
+    want = torch.autograd.grad(expected, [xs[1], ref.weight, ref.bias], grad)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and torch.allclose(g, w, rtol=1e-12, atol=1e-12)
+    conv.fast_paths = False  # the plain path: the convolution, which keeps its input's layout
+    assert conv(x.contiguous()).is_contiguous() and not conv(x.contiguous()).is_contiguous(memory_format=torch.channels_last)
