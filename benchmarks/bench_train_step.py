@@ -13,7 +13,9 @@ ratios (model to model, model to matmul rate) are properties of the code. Inputs
 size`` images with random binary masks; the loss is ``BCEIoULoss`` in fp32; ``bf16`` rows run the model under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``. ``--eval-forward`` adds, per model, a row timing the eval-mode
 forward (``torch.inference_mode``) of the same batch in the same rounds. The process calls
-:func:`monai_patcher.allocator.keep_freed_memory` first, as the bundles do.
+:func:`monai_patcher.allocator.use_huge_pages` and :func:`monai_patcher.allocator.keep_freed_memory` first, as the
+bundles do (``--huge-pages off``: without huge pages; PyTorch reads that switch once per process, so an A/B of it is
+two runs, best side by side).
 
 Reported per row (medians over the rounds): process CPU seconds (``time.process_time``: all threads, not counting
 time the process waited for a core, the steady figure on a shared machine) and wall seconds per step, images per
@@ -172,13 +174,24 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _set_allocator(args: argparse.Namespace, keep: bool = True) -> bool:
+    """The bundles' host-allocator settings (huge pages unless ``--huge-pages off``; freed memory kept unless
+    ``keep`` is false), before any large tensor exists; returns whether huge pages are on."""
+    from monai_patcher.allocator import keep_freed_memory, use_huge_pages
+
+    if args.huge_pages == "off":
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "0"  # PyTorch's switch, which a child inherits from its parent
+    huge = args.huge_pages == "on" and use_huge_pages()
+    if keep:
+        keep_freed_memory()
+    return huge
+
+
 def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
     """Time every row in one process, alternating; returns the header and the rows."""
+    huge = _set_allocator(args)
     import torch
 
-    from monai_patcher.allocator import keep_freed_memory
-
-    keep_freed_memory()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -236,6 +249,7 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "peak_rss_mib_all_models": peak_rss_mib(),
+        "huge_pages": huge,
         "rows": rows,
     }
 
@@ -247,7 +261,7 @@ def format_in_process(result: dict[str, Any]) -> str:
         f"{result['cpu']}; {result['threads']} thread(s); batch {result['batch_size']}, {result['size']} x "
         f"{result['size']}; {result['warmup']} warm-up step(s), median of {result['rounds']} alternating rounds; "
         f"load average {la0:.1f} before, {la1:.1f} after; process peak RSS {result['peak_rss_mib_all_models']:.0f} "
-        "MiB (all models)",
+        f"MiB (all models); huge pages: {'on' if result.get('huge_pages') else 'off'}",
         "",
         "| model | precision | step | CPU s | wall s | images / s | GFLOP as defined (+ attn) | achieved GFLOP/s "
         "(CPU) | matmul GFLOP/s (CPU) | achieved / matmul (CPU) | same by wall time |",
@@ -269,12 +283,9 @@ def format_in_process(result: dict[str, Any]) -> str:
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One model alone in this (fresh) process: warm-up, timed steps, peak memory and page faults."""
+    huge = _set_allocator(args, keep=args.child_allocator == "keep")
     import torch
 
-    from monai_patcher.allocator import keep_freed_memory
-
-    if args.child_allocator == "keep":
-        keep_freed_memory()
     if args.mem_limit_gb > 0:  # fail with an allocation error instead of pushing a shared machine into swap/OOM
         lim = int(args.mem_limit_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
@@ -293,6 +304,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.child,
         "allocator": args.child_allocator,
+        "huge_pages": huge,
         "cpu_s_all": cpu,
         "wall_s_all": wall,
         "page_faults_all": faults,
@@ -310,7 +322,7 @@ def run_fresh(args: argparse.Namespace) -> list[dict[str, Any]]:
         cmd = module_command("bench_train_step", "--child", name, "--batch-size", str(args.batch_size), "--size",
                str(args.size), "--threads", str(args.threads), "--warmup", str(args.warmup), "--rounds",
                str(args.rounds), "--mem-limit-gb", str(args.mem_limit_gb), "--child-allocator", args.child_allocator,
-               "--precision", args.precision)  # fmt: skip
+               "--precision", args.precision, "--huge-pages", args.huge_pages)  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=child_env())
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -324,7 +336,8 @@ def run_fresh(args: argparse.Namespace) -> list[dict[str, Any]]:
 def format_fresh(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"fresh processes, one per model, run one after another: {args.threads} thread(s), batch {args.batch_size}, "
-        f"{args.warmup} warm-up step(s), median of {args.rounds} timed steps, allocator: {args.child_allocator}",
+        f"{args.warmup} warm-up step(s), median of {args.rounds} timed steps, allocator: {args.child_allocator}, "
+        f"huge pages: {args.huge_pages}",
         "",
         "| model | CPU s | wall s | page faults / step | RSS after build (MiB) | peak RSS (MiB) |",
         "|---|---|---|---|---|---|",
@@ -547,11 +560,9 @@ def _format_profile(title: str, steps: list[tuple[Counter, Counter]], rows: int)
 def profile_steps(name: str, args: argparse.Namespace) -> str:
     """Profile ``--profile-steps`` training steps of model ``name`` twice: with ``torch.profiler`` (wall time) and
     by thread CPU time; returns the Markdown tables."""
+    _set_allocator(args)
     import torch
 
-    from monai_patcher.allocator import keep_freed_memory
-
-    keep_freed_memory()
     torch.set_num_threads(args.threads)
     precision = args.precision.split(",")[0]
     w = Workload(name, args.batch_size, args.size)
@@ -596,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="also run each model alone in a fresh process")
     p.add_argument("--child-allocator", choices=("keep", "default"), default="keep",
                    help="--fresh: keep_freed_memory() (as the bundles) or glibc's default allocator")
+    p.add_argument("--huge-pages", choices=("on", "off"), default="on",
+                   help="transparent huge pages for tensors of 2 MiB and more (use_huge_pages(), as the bundles)")
     p.add_argument("--mem-limit-gb", type=float, default=20.0,
                    help="address-space limit of each fresh child (RLIMIT_AS); 0: none")
     p.add_argument("--profile", metavar="MODEL", help="profile MODEL's training step instead")

@@ -12,15 +12,22 @@ run-time equivalent of starting Python with ``MALLOC_MMAP_THRESHOLD_`` and ``MAL
 CPU counterpart of ``torch.backends.cudnn.benchmark``: a process-wide setting, so it is opt-in (the bundles call
 it in their ``initialize`` step). PyTorch's own CPU launcher (``python -m torch.backends.xeon.run_cpu``) preloads
 tcmalloc or jemalloc for the same reason.
+
+:func:`use_huge_pages` asks PyTorch's CPU allocator for transparent huge pages (2 MiB instead of 4 KiB) for tensors
+of 2 MiB and more, with PyTorch's own switch ``THP_MEM_ALLOC_ENABLE``: a tensor's first touch then faults once per
+2 MiB instead of once per 4 KiB, and the memory-bound operations of a training step miss the TLB less. Measured on
+this project's machine (docs/architecture.md, "Huge pages"): a training step of the small Patcher preset and of MONAI's
+UNet both about a quarter faster, with a sixth of the page faults.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "use_huge_pages"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +76,71 @@ def keep_freed_memory() -> bool:
             get_version().decode(), trim, mmap,
         )  # fmt: skip
     return trim and mmap
+
+
+# the kernel's transparent-huge-page mode: "[always] madvise never" with the current one in brackets
+_THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+_THP_ENV = "THP_MEM_ALLOC_ENABLE"  # read by PyTorch's CPU allocator (c10 alloc_cpu) at its first tensor >= 2 MiB
+
+
+def _huge_page_advised(address: int) -> bool:
+    """Whether the mapping holding ``address`` has the huge-page advice (``hg`` in its ``VmFlags``)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+                start, end = (int(v, 16) for v in head.split("-"))
+                inside = start <= address < end
+            elif inside and line.startswith("VmFlags:"):
+                return "hg" in line.split()[1:]
+    return False
+
+
+def use_huge_pages() -> bool:
+    """Ask PyTorch's CPU allocator to back tensors of 2 MiB and more with transparent huge pages.
+
+    Sets PyTorch's switch ``THP_MEM_ALLOC_ENABLE=1`` in this process's environment (inherited by its child
+    processes), which makes PyTorch ``madvise(MADV_HUGEPAGE)`` every CPU tensor of 2 MiB or more. PyTorch reads the
+    switch once, at the first such tensor, so call this at the start of the process, before any large tensor
+    exists (the bundles call it in ``initialize``, before the network is built), or set the variable before
+    Python starts. Then checks that it took effect, on a 4 MiB probe tensor. Combine it with
+    :func:`keep_freed_memory`, which keeps the huge pages in the process between steps.
+
+    Returns:
+        ``True`` when tensors of 2 MiB and more now get huge pages. ``False`` (with a log message) when they do not:
+        not Linux, the kernel's transparent huge pages are ``never``, ``THP_MEM_ALLOC_ENABLE`` is set to something
+        other than ``1``, or PyTorch read the switch before this call.
+
+    Example::
+
+        >>> import monai_patcher.allocator
+        >>> monai_patcher.allocator.use_huge_pages()  # at the start of a Linux process
+        True
+    """
+    if not sys.platform.startswith("linux"):
+        logger.info("use_huge_pages: not Linux (%s), allocator left unchanged.", sys.platform)
+        return False
+    try:
+        with open(_THP_MODE_FILE) as f:
+            mode = f.read()
+    except OSError:
+        mode = ""
+    if "[always]" not in mode and "[madvise]" not in mode:
+        logger.info(
+            "use_huge_pages: the kernel's transparent huge pages are off (%s: %r).", _THP_MODE_FILE, mode.strip()
+        )
+        return False
+    if os.environ.setdefault(_THP_ENV, "1") != "1":
+        logger.info("use_huge_pages: %s=%s is set in the environment; left as it is.", _THP_ENV, os.environ[_THP_ENV])
+        return False
+    import torch
+
+    probe = torch.empty(2**20)  # 4 MiB: above PyTorch's 2 MiB threshold
+    if not _huge_page_advised(probe.data_ptr()):
+        logger.warning(
+            "use_huge_pages: PyTorch did not take %s=1: it had already made a tensor of 2 MiB or more before this "
+            "call. Call it at the start of the process, or set the variable before starting Python.", _THP_ENV,
+        )  # fmt: skip
+        return False
+    return True

@@ -64,3 +64,64 @@ def test_other_platforms_are_left_alone(monkeypatch, caplog):
     with caplog.at_level("INFO", logger="monai_patcher.allocator"):
         assert allocator.keep_freed_memory() is False
     assert "not Linux" in caplog.text
+
+
+THP_ON = sys.platform.startswith("linux") and any(
+    m in open(allocator._THP_MODE_FILE).read() for m in ("[always]", "[madvise]")
+) if os.path.exists(allocator._THP_MODE_FILE) else False
+
+# Calls use_huge_pages (after a 4 MiB tensor when argv[1] is "late"), then prints its result and whether a new
+# 64 MiB tensor's mapping carries the huge-page advice
+HUGE = """
+import sys, torch
+from monai_patcher import allocator
+if sys.argv[1] == "late":
+    early = torch.empty(2**20)
+ok = allocator.use_huge_pages()
+t = torch.empty(16 * 2**20)
+print(ok, allocator._huge_page_advised(t.data_ptr()))
+"""
+
+
+def _huge(mode: str, **env_extra: str) -> tuple[list[str], str]:
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", HUGE, mode], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.split(), out.stderr
+
+
+@pytest.mark.skipif(not THP_ON, reason="needs Linux with transparent huge pages in 'always' or 'madvise' mode")
+def test_use_huge_pages_at_the_start_of_a_process():
+    """Called first, it turns PyTorch's switch on: large tensors are then advised for huge pages."""
+    assert _huge("first")[0] == ["True", "True"]
+
+
+@pytest.mark.skipif(not THP_ON, reason="needs Linux with transparent huge pages in 'always' or 'madvise' mode")
+def test_use_huge_pages_too_late_says_so():
+    """After a tensor of 2 MiB or more, PyTorch has read the switch: the call says it did not take effect."""
+    result, stderr = _huge("late")
+    assert result == ["False", "False"]
+    assert "already made a tensor of 2 MiB or more" in stderr
+
+
+@pytest.mark.skipif(not THP_ON, reason="needs Linux with transparent huge pages in 'always' or 'madvise' mode")
+def test_use_huge_pages_leaves_an_explicit_setting_alone():
+    assert _huge("first", THP_MEM_ALLOC_ENABLE="0")[0] == ["False", "False"]
+
+
+def test_use_huge_pages_when_the_kernel_has_them_off(monkeypatch, tmp_path, caplog):
+    mode = tmp_path / "enabled"
+    mode.write_text("always madvise [never]\n")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(allocator, "_THP_MODE_FILE", str(mode))
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    with caplog.at_level("INFO", logger="monai_patcher.allocator"):
+        assert allocator.use_huge_pages() is False
+    assert "transparent huge pages are off" in caplog.text and "THP_MEM_ALLOC_ENABLE" not in os.environ
+
+
+def test_use_huge_pages_on_other_platforms(monkeypatch, caplog):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with caplog.at_level("INFO", logger="monai_patcher.allocator"):
+        assert allocator.use_huge_pages() is False
+    assert "not Linux" in caplog.text

@@ -395,4 +395,5 @@ def test_pixelwise_conv_equals_the_1x1_convolution(channels_last):
     for g, w in zip(got, want):
         assert g.shape == w.shape and torch.allclose(g, w, rtol=1e-12, atol=1e-12)
     conv.fast_paths = False  # the plain path: the convolution, which keeps its input's layout
-    assert conv(x.contiguous()).is_contiguous() and not conv(x.contiguous()).is_contiguous(memory_format=torch.channels_last)
+    plain = conv(x.contiguous())
+    assert plain.is_contiguous() and not plain.is_contiguous(memory_format=torch.channels_last)
