@@ -15,9 +15,9 @@ tcmalloc or jemalloc for the same reason.
 
 :func:`use_huge_pages` asks PyTorch's CPU allocator for transparent huge pages (2 MiB instead of 4 KiB) for tensors
 of 2 MiB and more, with PyTorch's own switch ``THP_MEM_ALLOC_ENABLE``: a tensor's first touch then faults once per
-2 MiB instead of once per 4 KiB, and the memory-bound operations of a training step miss the TLB less. Measured on
-this project's machine (docs/architecture.md, "Huge pages"): a training step of the small Patcher preset and of MONAI's
-UNet both about a quarter faster, with a sixth of the page faults.
+2 MiB instead of once per 4 KiB, and the memory-bound operations of a training step miss the TLB less. Opt-in: on
+this project's machine it sped up two training runs side by side but not one run alone (docs/architecture.md, "The
+training step").
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def use_huge_pages() -> bool:
     Sets PyTorch's switch ``THP_MEM_ALLOC_ENABLE=1`` in this process's environment (inherited by its child
     processes), which makes PyTorch ``madvise(MADV_HUGEPAGE)`` every CPU tensor of 2 MiB or more. PyTorch reads the
     switch once, at the first such tensor, so call this at the start of the process, before any large tensor
-    exists (the bundles call it in ``initialize``, before the network is built), or set the variable before
-    Python starts. Then checks that it took effect, on a 4 MiB probe tensor. Combine it with
+    exists (in a bundle: first in ``initialize``, before the network is built), or set the variable before Python
+    starts. Then checks that it took effect, on a 4 MiB probe tensor. Combine it with
     :func:`keep_freed_memory`, which keeps the huge pages in the process between steps.
 
     Returns:

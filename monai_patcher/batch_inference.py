@@ -78,7 +78,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .allocator import keep_freed_memory, use_huge_pages
+from .allocator import keep_freed_memory
 from .data.cases import Case, find_cases
 from .data.errors import clear_error, error_chain
 
@@ -471,8 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no_progress", action="store_true", help="no progress bar of the slices of each case")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    use_huge_pages()  # a CLI process of our own: huge pages for large tensors, reuse of freed host memory
-    keep_freed_memory()  # (see monai_patcher.allocator)
+    keep_freed_memory()  # a CLI process of our own: reuse freed host memory (see monai_patcher.allocator)
     try:  # every start-up problem: a clear message and exit status 2
         find_cases(args.input, exclude=[args.output])
         out = Path(args.output)

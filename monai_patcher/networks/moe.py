@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernels import add_upsampled_conv3x3_, use_cpu_kernels
+from .cpu_kernels import add_upsampled_conv3x3_, mix_experts, use_cpu_kernels
 
 __all__ = ["MoEDecoder", "PixelwiseConv"]
 
@@ -38,9 +38,9 @@ class PixelwiseConv(nn.Conv2d):
     its fast path (the attribute ``fast_paths``, set by :func:`~monai_patcher.networks.set_fast_paths`; eager mode on
     CPU) it applies ``F.linear`` to the pixels of the channels-last map, a view, and returns a channels-last view of
     the product: the same values up to float rounding. PyTorch runs a 1x1 convolution of fewer than 16 images on one
-    thread with its slow reference kernel rather than oneDNN (``ConvParams::use_mkldnn``), whose backward took about
-    1.3x the matrix product's at the decoder's shapes (docs/architecture.md). Elsewhere (scripted, traced or exported
-    graphs, other devices) it is the convolution.
+    thread with its slow reference kernel rather than oneDNN (``ConvParams::use_mkldnn``), slower than the matrix
+    product at the decoder's shapes (docs/architecture.md, "The training step"). Elsewhere (scripted, traced or
+    exported graphs, other devices) it is the convolution.
 
     Args:
         in_channels: input channels.
@@ -306,8 +306,13 @@ class MoEDecoder(nn.Module):
                 e = e.contiguous(memory_format=torch.channels_last)
             experts.append(e)
         gating = torch.softmax(self._gate_logits(low, experts), dim=1)  # B x E x H_0 x W_0
-        weights = gating.split(1, dim=1)  # one backward copy for all (slicing would zero-fill a full one each)
-        mixed = weights[0] * experts[0]  # B x decoder_dim x H_0 x W_0, accumulated expert by expert
-        for i in range(1, self.num_experts):
-            mixed.addcmul_(weights[i], experts[i])  # in place: no product needs ``mixed`` for its grad
+        # the same sum, with the gating maps' gradient as batched dot products (cpu_kernels; TorchScript compiles
+        # only the plain branch)
+        if not torch.jit.is_scripting() and self.fast_paths and use_cpu_kernels(gating):
+            mixed = mix_experts(gating, experts)
+        else:
+            weights = gating.split(1, dim=1)  # one backward copy for all (slicing would zero-fill a full one each)
+            mixed = weights[0] * experts[0]  # B x decoder_dim x H_0 x W_0, accumulated expert by expert
+            for i in range(1, self.num_experts):
+                mixed.addcmul_(weights[i], experts[i])  # in place: no product needs ``mixed`` for its grad
         return self.head(mixed).contiguous(), gating.contiguous()

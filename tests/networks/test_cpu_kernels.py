@@ -116,3 +116,38 @@ def test_upsampled_conv3x3_takes_monai_metatensors():
         results.append([out.as_subclass(torch.Tensor).detach()] + [g.as_subclass(torch.Tensor) for g in grads])
     for meta, plain in zip(*results):
         assert _max_rel(meta, plain) < 1e-12
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_mix_experts_equals_the_gated_sum(channels_last):
+    """Output and the gradients w.r.t. the gating maps and every expert, in float64, against the plain expression
+    (autograd through the products), from channels-last and NCHW maps."""
+    from monai_patcher.networks.cpu_kernels import mix_experts
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    weights = torch.softmax(torch.randn(2, 3, 5, 7, dtype=torch.float64), dim=1).contiguous(memory_format=fmt)
+    experts = [torch.randn(2, 4, 5, 7, dtype=torch.float64).contiguous(memory_format=fmt) for _ in range(3)]
+    fast_in = [t.clone().requires_grad_() for t in (weights, *experts)]
+    plain_in = [t.clone().requires_grad_() for t in (weights, *experts)]
+    fast = mix_experts(fast_in[0], fast_in[1:])
+    plain = sum(plain_in[0][:, i : i + 1] * e for i, e in enumerate(plain_in[1:]))
+    assert _max_rel(fast, plain) < 1e-12
+    grad = torch.randn_like(plain)
+    for f, p in zip(torch.autograd.grad(fast, fast_in, grad), torch.autograd.grad(plain, plain_in, grad)):
+        assert f.shape == p.shape and _max_rel(f, p) < 1e-12
+    with pytest.raises(ValueError, match="2 experts for 3 gating maps"):
+        mix_experts(weights, experts[:2])
+
+
+def test_mix_experts_under_bf16_autocast():
+    """bf16 experts and float32 gating maps (as under CPU autocast): the gradients come back in each input's dtype."""
+    from monai_patcher.networks.cpu_kernels import mix_experts
+
+    weights = torch.softmax(torch.randn(1, 2, 4, 4), dim=1).requires_grad_()
+    experts = [torch.randn(1, 3, 4, 4).bfloat16().requires_grad_() for _ in range(2)]
+    out = mix_experts(weights, experts)
+    ref = sum(weights[:, i : i + 1].detach() * e.detach().float() for i, e in enumerate(experts))
+    assert out.dtype == torch.float32 and _max_rel(out.detach(), ref) < 1e-6
+    out.sum().backward()
+    assert weights.grad.dtype == torch.float32 and all(e.grad.dtype == torch.bfloat16 for e in experts)
