@@ -13,9 +13,9 @@ ratios (model to model, model to matmul rate) are properties of the code. Inputs
 size`` images with random binary masks; the loss is ``BCEIoULoss`` in fp32; ``bf16`` rows run the model under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``. ``--eval-forward`` adds, per model, a row timing the eval-mode
 forward (``torch.inference_mode``) of the same batch in the same rounds. The process calls
-:func:`monai_patcher.allocator.use_huge_pages` and :func:`monai_patcher.allocator.keep_freed_memory` first, as the
-bundles do (``--huge-pages off``: without huge pages; PyTorch reads that switch once per process, so an A/B of it is
-two runs, best side by side).
+:func:`monai_patcher.allocator.keep_freed_memory` first, as the bundles do; ``--huge-pages on`` also
+:func:`monai_patcher.allocator.use_huge_pages` (PyTorch reads that switch once per process, so an A/B of it is two
+runs, best side by side).
 
 Reported per row (medians over the rounds): process CPU seconds (``time.process_time``: all threads, not counting
 time the process waited for a core, the steady figure on a shared machine) and wall seconds per step, images per
@@ -175,8 +175,8 @@ def _median(values: list[float]) -> float:
 
 
 def _set_allocator(args: argparse.Namespace, keep: bool = True) -> bool:
-    """The bundles' host-allocator settings (huge pages unless ``--huge-pages off``; freed memory kept unless
-    ``keep`` is false), before any large tensor exists; returns whether huge pages are on."""
+    """The host-allocator settings, before any large tensor exists: freed memory kept (as the bundles) unless
+    ``keep`` is false, huge pages with ``--huge-pages on``; returns whether huge pages are on."""
     from monai_patcher.allocator import keep_freed_memory, use_huge_pages
 
     if args.huge_pages == "off":
@@ -607,8 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="also run each model alone in a fresh process")
     p.add_argument("--child-allocator", choices=("keep", "default"), default="keep",
                    help="--fresh: keep_freed_memory() (as the bundles) or glibc's default allocator")
-    p.add_argument("--huge-pages", choices=("on", "off"), default="on",
-                   help="transparent huge pages for tensors of 2 MiB and more (use_huge_pages(), as the bundles)")
+    p.add_argument("--huge-pages", choices=("on", "off"), default="off",
+                   help="transparent huge pages for tensors of 2 MiB and more (use_huge_pages(); off, as the bundles)")
     p.add_argument("--mem-limit-gb", type=float, default=20.0,
                    help="address-space limit of each fresh child (RLIMIT_AS); 0: none")
     p.add_argument("--profile", metavar="MODEL", help="profile MODEL's training step instead")
