@@ -21,7 +21,9 @@ def set_fast_paths(module: nn.Module, enabled: bool = True) -> nn.Module:
     - :class:`PatcherBlock`: the last transformer block computes the centre tokens only (the context ring is
       dropped after the stage); without autograd, the large patches go through the blocks in cache-sized groups.
     - :class:`MoEDecoder`: the gate's first convolution over the upsampled experts runs at the experts' own
-      resolution (:func:`~monai_patcher.networks.cpu_kernels.add_upsampled_conv3x3_` in eager mode on CPU).
+      resolution (:func:`~monai_patcher.networks.cpu_kernels.add_upsampled_conv3x3_` in eager mode on CPU), and
+      the gated sum of the experts takes its gating maps' gradient as batched dot products
+      (:func:`~monai_patcher.networks.cpu_kernels.mix_experts`, eager mode on CPU).
     - :class:`~monai_patcher.networks.moe.PixelwiseConv` (the decoder's 1x1 convolutions): one matrix product over
       the pixels, in eager mode on CPU.
 
