@@ -83,30 +83,43 @@ print(ok, allocator._huge_page_advised(t.data_ptr()))
 """
 
 
-def _huge(mode: str, **env_extra: str) -> tuple[list[str], str]:
+@pytest.fixture(scope="module")
+def huge_children() -> dict[str, tuple[list[str], str]]:
+    """The three fresh processes of the tests below (PyTorch reads its switch once per process), run at once."""
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    env.update(env_extra)
-    out = subprocess.run([sys.executable, "-c", HUGE, mode], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.split(), out.stderr
+    explicit = {**env, "THP_MEM_ALLOC_ENABLE": "0"}
+    cases = {"first": ("first", env), "late": ("late", env), "explicit": ("first", explicit)}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", HUGE, mode], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, (mode, e) in cases.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        results[name] = (out.split(), err)
+    return results
 
 
 @pytest.mark.skipif(not THP_ON, reason="needs Linux with transparent huge pages in 'always' or 'madvise' mode")
-def test_use_huge_pages_at_the_start_of_a_process():
+def test_use_huge_pages_at_the_start_of_a_process(huge_children):
     """Called first, it turns PyTorch's switch on: large tensors are then advised for huge pages."""
-    assert _huge("first")[0] == ["True", "True"]
+    assert huge_children["first"][0] == ["True", "True"]
 
 
 @pytest.mark.skipif(not THP_ON, reason="needs Linux with transparent huge pages in 'always' or 'madvise' mode")
-def test_use_huge_pages_too_late_says_so():
+def test_use_huge_pages_too_late_says_so(huge_children):
     """After a tensor of 2 MiB or more, PyTorch has read the switch: the call says it did not take effect."""
-    result, stderr = _huge("late")
+    result, stderr = huge_children["late"]
     assert result == ["False", "False"]
     assert "already made a tensor of 2 MiB or more" in stderr
 
 
 @pytest.mark.skipif(not THP_ON, reason="needs Linux with transparent huge pages in 'always' or 'madvise' mode")
-def test_use_huge_pages_leaves_an_explicit_setting_alone():
-    assert _huge("first", THP_MEM_ALLOC_ENABLE="0")[0] == ["False", "False"]
+def test_use_huge_pages_leaves_an_explicit_setting_alone(huge_children):
+    assert huge_children["explicit"][0] == ["False", "False"]
 
 
 def test_use_huge_pages_when_the_kernel_has_them_off(monkeypatch, tmp_path, caplog):
