@@ -20,7 +20,7 @@ from typing import List
 
 import torch
 
-__all__ = ["add_upsampled_conv3x3_", "mix_experts", "use_cpu_kernels"]
+__all__ = ["add_upsampled_conv3x3_", "gated_sum", "mix_experts", "use_cpu_kernels"]
 
 
 def use_cpu_kernels(x: torch.Tensor) -> bool:
@@ -211,17 +211,23 @@ def add_upsampled_conv3x3_(out: torch.Tensor, low: torch.Tensor, weight: torch.T
     return _UpsampledConv3x3.apply(out, low, weight, stride)
 
 
+def gated_sum(weights: List[torch.Tensor], experts: List[torch.Tensor]) -> torch.Tensor:
+    """``sum_i weights[i] * experts[i]`` (``weights[i]``: ``B x 1 x H x W``), accumulated in place into the first
+    product: the plain expression of :func:`mix_experts`, which TorchScript compiles too. In place is safe under
+    autograd, as no product needs the sum for its gradient."""
+    mixed = weights[0] * experts[0]
+    for i in range(1, len(experts)):
+        mixed.addcmul_(weights[i], experts[i])
+    return mixed
+
 
 class _MixExperts(torch.autograd.Function):
     """``sum_i weights[:, i:i+1] * experts[i]``; see :func:`mix_experts`."""
 
     @staticmethod
     def forward(ctx, weights: torch.Tensor, *experts: torch.Tensor) -> torch.Tensor:
-        mixed = weights[:, 0:1] * experts[0]
-        for i in range(1, len(experts)):
-            mixed.addcmul_(weights[:, i : i + 1], experts[i])
         ctx.save_for_backward(weights, *experts)
-        return mixed
+        return gated_sum(list(weights.split(1, dim=1)), list(experts))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

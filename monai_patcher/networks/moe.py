@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernels import add_upsampled_conv3x3_, mix_experts, use_cpu_kernels
+from .cpu_kernels import add_upsampled_conv3x3_, gated_sum, mix_experts, use_cpu_kernels
 
 __all__ = ["MoEDecoder", "PixelwiseConv"]
 
@@ -310,9 +310,6 @@ class MoEDecoder(nn.Module):
         # only the plain branch)
         if not torch.jit.is_scripting() and self.fast_paths and use_cpu_kernels(gating):
             mixed = mix_experts(gating, experts)
-        else:
-            weights = gating.split(1, dim=1)  # one backward copy for all (slicing would zero-fill a full one each)
-            mixed = weights[0] * experts[0]  # B x decoder_dim x H_0 x W_0, accumulated expert by expert
-            for i in range(1, self.num_experts):
-                mixed.addcmul_(weights[i], experts[i])  # in place: no product needs ``mixed`` for its grad
+        else:  # split: one backward copy for all the maps (slicing would zero-fill a full one each)
+            mixed = gated_sum(gating.split(1, dim=1), experts)  # B x decoder_dim x H_0 x W_0
         return self.head(mixed).contiguous(), gating.contiguous()
