@@ -6,6 +6,7 @@ import ctypes
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,9 +67,11 @@ def test_other_platforms_are_left_alone(monkeypatch, caplog):
     assert "not Linux" in caplog.text
 
 
-THP_ON = sys.platform.startswith("linux") and any(
-    m in open(allocator._THP_MODE_FILE).read() for m in ("[always]", "[madvise]")
-) if os.path.exists(allocator._THP_MODE_FILE) else False
+THP_ON = (
+    sys.platform.startswith("linux")
+    and os.path.exists(allocator._THP_MODE_FILE)
+    and any(m in Path(allocator._THP_MODE_FILE).read_text() for m in ("[always]", "[madvise]"))
+)
 
 # Calls use_huge_pages (after a 4 MiB tensor when argv[1] is "late"), then prints its result and whether a new
 # 64 MiB tensor's mapping carries the huge-page advice

@@ -97,10 +97,14 @@ def test_train_json_optimizer_is_fused_and_steps_like_the_plain_one(bundle):
     fused = parser.get_parsed_content("optimizer")
     assert fused.param_groups[0]["fused"] is True
     params = fused.param_groups[0]["params"]
-    options = {k: v for k, v in fused.defaults.items() if k not in ("fused", "foreach", "params", "decoupled_weight_decay")}
-    copies = [p.detach().clone().requires_grad_() for p in params]
-    plain = type(fused)(copies, **options)
+    # the same config with the flag off, its parameters set to the fused one's
+    plain = _parser(bundle, "train.json", device="$torch.device('cpu')", **{"optimizer#fused": False})
+    plain = plain.get_parsed_content("optimizer")
     assert not plain.param_groups[0]["fused"]
+    copies = plain.param_groups[0]["params"]
+    with torch.no_grad():
+        for p, q in zip(params, copies, strict=True):
+            q.copy_(p)
     torch.manual_seed(0)
     for _ in range(3):
         for p, q in zip(params, copies):
